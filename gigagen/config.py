@@ -1,0 +1,69 @@
+"""Run configuration: one frozen dataclass, one field per `gigagen slide` flag. No torch here.
+
+The whole RunConfig is written into every slide's run.json, so an output can be reproduced from
+its own files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gigagen.engine.grid import BLEND_MODES
+from gigagen.errors import UserError
+
+FORMATS = ("ome-tiff", "tiff")
+COMPRESSIONS = ("jpeg", "deflate", "zstd", "none")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    width: int
+    height: int
+    out: str
+    seed: int
+    steps: int = 20
+    eta: float = 0.0
+    guidance: float = 1.0
+    blend: str = "gridshift"
+    overlap_stride: int | None = None  # latent pixels; default tile // 2
+    tile: int | None = None  # latent tile side; default: the model's training tile
+    checkpoint: str | None = None  # None = the embedded default model
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 16
+    overwrite: bool = False
+    formats: tuple[str, ...] = ("ome-tiff",)
+    compression: str = "jpeg"
+    quality: int = 90
+    tile_order: str = "raster"  # a test knob: results must not depend on it
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that need no model; raises UserError with one line for the first problem found."""
+    for name in ("width", "height", "steps", "batch_size"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{name.replace('_', '-')} must be a positive integer, not {value!r}")
+    if cfg.blend not in BLEND_MODES:
+        raise UserError(f"unknown blend mode {cfg.blend!r}; choose from {', '.join(BLEND_MODES)}")
+    if cfg.eta < 0:
+        raise UserError(f"eta must be >= 0, not {cfg.eta}")
+    if cfg.guidance < 0:
+        raise UserError(f"guidance scale must be >= 0, not {cfg.guidance}")
+    if cfg.seed < 0 or cfg.seed >= 2**63:
+        raise UserError(f"seed must be in 0..2^63-1, not {cfg.seed}")
+    if cfg.tile is not None and cfg.tile < 1:
+        raise UserError(f"tile must be a positive integer, not {cfg.tile}")
+    if cfg.overlap_stride is not None and cfg.overlap_stride < 1:
+        raise UserError(f"overlap stride must be a positive integer, not {cfg.overlap_stride}")
+    unknown = [f for f in cfg.formats if f not in FORMATS]
+    if unknown:
+        raise UserError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)} (or none)")
+    if cfg.compression not in COMPRESSIONS:
+        raise UserError(f"unknown compression {cfg.compression!r}; choose from {', '.join(COMPRESSIONS)}")
+    if not 1 <= cfg.quality <= 100:
+        raise UserError(f"quality must be in 1..100, not {cfg.quality}")

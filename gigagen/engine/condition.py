@@ -1,0 +1,30 @@
+"""Conditioning of a child level on its parent: the parent latent over the same field of view, upsampled."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _axis_weights(start: int, stop: int, factor: int, parent_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and lerp weights for bilinear upsampling by `factor` (align_corners=False, edge clamp)."""
+    pos = (np.arange(start, stop, dtype=np.float64) + 0.5) / factor - 0.5
+    i0 = np.floor(pos)
+    w = (pos - i0).astype(np.float32)
+    i0 = i0.astype(np.int64)
+    return np.clip(i0, 0, parent_len - 1), np.clip(i0 + 1, 0, parent_len - 1), w
+
+
+def cond_for_region(parent: np.ndarray, y0: int, y1: int, x0: int, x1: int, factor: int) -> np.ndarray:
+    """Parent latent (C, Hp, Wp) -> conditioning (C, y1-y0, x1-x0) for child latent rows y0:y1, cols x0:x1.
+
+    Equals a bilinear upsampling of the whole parent canvas cropped to the region, but reads only the
+    parent rows and columns it needs, so tiles can be conditioned one at a time. The parent may be any
+    array supporting numpy fancy slicing of a row/column window (numpy or zarr).
+    """
+    ya, yb, wy = _axis_weights(y0, y1, factor, parent.shape[1])
+    xa, xb, wx = _axis_weights(x0, x1, factor, parent.shape[2])
+    r0, r1 = int(ya.min()), int(yb.max()) + 1
+    c0, c1 = int(xa.min()), int(xb.max()) + 1
+    window = np.asarray(parent[:, r0:r1, c0:c1], dtype=np.float32)
+    rows = window[:, ya - r0] * (1 - wy)[None, :, None] + window[:, yb - r0] * wy[None, :, None]
+    return rows[:, :, xa - c0] * (1 - wx)[None, None, :] + rows[:, :, xb - c0] * wx[None, None, :]

@@ -1,0 +1,48 @@
+"""Streaming tiled decode of a latent canvas into pixel tiles, one output chunk at a time."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from gigagen.engine.grid import Tile
+
+# latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) float in [-1, 1]
+DecodeFn = Callable[[np.ndarray], np.ndarray]
+
+
+def decode_tiles(out_h: int, out_w: int, chunk: int) -> list[Tile]:
+    """Pixel tiles aligned to the output store's chunks, raster order."""
+    return [Tile(y, min(y + chunk, out_h), x, min(x + chunk, out_w)) for y in range(0, out_h, chunk) for x in range(0, out_w, chunk)]
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] float -> [0, 255] uint8 with rounding."""
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def decode_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int) -> np.ndarray:
+    """Decode pixel tile `tile` (any f-aligned start) from latent (C, H, W) with `halo` latent pixels of context.
+
+    The autoencoder decoder has no spatial statistics (PixelNorm), so with a halo wider than its
+    receptive field every pixel equals the untiled decode.
+    """
+    ly0, lx0 = tile.y0 // factor, tile.x0 // factor
+    ly1, lx1 = -(-tile.y1 // factor), -(-tile.x1 // factor)
+    a0, b0 = max(ly0 - halo, 0), max(lx0 - halo, 0)
+    a1, b1 = min(ly1 + halo, latent.shape[1]), min(lx1 + halo, latent.shape[2])
+    z = np.asarray(latent[:, a0:a1, b0:b1], dtype=np.float32)[None]
+    px = decode_fn(z)[0]
+    oy, ox = tile.y0 - a0 * factor, tile.x0 - b0 * factor
+    return to_uint8(px[:, oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0])
+
+
+def stream_decode(
+    latent: np.ndarray, decode_fn: DecodeFn, factor: int, out_h: int, out_w: int, chunk: int = 512, halo: int = 6
+) -> Iterator[tuple[Tile, np.ndarray]]:
+    """Yield (pixel tile, (3, h, w) uint8) for the whole (out_h, out_w) image, cropping the latent padding."""
+    if chunk % factor:
+        raise ValueError("decode chunk must be a multiple of the autoencoder factor")
+    for tile in decode_tiles(out_h, out_w, chunk):
+        yield tile, decode_region(latent, decode_fn, factor, tile, halo)

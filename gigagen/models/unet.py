@@ -1,0 +1,97 @@
+"""UNet denoiser for one latent tile, conditioned on timestep, magnification level and the level above.
+
+Input channels are the noisy latent concatenated with the conditioning latent (the parent level over
+the same field of view, upsampled). A learned null flag (cond_mask = 0, conditioning zeroed) serves the
+unconditioned layout level and classifier-free guidance (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from gigagen.models.layers import ResBlock, SelfAttention, group_norm, rowwise_linear, timestep_embedding
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    latent_ch: int = 8
+    base_ch: int = 64
+    ch_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attn_lowest: bool = True
+    n_levels: int = 3
+    dropout: float = 0.0
+
+    @property
+    def divisor(self) -> int:
+        """Tile sides must be multiples of this."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        chs = [cfg.base_ch * m for m in cfg.ch_mult]
+        emb_dim = 4 * cfg.base_ch
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.base_ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.level_emb = nn.Embedding(cfg.n_levels, emb_dim)
+        self.cond_flag_emb = nn.Embedding(2, emb_dim)
+        self.stem = nn.Conv2d(2 * cfg.latent_ch, chs[0], 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips = [chs[0]]
+        cin = chs[0]
+        for i, c in enumerate(chs):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(ResBlock(cin, c, emb_dim, dropout=cfg.dropout))
+                cin = c
+                skips.append(c)
+            if i < len(chs) - 1:
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid1 = ResBlock(cin, cin, emb_dim, dropout=cfg.dropout)
+        self.mid_attn = SelfAttention(cin) if cfg.attn_lowest else nn.Identity()
+        self.mid2 = ResBlock(cin, cin, emb_dim, dropout=cfg.dropout)
+
+        self.up = nn.ModuleList()
+        for i, c in reversed(list(enumerate(chs))):
+            for _ in range(cfg.num_res_blocks + 1):
+                self.up.append(ResBlock(cin + skips.pop(), c, emb_dim, dropout=cfg.dropout))
+                cin = c
+            if i > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.out_norm = group_norm(cin)
+        self.out = nn.Conv2d(cin, cfg.latent_ch, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def _embed(self, t: torch.Tensor, level: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+        """(B,) timesteps, levels and cond flags -> (B, emb_dim); batch-size invariant at inference."""
+        lin1, act, lin2 = self.time_mlp
+        h = rowwise_linear(lin2, act(rowwise_linear(lin1, timestep_embedding(t, self.cfg.base_ch))))
+        return h + self.level_emb(level) + self.cond_flag_emb(flag)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """x, cond: (B, C, h, w); t: (B,) float; level: (B,) long; cond_mask: (B,) 1/0 -> (B, C, h, w)."""
+        flag = (cond_mask > 0.5).long()
+        emb = self._embed(t, level, flag)
+        cond = cond * cond_mask.to(cond.dtype)[:, None, None, None]
+        h = self.stem(torch.cat([x, cond], dim=1))
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for layer in self.up:
+            if isinstance(layer, ResBlock):
+                h = layer(torch.cat([h, hs.pop()], dim=1), emb)
+            else:
+                h = layer(h)
+        return self.out(F.silu(self.out_norm(h)))

@@ -1,0 +1,93 @@
+"""Autoencoder for one tile of H&E pixels: (B, 3, H, W) in [-1, 1] <-> (B, latent_ch, H/f, W/f).
+
+Deterministic (a small latent L2 penalty in training keeps its scale bounded). It uses PixelNorm,
+never GroupNorm, so decoding a latent canvas tile by tile with a margin reproduces the untiled decode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from gigagen.models.layers import PixelNorm, ResBlock
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    in_ch: int = 3
+    base_ch: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 1
+    latent_ch: int = 8
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent pixel along one axis."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        chs = [cfg.base_ch * m for m in cfg.ch_mult]
+        self.stem = nn.Conv2d(cfg.in_ch, chs[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        cin = chs[0]
+        for i, c in enumerate(chs):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cin, c, spatial_norm=False))
+                cin = c
+            if i < len(chs) - 1:
+                blocks.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = PixelNorm(cin)
+        self.head = nn.Conv2d(cin, cfg.latent_ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.silu(self.norm(self.blocks(self.stem(x)))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        chs = [cfg.base_ch * m for m in cfg.ch_mult][::-1]
+        self.stem = nn.Conv2d(cfg.latent_ch, chs[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        cin = chs[0]
+        for i, c in enumerate(chs):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cin, c, spatial_norm=False))
+                cin = c
+            if i < len(chs) - 1:
+                blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                blocks.append(nn.Conv2d(c, chs[i + 1], 3, padding=1))
+                cin = chs[i + 1]
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = PixelNorm(cin)
+        self.head = nn.Conv2d(cin, cfg.in_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(F.silu(self.norm(self.blocks(self.stem(z)))))
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) in [-1, 1], H and W multiples of factor -> (B, latent_ch, H/f, W/f)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, latent_ch, h, w) -> (B, 3, h*f, w*f), roughly in [-1, 1] (clamp before use)."""
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(x)
+        return self.decode(z), z

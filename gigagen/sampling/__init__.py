@@ -1,0 +1,1 @@
+"""Pure sampling functions: noise schedules, DDIM steps, guidance. No state between steps."""
