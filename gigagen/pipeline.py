@@ -68,6 +68,17 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} exists and is not a gigagen slide; refusing to replace it")
 
 
+def check_memory(cfg: RunConfig, plans: list[LevelPlan], channels: int) -> None:
+    """The latent canvases of a level and its parent are held in memory (overlap mode: 3 more buffers)."""
+    import psutil
+
+    area = max(p.shape[0] * p.shape[1] for p in plans)
+    need = area * channels * 4 * (1.25 + (3 if cfg.blend == "overlap" else 0))
+    free = psutil.virtual_memory().available
+    if need > 0.8 * free:
+        raise UserError(f"a {cfg.width}x{cfg.height} slide needs about {need / 1e9:.1f} GB of memory for its latents but {free / 1e9:.1f} GB is available")
+
+
 def check_disk(cfg: RunConfig, out: Path) -> int:
     need = estimate_disk_bytes(cfg)
     anchor = next(p for p in [out, *out.parents] if p.exists())
@@ -138,6 +149,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
     runner = BundleRunner(bundle, device, dtype, cfg.guidance)
     tiling = Tiling(tile=tile, mode=cfg.blend, divisor=divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
     plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, divisor)
+    check_memory(cfg, plans, mc.ae.latent_ch)
     steps = step_plans(runner.alphas_cumprod, ddim_timesteps(mc.n_train_steps, cfg.steps))
     record: dict[str, Any] = {
         "generator": "gigagen", "synthetic": True, "status": "generating", "config": cfg.as_dict(),

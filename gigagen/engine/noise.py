@@ -19,12 +19,22 @@ def _block(seed: int, level: int, step: int, by: int, bx: int, channels: int) ->
     return rng.standard_normal((channels, BLOCK, BLOCK), dtype=np.float32)
 
 
-def gaussian_region(seed: int, level: int, step: int, y0: int, y1: int, x0: int, x1: int, channels: int) -> np.ndarray:
-    """Standard normal noise for latent rows y0:y1, cols x0:x1 -> (channels, y1-y0, x1-x0) float32."""
+def gaussian_region(
+    seed: int, level: int, step: int, y0: int, y1: int, x0: int, x1: int, channels: int,
+    cache: dict[tuple[int, int], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Standard normal noise for latent rows y0:y1, cols x0:x1 -> (channels, y1-y0, x1-x0) float32.
+
+    `cache` (one dict per (seed, level, step), owned by the caller) keeps blocks that several tiles share.
+    """
     out = np.empty((channels, y1 - y0, x1 - x0), dtype=np.float32)
     for by in range(y0 // BLOCK, (y1 - 1) // BLOCK + 1):
         for bx in range(x0 // BLOCK, (x1 - 1) // BLOCK + 1):
-            block = _block(seed, level, step, by, bx, channels)
+            block = cache.get((by, bx)) if cache is not None else None
+            if block is None:
+                block = _block(seed, level, step, by, bx, channels)
+                if cache is not None:
+                    cache[(by, bx)] = block
             ya, yb = max(y0, by * BLOCK), min(y1, (by + 1) * BLOCK)
             xa, xb = max(x0, bx * BLOCK), min(x1, (bx + 1) * BLOCK)
             out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = block[:, ya - by * BLOCK : yb - by * BLOCK, xa - bx * BLOCK : xb - bx * BLOCK]

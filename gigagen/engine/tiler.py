@@ -70,10 +70,10 @@ def _conditioning(parent: np.ndarray | None, factor: int, batch: list[Tile]) -> 
     return np.stack([cond_for_region(parent, t.y0, t.y1, t.x0, t.x1, factor) for t in batch])
 
 
-def _noise(seed: int, level: int, step: StepPlan, tile: Tile, channels: int, sigma: float) -> np.ndarray | None:
+def _noise(seed: int, level: int, step: StepPlan, tile: Tile, channels: int, sigma: float, cache: dict) -> np.ndarray | None:
     if sigma == 0.0:
         return None
-    return gaussian_region(seed, level, step.index + 1, tile.y0, tile.y1, tile.x0, tile.x1, channels)
+    return gaussian_region(seed, level, step.index + 1, tile.y0, tile.y1, tile.x0, tile.x1, channels, cache)
 
 
 def denoise_level(
@@ -103,11 +103,12 @@ def denoise_level(
 def _sweep_disjoint(canvas, tiles, level, parent, factor, model_fn, step, eta, seed, batch_size, on_tiles) -> None:
     """Non-overlapping tiles: each reads and writes only its own region, so the update is in place."""
     sigma = ddim_sigma(step.alpha_bar, step.alpha_bar_next, eta)
+    cache: dict = {}
     for batch in batches(tiles, batch_size):
         x = np.stack([canvas[:, t.y0 : t.y1, t.x0 : t.x1] for t in batch])
         x0, eps = model_fn(x, step.t, level, _conditioning(parent, factor, batch))
         for j, t in enumerate(batch):
-            noise = _noise(seed, level, step, t, canvas.shape[0], sigma)
+            noise = _noise(seed, level, step, t, canvas.shape[0], sigma, cache)
             canvas[:, t.y0 : t.y1, t.x0 : t.x1] = ddim_step(x0[j], eps[j], step.alpha_bar_next, sigma, noise)
         if on_tiles:
             on_tiles(len(batch))
@@ -129,5 +130,5 @@ def _sweep_overlap(canvas, tiles, level, parent, factor, model_fn, step, eta, se
             on_tiles(len(batch))
     sigma = ddim_sigma(step.alpha_bar, step.alpha_bar_next, eta)
     whole = Tile(0, canvas.shape[1], 0, canvas.shape[2])
-    noise = _noise(seed, level, step, whole, canvas.shape[0], sigma)
+    noise = _noise(seed, level, step, whole, canvas.shape[0], sigma, {})
     canvas[:] = ddim_step(sum_x0 / weight, sum_eps / weight, step.alpha_bar_next, sigma, noise)

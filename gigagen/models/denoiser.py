@@ -61,6 +61,10 @@ class BundleRunner:
 
     def __post_init__(self) -> None:
         self.alphas_cumprod = cosine_alphas_cumprod(self.bundle.config.n_train_steps)
+        # oneDNN's bf16 kernels give every sample the same bits whatever the batch size (tested in
+        # tests/test_engine.py); fp32 CPU and cuDNN kernels change with batch size, so there the
+        # network sees one tile at a time to keep results independent of --batch-size.
+        self.batched = self.device.type == "cpu" and self.dtype == torch.bfloat16
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -75,7 +79,10 @@ class BundleRunner:
         lv = torch.full((b,), level, dtype=torch.long, device=self.device)
         cm = torch.full((b,), mask, device=self.device)
         with self._autocast():
-            out = self.bundle.unet(x, ts, lv, cond, cm)
+            if self.batched:
+                out = self.bundle.unet(x, ts, lv, cond, cm)
+            else:
+                out = torch.cat([self.bundle.unet(x[i : i + 1], ts[:1], lv[:1], cond[i : i + 1], cm[:1]) for i in range(b)])
         self.counters.unet_calls += 1
         self.counters.unet_tiles += b
         self.counters.unet_pixels += b * x.shape[2] * x.shape[3]
