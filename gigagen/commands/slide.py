@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (default auto = bf16)")
     p.add_argument("--batch-size", type=int, default=16, help="tiles per network call (default 16)")
     p.add_argument("--formats", default="ome-tiff", help=f"TIFF files to write besides the zarr: comma list of {', '.join(FORMATS)}, or none (default ome-tiff)")
-    p.add_argument("--compression", default="jpeg", help="TIFF compression: jpeg, deflate, zstd or none (default jpeg)")
+    p.add_argument("--compression", default="jpeg", help="TIFF compression: jpeg, or lossless deflate, zstd, lzw, none (default jpeg)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing slide at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
