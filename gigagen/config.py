@@ -37,9 +37,29 @@ class RunConfig:
     compression: str = "jpeg"
     quality: int = 90
     tile_order: str = "raster"  # a test knob: results must not depend on it
+    resume: bool = False
+    memory_budget: int = 2 * 1024**3  # bytes of latent canvases kept in memory; beyond, latents go to disk
+    scheduler: str | None = None  # tcp://HOST:PORT of a dask.distributed scheduler
+    workers: int = 0  # > 0: start a local dask cluster with this many worker processes
+    state_store: str | None = None  # where latent state lives (path or fsspec URL); default SLIDE/.gigagen-state
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parse_bytes(text: str) -> int:
+    """'512MB', '2GiB', '1.5G', '1000000' -> bytes; UserError for anything else."""
+    units = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
+             "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
+    t = text.strip().upper().replace(" ", "")
+    num = t.rstrip("KMGTIB")
+    try:
+        value = float(num) * units[t[len(num):]]
+    except (ValueError, KeyError):
+        raise UserError(f"cannot read {text!r} as a size (e.g. 512MB, 2GiB)") from None
+    if value < 0:
+        raise UserError(f"size must be >= 0, not {text!r}")
+    return int(value)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -65,5 +85,13 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)} (or none)")
     if cfg.compression not in COMPRESSIONS:
         raise UserError(f"unknown compression {cfg.compression!r}; choose from {', '.join(COMPRESSIONS)}")
+    if cfg.memory_budget < 0:
+        raise UserError(f"memory budget must be >= 0, not {cfg.memory_budget}")
+    if cfg.workers < 0:
+        raise UserError(f"workers must be >= 0, not {cfg.workers}")
+    if cfg.workers and cfg.scheduler:
+        raise UserError("give either --workers (a local cluster) or --scheduler (an existing one), not both")
+    if cfg.resume and cfg.overwrite:
+        raise UserError("--resume continues a partial slide and --overwrite replaces it; give one")
     if not 1 <= cfg.quality <= 100:
         raise UserError(f"quality must be in 1..100, not {cfg.quality}")

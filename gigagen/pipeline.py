@@ -1,11 +1,9 @@
-"""`generate(cfg)`: the one place that wires models, engine and io into a slide on disk."""
+"""`generate(cfg)`: the one place that wires models, engine, latent stores and io into a slide on disk."""
 
 from __future__ import annotations
 
 import json
-import platform
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,10 +14,14 @@ import numpy as np
 
 from gigagen import __version__
 from gigagen.config import RunConfig, validate
-from gigagen.engine.cascade import LevelPlan, plan_cascade, sample_cascade
-from gigagen.engine.decode import stream_decode, to_uint8
-from gigagen.engine.tiler import Tiling, step_plans, tiles_per_level
+from gigagen.engine.cascade import LevelPlan, local_denoiser, plan_cascade, sample_cascade
+from gigagen.engine.decode import decode_region, decode_tiles
+from gigagen.engine.grid import Tiling
+from gigagen.engine.store import DiskStore, MemoryStore, remove_tree
+from gigagen.engine.tiler import step_plans, tiles_per_level
 from gigagen.errors import UserError
+from gigagen.plan import estimate, latent_memory_bytes, versions
+from gigagen.runstate import RunState, default_state_root, fingerprint, load_state
 from gigagen.sampling.schedules import ddim_timesteps
 
 PIXEL_CHUNK = 512
@@ -50,12 +52,22 @@ class Timings:
         self.stages[name] = round(time.perf_counter() - t0, 3)
 
 
-def estimate_disk_bytes(cfg: RunConfig) -> int:
-    """Upper bound of the bytes a slide will take: an uncompressed zarr pyramid plus each TIFF."""
-    level0 = cfg.width * cfg.height * 3
-    pyramid = level0 * 4 // 3 + 64 * 1024 * 1024
-    tiff_ratio = 0.35 if cfg.compression == "jpeg" else 1.0
-    return int(pyramid * (1 + tiff_ratio * len(cfg.formats)))
+@dataclass
+class Job:
+    """Everything one run needs, resolved once from the config and the model."""
+
+    cfg: RunConfig
+    out: Path
+    runner: Any  # gigagen.models.denoiser.BundleRunner
+    tiling: Tiling
+    plans: list[LevelPlan]
+    steps: list[Any]
+    state: RunState
+    farm: Any = None  # gigagen.farm.Farm when tiles go to dask workers
+
+
+def is_slide(out: Path) -> bool:
+    return out.is_dir() and ((out / "run.json").exists() or (out / "slide.ome.zarr").exists())
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -63,182 +75,249 @@ def check_output(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it")
-    if not out.is_dir() or not ((out / "run.json").exists() or (out / "slide.ome.zarr").exists()):
+        hint = " or continue it with --resume" if (out / ".gigagen-state").exists() else ""
+        raise UserError(f"{out} already exists; pass --overwrite to replace it{hint}")
+    if not is_slide(out):
         raise UserError(f"{out} exists and is not a gigagen slide; refusing to replace it")
 
 
-def check_memory(cfg: RunConfig, plans: list[LevelPlan], channels: int) -> None:
-    """The latent canvases of a level and its parent are held in memory (overlap mode: 3 more buffers)."""
+def check_resources(cfg: RunConfig, out: Path, plans: list[LevelPlan], channels: int, store_kind: str) -> int:
+    """Free disk and memory against the run's own estimate; returns the disk estimate in bytes."""
     import psutil
 
-    area = max(p.shape[0] * p.shape[1] for p in plans)
-    need = area * channels * 4 * (1.25 + (3 if cfg.blend == "overlap" else 0))
-    free = psutil.virtual_memory().available
-    if need > 0.8 * free:
-        raise UserError(f"a {cfg.width}x{cfg.height} slide needs about {need / 1e9:.1f} GB of memory for its latents but {free / 1e9:.1f} GB is available")
-
-
-def check_disk(cfg: RunConfig, out: Path) -> int:
-    need = estimate_disk_bytes(cfg)
+    est = estimate(cfg, plans, channels, store_kind)
     anchor = next(p for p in [out, *out.parents] if p.exists())
     free = shutil.disk_usage(anchor).free
-    if need > free:
-        raise UserError(f"a {cfg.width}x{cfg.height} slide needs about {need / 1e9:.1f} GB but {anchor} has {free / 1e9:.1f} GB free")
-    return need
+    if est["disk_bytes"] > free:
+        raise UserError(f"a {cfg.width}x{cfg.height} slide needs about {est['disk_bytes'] / 1e9:.1f} GB but {anchor} has {free / 1e9:.1f} GB free")
+    avail = psutil.virtual_memory().available
+    if store_kind == "memory" and est["latent_memory_bytes"] > 0.8 * avail:
+        raise UserError(f"the latents need {est['latent_memory_bytes'] / 1e9:.1f} GB but {avail / 1e9:.1f} GB of memory is available; lower --memory-budget")
+    return est["disk_bytes"]
 
 
-def versions() -> dict[str, str]:
-    import tifffile
-    import torch
-    import zarr
-
-    return {
-        "gigagen": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "numpy": np.__version__, "zarr": zarr.__version__, "tifffile": tifffile.__version__,
-    }
+def choose_store(cfg: RunConfig, plans: list[LevelPlan], channels: int) -> str:
+    """'memory' while the latents fit the budget and no workers share them, else per-tile files on disk."""
+    fits = latent_memory_bytes(cfg, plans, channels) <= cfg.memory_budget
+    if fits and not (cfg.scheduler or cfg.workers):
+        return "memory"
+    if cfg.blend == "overlap":
+        why = "with dask workers" if fits else f"beyond --memory-budget ({latent_memory_bytes(cfg, plans, channels) / 1e9:.1f} GB needed)"
+        raise UserError(f"--blend overlap keeps its latents in one process's memory and cannot run {why}; use gridshift")
+    return "disk"
 
 
 @contextmanager
-def replacing(out: Path) -> Iterator[None]:
-    """Move an existing slide aside, restore it if generation fails, delete it once the new one is done."""
+def replacing(out: Path, active: bool) -> Iterator[None]:
+    """--overwrite: move the old slide aside, restore it if the new run fails, delete it once the new one is done.
+
+    Ctrl-C keeps the new partial slide (resumable) and the old one aside until a run completes.
+    """
     backup = out.with_name(f".{out.name}.replaced")
-    moved = out.exists()
-    if moved:
+    if active and out.exists():
         if backup.exists():
             shutil.rmtree(backup)
         out.rename(backup)
     try:
         yield
+    except KeyboardInterrupt:
+        raise
     except BaseException:
-        if moved:
+        if backup.exists():
             shutil.rmtree(out, ignore_errors=True)
             backup.rename(out)
         raise
-    if moved:
+    if backup.exists():
         shutil.rmtree(backup)
 
 
-def _level_label(plan: LevelPlan, n_levels: int) -> str:
-    kind = "layout" if plan.level == n_levels - 1 else "refine"
-    return f"{kind} {plan.magnification:g}x"
-
-
 def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Generate one slide into cfg.out; returns the run record (also written to run.json)."""
+    """Generate (or resume) one slide into cfg.out; returns the run record (also written to run.json)."""
     from gigagen.models.checkpoint import load_bundle
     from gigagen.models.denoiser import BundleRunner, pick_device, pick_dtype
 
     validate(cfg)
     out = Path(cfg.out)
-    check_output(out, cfg.overwrite)
+    if cfg.resume:
+        done = _already_complete(out)
+        if done is not None:
+            log(f"{out} is already complete; nothing to resume")
+            return done
+    else:
+        check_output(out, cfg.overwrite)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     bundle = load_bundle(Path(cfg.checkpoint) if cfg.checkpoint else None, device)
     mc = bundle.config
     if cfg.steps > mc.n_train_steps:
         raise UserError(f"steps must be at most {mc.n_train_steps} for this model")
-    divisor = mc.unet.divisor
     tile = cfg.tile or mc.tile
-    if tile % divisor:
-        raise UserError(f"tile must be a multiple of {divisor} for this model, not {tile}")
-    disk_need = check_disk(cfg, out)
+    if tile % mc.unet.divisor:
+        raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
+    tiling = Tiling(tile=tile, mode=cfg.blend, divisor=mc.unet.divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
+    plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
+    precision = str(dtype).replace("torch.", "")
+    fp = fingerprint(cfg, bundle.identity, precision, device.type)
+    root = cfg.state_store or default_state_root(out.resolve())
+    if cfg.resume:
+        if not out.is_dir():
+            raise UserError(f"nothing to resume: {out} does not exist")
+        state = load_state(root, fp)
+        disk_need = 0
+    else:
+        kind = choose_store(cfg, plans, mc.ae.latent_ch)
+        disk_need = check_resources(cfg, out, plans, mc.ae.latent_ch, kind)
+        state = RunState(root, fp, kind)
     if not mc.trained:
         log("warning: this model is an untrained random placeholder; the slide will not look like tissue")
-
     runner = BundleRunner(bundle, device, dtype, cfg.guidance)
-    tiling = Tiling(tile=tile, mode=cfg.blend, divisor=divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
-    plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, divisor)
-    check_memory(cfg, plans, mc.ae.latent_ch)
     steps = step_plans(runner.alphas_cumprod, ddim_timesteps(mc.n_train_steps, cfg.steps))
+    job = Job(cfg, out, runner, tiling, plans, steps, state)
     record: dict[str, Any] = {
         "generator": "gigagen", "synthetic": True, "status": "generating", "config": cfg.as_dict(),
         "seed": cfg.seed, "width": cfg.width, "height": cfg.height, "mpp": mc.mpp0,
         "model": {"identity": bundle.identity, "name": mc.name, "trained": mc.trained, "checkpoint": cfg.checkpoint or "embedded default"},
-        "device": str(device), "precision": str(dtype).replace("torch.", ""), "versions": versions(),
+        "device": str(device), "precision": precision, "versions": versions(), "latent_store": state.store_kind,
         "levels": [{"level": p.level, "magnification": p.magnification, "latent_shape": list(p.shape)} for p in plans],
         "estimated_disk_bytes": disk_need,
     }
-    with replacing(out):
-        record = _run(cfg, out, record, runner, tiling, plans, steps, progress)
-    return record
+    with replacing(out, active=cfg.overwrite), _farm(cfg, job):
+        return _run(job, record, progress)
 
 
-def _run(cfg, out, record, runner, tiling, plans, steps, progress) -> dict[str, Any]:
-    from gigagen.io.omezarr import create_slide
+@contextmanager
+def _farm(cfg: RunConfig, job: Job) -> Iterator[None]:
+    if not (cfg.scheduler or cfg.workers):
+        yield
+        return
+    from gigagen.farm import Farm
 
+    with Farm.connect(cfg.scheduler, cfg.workers, job) as farm:
+        job.farm = farm
+        yield
+
+
+def _already_complete(out: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("status") == "complete" and not (out / ".gigagen-state").exists() else None
+
+
+def _run(job: Job, record: dict[str, Any], progress: ProgressFactory) -> dict[str, Any]:
+    from gigagen.io.omezarr import create_slide, open_writer
+
+    cfg, out, state = job.cfg, job.out, job.state
     timings = Timings()
     t_start = time.perf_counter()
-    out.mkdir(parents=True)
-    attrs = {k: record[k] for k in ("generator", "synthetic", "seed", "width", "height", "mpp")}
-    attrs |= {"version": __version__, "model": record["model"]["identity"]}
-    writer = create_slide(out / "slide.ome.zarr", cfg.width, cfg.height, record["mpp"], attrs, chunk=PIXEL_CHUNK)
-    _write_json(out / "run.json", record)
+    if cfg.resume:
+        writer = open_writer(out / "slide.ome.zarr")
+        record["resumed_from_stages"] = list(state.stages)
+    else:
+        out.mkdir(parents=True)
+        attrs = {k: record[k] for k in ("generator", "synthetic", "seed", "width", "height", "mpp")}
+        attrs |= {"version": __version__, "model": record["model"]["identity"]}
+        writer = create_slide(out / "slide.ome.zarr", cfg.width, cfg.height, record["mpp"], attrs, chunk=PIXEL_CHUNK)
+        state.save()
+        _write_json(out / "run.json", record)
 
-    latent = _sample(cfg, out, runner, tiling, plans, steps, progress, timings)
-    f = runner.bundle.config.ae.factor
-    with timings.stage("decode"):
-        bar = progress(f"decode {plans[0].magnification:g}x", -(-cfg.height // PIXEL_CHUNK) * -(-cfg.width // PIXEL_CHUNK), "tile")
-        for tile, rgb in stream_decode(latent, runner.decode_fn, f, cfg.height, cfg.width, chunk=PIXEL_CHUNK):
-            writer.write_tile(tile.y0, tile.x0, rgb)
-            bar.update(1)
-        bar.close()
-    del latent
-    with timings.stage("pyramid"):
-        bar = progress("pyramid", writer.pyramid_chunk_count(), "chunk")
-        writer.build_pyramid(bar.update)
-        bar.close()
-    c = runner.counters
-    record |= {
-        "status": "complete",
-        "network_evaluations": {
-            "unet_calls": c.unet_calls, "unet_tiles": c.unet_tiles, "unet_latent_pixels": c.unet_pixels,
-            "per_latent_pixel_per_step": round(c.unet_pixels / (cfg.steps * sum(p.shape[0] * p.shape[1] for p in plans)), 4),
-            "decode_calls": c.decode_calls,
-        },
-    }
+    if not state.done("decode"):
+        final = _sample(job, progress, timings)
+        with timings.stage("decode"):
+            _decode(job, final, writer, progress)
+        state.mark("decode")
+    if not state.done("pyramid"):
+        with timings.stage("pyramid"):
+            bar = progress("pyramid", writer.pyramid_chunk_count(), "chunk")
+            writer.build_pyramid(bar.update)
+            bar.close()
+        state.mark("pyramid")
     writer.finish({"status": "complete"})
-    if cfg.formats:
+    if cfg.formats and not state.done("export"):
         _export(cfg, out, progress, timings)
+        state.mark("export")
+    c = job.runner.counters
+    record |= {"status": "complete", "network_evaluations": _evaluations(job, c)}
     timings.stages["total"] = round(time.perf_counter() - t_start, 3)
     record["timings_s"] = timings.stages
     _write_json(out / "run.json", record)
+    remove_tree(state.root)
     return record
 
 
-def _sample(cfg, out, runner, tiling, plans, steps, progress, timings) -> np.ndarray:
+def _evaluations(job: Job, c: Any) -> dict[str, Any]:
+    if job.farm is not None:
+        c = job.farm.counters
+    area = job.cfg.steps * sum(p.shape[0] * p.shape[1] for p in job.plans)
+    return {
+        "unet_calls": c.unet_calls, "unet_tiles": c.unet_tiles, "unet_latent_pixels": c.unet_pixels,
+        "per_latent_pixel_per_step": round(c.unet_pixels / area, 4) if not job.cfg.resume else None,
+        "decode_calls": c.decode_calls,
+    }
+
+
+def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
     """The cascade with one progress bar per level; the layout level is saved as layout.png."""
+    cfg, plans, state = job.cfg, job.plans, job.state
     bars: dict[str, Any] = {}
     n_levels = len(plans)
 
-    def start(plan: LevelPlan) -> None:
-        total = tiles_per_level(plan.shape, tiling, cfg.seed, plan.level, len(steps))
-        bars["bar"] = progress(_level_label(plan, n_levels), total, "tile")
+    def start(plan: LevelPlan, store: Any) -> None:
+        total = tiles_per_level(store.spec, len(job.steps), store.completed())
+        kind = "layout" if plan.level == n_levels - 1 else "refine"
+        bars["bar"] = progress(f"{kind} {plan.magnification:g}x", total, "tile")
         bars["t0"] = time.perf_counter()
 
-    def done(plan: LevelPlan, canvas: np.ndarray) -> None:
+    def done(plan: LevelPlan, store: Any) -> None:
         bars["bar"].close()
         timings.stages[f"level{plan.level}_{plan.magnification:g}x"] = round(time.perf_counter() - bars["t0"], 3)
         if plan.level == n_levels - 1:
-            _save_layout(out / "layout.png", canvas, runner, plans, cfg)
+            _save_layout(job, store.view(len(job.steps)), plan)
 
-    return sample_cascade(
-        plans, channels=runner.bundle.config.ae.latent_ch, model_fn=runner.model_fn, steps=steps, eta=cfg.eta,
-        seed=cfg.seed, tiling=tiling, on_level_start=start, on_tiles=lambda n: bars["bar"].update(n), on_level_done=done,
+    def on_tiles(n: int) -> None:
+        bars["bar"].update(n)
+
+    if job.farm is not None:
+        denoise = job.farm.denoiser(job.steps, cfg.eta, on_tiles)
+    else:
+        denoise = local_denoiser(job.runner.model_fn, job.steps, cfg.eta, on_tiles)
+    make_store = (lambda spec: MemoryStore(spec, state.root)) if state.store_kind == "memory" else (lambda spec: DiskStore(spec, state.root))
+    store = sample_cascade(
+        plans, channels=job.runner.bundle.config.ae.latent_ch, n_steps=len(job.steps), seed=cfg.seed, tiling=job.tiling,
+        denoise=denoise, make_store=make_store, on_level_start=start, on_level_done=done,
     )
+    return store.view(len(job.steps))
 
 
-def _save_layout(path: Path, canvas: np.ndarray, runner, plans: list[LevelPlan], cfg: RunConfig) -> None:
-    """Decode the whole (small) layout canvas and crop it to the slide's field of view at that magnification."""
+def _decode(job: Job, latent: Any, writer: Any, progress: ProgressFactory) -> None:
+    cfg = job.cfg
+    f = job.runner.bundle.config.ae.factor
+    tiles = decode_tiles(cfg.height, cfg.width, PIXEL_CHUNK)
+    bar = progress(f"decode {job.plans[0].magnification:g}x", len(tiles), "tile")
+    if job.farm is not None:
+        job.farm.decode(latent, tiles, f, str((job.out / "slide.ome.zarr").resolve()), bar.update)
+    else:
+        for tile in tiles:
+            writer.write_tile(tile.y0, tile.x0, decode_region(latent, job.runner.decode_fn, f, tile, halo=6))
+            bar.update(1)
+    bar.close()
+
+
+def _save_layout(job: Job, latent: Any, plan: LevelPlan) -> None:
+    """Decode the layout level chunk by chunk and save it cropped to the slide's field of view."""
     from PIL import Image
 
-    px = to_uint8(runner.decode_fn(canvas[None])[0])
-    scale = plans[0].magnification / plans[-1].magnification
-    h, w = max(1, round(cfg.height / scale)), max(1, round(cfg.width / scale))
-    Image.fromarray(np.moveaxis(px[:, :h, :w], 0, -1)).save(path)
+    scale = job.plans[0].magnification / plan.magnification
+    h, w = max(1, round(job.cfg.height / scale)), max(1, round(job.cfg.width / scale))
+    img = np.empty((h, w, 3), dtype=np.uint8)
+    f = job.runner.bundle.config.ae.factor
+    for tile in decode_tiles(h, w, PIXEL_CHUNK):
+        img[tile.y0 : tile.y1, tile.x0 : tile.x1] = np.moveaxis(decode_region(latent, job.runner.decode_fn, f, tile, halo=6), 0, -1)
+    Image.fromarray(img).save(job.out / "layout.png")
 
 
-def _export(cfg: RunConfig, out: Path, progress, timings: Timings) -> None:
+def _export(cfg: RunConfig, out: Path, progress: ProgressFactory, timings: Timings) -> None:
     from gigagen.io.export import export_slide
 
     bars: dict[str, Any] = {}
@@ -251,7 +330,8 @@ def _export(cfg: RunConfig, out: Path, progress, timings: Timings) -> None:
         seen[0] = done
 
     with timings.stage("export"):
-        export_slide(out, formats=cfg.formats, compression=cfg.compression, quality=cfg.quality, progress=report)
+        # overwrite: a file of this slide's own earlier, interrupted export may exist on resume
+        export_slide(out, formats=cfg.formats, compression=cfg.compression, quality=cfg.quality, progress=report, overwrite=True)
     for bar, _ in bars.values():
         bar.close()
 
@@ -260,3 +340,33 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+def plan_run(cfg: RunConfig) -> dict[str, Any]:
+    """`gigagen slide --plan`: the run's estimated disk, memory, evaluations and time; generates nothing."""
+    from gigagen.models.checkpoint import load_bundle
+    from gigagen.models.denoiser import BundleRunner, pick_device, pick_dtype
+    from gigagen.plan import calibrate, evaluations, predict_seconds
+
+    validate(cfg)
+    device = pick_device(cfg.device)
+    bundle = load_bundle(Path(cfg.checkpoint) if cfg.checkpoint else None, device)
+    mc = bundle.config
+    tile = cfg.tile or mc.tile
+    plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
+    kind = choose_store(cfg, plans, mc.ae.latent_ch)
+    est = estimate(cfg, plans, mc.ae.latent_ch, kind)
+    evals = evaluations(cfg, plans, tile, mc.unet.divisor)
+    runner = BundleRunner(bundle, device, pick_dtype(cfg.precision, device), cfg.guidance)
+    calib = calibrate(runner, tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
+    seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor)
+    if cfg.workers:
+        seconds = {k: v / cfg.workers if k != "pyramid_and_export" else v for k, v in seconds.items()}
+        seconds["total"] = seconds["sampling"] + seconds["decode"] + seconds["pyramid_and_export"]
+    return {
+        "width": cfg.width, "height": cfg.height, "steps": cfg.steps, "blend": cfg.blend, "model": bundle.identity,
+        "levels": [{"magnification": p.magnification, "latent_shape": list(p.shape)} for p in plans],
+        "latent_store": kind, "disk_bytes": est["disk"], "peak_memory_bytes": est["peak_memory_bytes"],
+        "network_evaluations": evals, "seconds_on_this_machine": {k: round(v, 1) for k, v in seconds.items()},
+        "calibration": calib,
+    }

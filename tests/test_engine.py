@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from gigagen.engine.cascade import initial_noise, plan_cascade, sample_cascade
+from gigagen.engine.cascade import local_denoiser, plan_cascade, sample_cascade
+from gigagen.engine.noise import INITIAL, gaussian_region
 from gigagen.engine.decode import decode_region, stream_decode, to_uint8
 from gigagen.engine.grid import Tile
+from gigagen.engine.store import DiskStore, MemoryStore
 from gigagen.engine.tiler import Tiling, step_plans
 from gigagen.models.checkpoint import load_bundle
 from gigagen.models.denoiser import BundleRunner
@@ -22,11 +24,14 @@ def _runner(path: Path, guidance: float = 1.0, dtype: torch.dtype = torch.bfloat
     return BundleRunner(load_bundle(path, "cpu"), torch.device("cpu"), dtype, guidance)
 
 
-def _sample(runner: BundleRunner, width: int, height: int, tiling: Tiling, steps: int = 4, eta: float = 0.0, seed: int = 3):
+def _sample(runner: BundleRunner, width: int, height: int, tiling: Tiling, steps: int = 4, eta: float = 0.0, seed: int = 3,
+            make_store=MemoryStore):
     cfg = runner.bundle.config
     plans = plan_cascade(width, height, cfg.ae.factor, cfg.magnifications, cfg.unet.divisor)
     sp = step_plans(runner.alphas_cumprod, ddim_timesteps(cfg.n_train_steps, steps))
-    return sample_cascade(plans, channels=cfg.ae.latent_ch, model_fn=runner.model_fn, steps=sp, eta=eta, seed=seed, tiling=tiling)
+    store = sample_cascade(plans, channels=cfg.ae.latent_ch, n_steps=steps, seed=seed, tiling=tiling,
+                           denoise=local_denoiser(runner.model_fn, sp, eta), make_store=make_store)
+    return store.view(steps)[:, :, :]
 
 
 def test_plan_cascade_shapes() -> None:
@@ -55,12 +60,13 @@ def test_a_slide_that_fits_in_one_tile_equals_the_untiled_sampler(tiny_bundle: P
     plans = plan_cascade(24, 24, cfg.ae.factor, cfg.magnifications, cfg.unet.divisor)
     assert all(max(p.shape) <= 8 for p in plans)
     sp = step_plans(runner.alphas_cumprod, ddim_timesteps(cfg.n_train_steps, 5))
-    tiled = sample_cascade(plans, channels=4, model_fn=runner.model_fn, steps=sp, eta=0.0, seed=11, tiling=Tiling(tile=8, mode="gridshift"))
+    tiled = sample_cascade(plans, channels=4, n_steps=5, seed=11, tiling=Tiling(tile=8, mode="gridshift"),
+                           denoise=local_denoiser(runner.model_fn, sp, 0.0)).view(5)[:, :, :]
 
     # reference: plain DDIM on whole canvases, layout first, conditioning = whole parent upsampled
     parent = None
     for plan in reversed(plans):
-        x = initial_noise(11, plan.level, plan.shape, 4)[None]
+        x = gaussian_region(11, plan.level, INITIAL, 0, plan.shape[0], 0, plan.shape[1], 4)[None]
         cond = None
         if parent is not None:
             up = torch.nn.functional.interpolate(torch.from_numpy(parent)[None], scale_factor=plan.factor, mode="bilinear", align_corners=False)
@@ -107,3 +113,47 @@ def test_tiled_decode_equals_untiled(tiny_bundle: Path) -> None:
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     region = decode_region(latent, runner.decode_fn, 4, Tile(64, 128, 128, 192), halo=6)
     assert np.abs(region.astype(int) - whole[:, 64:128, 128:192].astype(int)).max() <= 1
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _failing_after(model_fn, n: int):
+    calls = [0]
+
+    def fn(*args):
+        calls[0] += 1
+        if calls[0] > n:
+            raise _Interrupt
+        return model_fn(*args)
+
+    return fn
+
+
+@pytest.mark.parametrize("kind", ["disk", "memory"])
+def test_stores_match_and_resume_after_interruption(tiny_bundle: Path, tmp_path: Path, kind: str) -> None:
+    runner = _runner(tiny_bundle)
+    ref = _sample(runner, 200, 168, Tiling(tile=8))
+    cfg = runner.bundle.config
+    plans = plan_cascade(200, 168, cfg.ae.factor, cfg.magnifications, cfg.unet.divisor)
+    sp = step_plans(runner.alphas_cumprod, ddim_timesteps(cfg.n_train_steps, 4))
+    root = str(tmp_path / "state")
+    make = (lambda spec: DiskStore(spec, root)) if kind == "disk" else (lambda spec: MemoryStore(spec, root))
+    tiling = Tiling(tile=8, batch_size=5)
+    for n_calls in (3, 9, 30):  # interrupted in the layout, then mid-refinement, then at the finest level
+        with pytest.raises(_Interrupt):
+            sample_cascade(plans, channels=4, n_steps=4, seed=3, tiling=tiling,
+                           denoise=local_denoiser(_failing_after(runner.model_fn, n_calls), sp, 0.0), make_store=make)
+    store = sample_cascade(plans, channels=4, n_steps=4, seed=3, tiling=tiling,
+                           denoise=local_denoiser(runner.model_fn, sp, 0.0), make_store=make)
+    np.testing.assert_array_equal(store.view(4)[:, :, :], ref)
+    if kind == "disk":  # only the final state of each level is left on disk
+        assert sorted(p.name for p in (tmp_path / "state" / "L0").iterdir()) == ["s0004", "state.json"]
+
+
+def test_disk_store_refuses_overlap(tmp_path: Path) -> None:
+    from gigagen.engine.store import LevelSpec
+
+    with pytest.raises(ValueError, match="overlap"):
+        DiskStore(LevelSpec(0, (16, 16), 4, 0, Tiling(tile=8, mode="overlap")), str(tmp_path))

@@ -8,7 +8,7 @@ import secrets
 import sys
 import time
 
-from gigagen.config import FORMATS, RunConfig
+from gigagen.config import FORMATS, RunConfig, parse_bytes
 from gigagen.engine.grid import BLEND_MODES
 from gigagen.errors import UserError
 
@@ -41,6 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compression", default="jpeg", help="TIFF compression: jpeg, or lossless deflate, zstd, lzw, none (default jpeg)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing slide at --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (same arguments) from its last completed step")
+    p.add_argument("--memory-budget", default="2GiB", help="latents kept in memory up to this size, beyond it in per-tile files on disk (default 2GiB)")
+    p.add_argument("--plan", action="store_true", help="print the estimated disk, memory, network evaluations and time, and exit")
+    farm = p.add_argument_group("distributed (dask)")
+    farm.add_argument("--scheduler", help="tcp://HOST:PORT of a running dask scheduler to farm tiles out to")
+    farm.add_argument("--workers", type=int, default=0, help="start a local dask cluster with N worker processes")
+    farm.add_argument("--state-store", help="latent state location every worker can reach: a shared path or fsspec URL (default SLIDE/.gigagen-state)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.add_argument("--tile-order", default="raster", help=argparse.SUPPRESS)
@@ -51,6 +58,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     height = args.height if args.height is not None else args.size
     if width is None or height is None:
         raise UserError("give --size N, or --width W and --height H")
+    if args.resume and (args.seed is None or args.out is None):
+        raise UserError("--resume needs the same --out and --seed as the interrupted run")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     out = args.out or time.strftime(f"slides/gigagen-%Y%m%d-%H%M%S-s{seed}")
     return RunConfig(
@@ -58,7 +67,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         blend=args.blend, overlap_stride=args.overlap_stride, tile=args.tile, checkpoint=args.checkpoint,
         device=args.device, precision=args.precision, batch_size=args.batch_size, overwrite=args.overwrite,
         formats=_formats(args.formats), compression=args.compression.lower(), quality=args.quality,
-        tile_order=args.tile_order,
+        tile_order=args.tile_order, resume=args.resume, memory_budget=parse_bytes(args.memory_budget),
+        scheduler=args.scheduler, workers=args.workers, state_store=args.state_store,
     )
 
 
@@ -71,17 +81,45 @@ def _tqdm_factory(quiet: bool):
     return make
 
 
+def _print_plan(plan: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(plan))
+        return
+    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+    d, ev, sec = plan["disk_bytes"], plan["network_evaluations"], plan["seconds_on_this_machine"]
+    print(f"slide        {plan['width']}x{plan['height']} px at 20x, {plan['steps']} steps, blend {plan['blend']}, model {plan['model']}")
+    print("levels       " + ", ".join(f"{lv['magnification']:g}x latent {lv['latent_shape'][0]}x{lv['latent_shape'][1]}" for lv in plan["levels"]))
+    print(f"disk         {gb(d['total'])} at most (zarr {gb(d['zarr'])}, tiffs {gb(d['tiffs'])}, latent state {gb(d['latent_state'])})")
+    print(f"memory       {gb(plan['peak_memory_bytes'])} peak resident (latents {plan['latent_store']})")
+    print(f"network      {ev['unet_tiles']} UNet tile evaluations, {ev['unet_latent_pixels']} latent pixels")
+    print(f"time         {sec['total']:.0f} s on this machine (sampling {sec['sampling']:.0f}, decode {sec['decode']:.0f}, pyramid+export {sec['pyramid_and_export']:.0f})")
+
+
+def _resume_hint() -> str:
+    argv = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+    return "gigagen " + " ".join(argv) + " --resume"
+
+
 def run(args: argparse.Namespace) -> int:
-    from gigagen.pipeline import generate
+    from gigagen.pipeline import generate, plan_run
 
     cfg = config_from_args(args)
+    if args.plan:
+        _print_plan(plan_run(cfg), args.json)
+        return 0
     log = lambda msg: print(f"gigagen slide: {msg}", file=sys.stderr)  # noqa: E731
-    record = generate(cfg, progress=_tqdm_factory(args.quiet), log=log)
+    try:
+        record = generate(cfg, progress=_tqdm_factory(args.quiet), log=log)
+    except KeyboardInterrupt:
+        print(f"\ngigagen slide: interrupted; continue with: {_resume_hint()}", file=sys.stderr)
+        return 130
+    if record.get("status") == "complete" and "timings_s" not in record:
+        record["timings_s"] = {"total": 0.0}
     summary = {
         "out": cfg.out, "width": cfg.width, "height": cfg.height, "seed": cfg.seed, "blend": cfg.blend,
         "steps": cfg.steps, "model": record["model"]["identity"], "trained_model": record["model"]["trained"],
         "seconds": record["timings_s"]["total"],
-        "evaluations_per_latent_pixel_per_step": record["network_evaluations"]["per_latent_pixel_per_step"],
+        "evaluations_per_latent_pixel_per_step": record.get("network_evaluations", {}).get("per_latent_pixel_per_step"),
     }
     if args.json:
         print(json.dumps(summary))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
+from gigagen.engine.grid import Tiling, round_up
+from gigagen.engine.store import LevelSpec, MemoryStore, StateView
+from gigagen.engine.tiler import ModelFn, StepPlan, denoise_level
 
-from gigagen.engine.grid import round_up
-from gigagen.engine.noise import INITIAL, gaussian_region
-from gigagen.engine.tiler import ModelFn, StepPlan, Tiling, denoise_level
+# denoise(store, parent view or None, factor to parent) runs the store's remaining steps
+DenoiseFn = Callable[[Any, "StateView | None", int], None]
 
 
 @dataclass(frozen=True)
@@ -39,38 +40,44 @@ def plan_cascade(
     return plans
 
 
-def initial_noise(seed: int, level: int, shape: tuple[int, int], channels: int) -> np.ndarray:
-    return gaussian_region(seed, level, INITIAL, 0, shape[0], 0, shape[1], channels)
+def level_spec(plan: LevelPlan, channels: int, seed: int, tiling: Tiling) -> LevelSpec:
+    return LevelSpec(plan.level, plan.shape, channels, seed, tiling)
+
+
+def local_denoiser(model_fn: ModelFn, steps: list[StepPlan], eta: float, on_tiles: Callable[[int], None] | None = None) -> DenoiseFn:
+    """Denoise in this process (the default; gigagen.engine.farm provides a dask.distributed one)."""
+
+    def denoise(store: Any, parent: StateView | None, factor: int) -> None:
+        denoise_level(store, parent=parent, factor=factor, model_fn=model_fn, steps=steps, eta=eta, on_tiles=on_tiles)
+
+    return denoise
 
 
 def sample_cascade(
     plans: list[LevelPlan],
     *,
     channels: int,
-    model_fn: ModelFn,
-    steps: list[StepPlan],
-    eta: float,
+    n_steps: int,
     seed: int,
     tiling: Tiling,
-    on_level_start: Callable[[LevelPlan], None] | None = None,
-    on_tiles: Callable[[int], None] | None = None,
-    on_level_done: Callable[[LevelPlan, np.ndarray], None] | None = None,
-) -> np.ndarray:
-    """Sample every level from the layout down; returns the finest latent canvas (C, H, W).
+    denoise: DenoiseFn,
+    make_store: Callable[[LevelSpec], Any] = MemoryStore,
+    on_level_start: Callable[[LevelPlan, Any], None] | None = None,
+    on_level_done: Callable[[LevelPlan, Any], None] | None = None,
+) -> Any:
+    """Sample every level from the layout down, resuming each store where it stopped.
 
-    Only a level and its parent are held at once.
+    Returns the finest level's store (its final state is `store.view(n_steps)`). Only a level and
+    its parent are alive at once.
     """
-    parent: np.ndarray | None = None
+    parent: StateView | None = None
+    store: Any = None
     for plan in reversed(plans):
+        store = make_store(level_spec(plan, channels, seed, tiling))
         if on_level_start:
-            on_level_start(plan)
-        canvas = initial_noise(seed, plan.level, plan.shape, channels)
-        denoise_level(
-            canvas, level=plan.level, parent=parent, factor=plan.factor, model_fn=model_fn,
-            steps=steps, eta=eta, seed=seed, tiling=tiling, on_tiles=on_tiles,
-        )
+            on_level_start(plan, store)
+        denoise(store, parent, plan.factor)
         if on_level_done:
-            on_level_done(plan, canvas)
-        parent = canvas
-    assert parent is not None
-    return parent
+            on_level_done(plan, store)
+        parent = store.view(n_steps)
+    return store

@@ -13,12 +13,25 @@ Coordinates are latent pixels of one level. Three blend modes:
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 BLEND_MODES = ("gridshift", "overlap", "none")
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a level is cut into tiles; only tile, mode, divisor and stride change the result."""
+
+    tile: int  # latent tile side
+    mode: str = "gridshift"  # see BLEND_MODES
+    divisor: int = 4  # tile edges and offsets are multiples of this (the UNet's downsampling)
+    stride: int | None = None  # overlap mode only; default tile // 2
+    batch_size: int = 16
+    order: str = "raster"  # processing order; results must not depend on it (tested)
 
 
 @dataclass(frozen=True, order=True)
@@ -67,10 +80,10 @@ def step_offset(seed: int, level: int, step: int, tile: int, divisor: int) -> tu
     return int(oy) * divisor, int(ox) * divisor
 
 
-def step_tiles(
+def step_segments(
     shape: tuple[int, int], tile: int, mode: str, *, seed: int, level: int, step: int, divisor: int, stride: int | None = None
-) -> list[Tile]:
-    """All tiles of one denoising step in raster order, for a canvas of (height, width) latent pixels."""
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Row and column segments of one denoising step; the step's tiles are their Cartesian product."""
     h, w = shape
     if mode == "gridshift":
         oy, ox = step_offset(seed, level, step, tile, divisor)
@@ -82,7 +95,27 @@ def step_tiles(
         rows, cols = window_segments(h, tile, s), window_segments(w, tile, s)
     else:
         raise ValueError(f"unknown blend mode {mode!r}; choose from {', '.join(BLEND_MODES)}")
+    return rows, cols
+
+
+def step_tiles(
+    shape: tuple[int, int], tile: int, mode: str, *, seed: int, level: int, step: int, divisor: int, stride: int | None = None
+) -> list[Tile]:
+    """All tiles of one denoising step in raster order, for a canvas of (height, width) latent pixels."""
+    rows, cols = step_segments(shape, tile, mode, seed=seed, level=level, step=step, divisor=divisor, stride=stride)
     return [Tile(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
+
+
+def overlapping(segments: list[tuple[int, int]], start: int, stop: int) -> list[tuple[int, int]]:
+    """The disjoint, sorted segments that intersect [start, stop)."""
+    i = bisect.bisect_right([a for a, _ in segments], start) - 1
+    out = []
+    for a, b in segments[max(i, 0) :]:
+        if a >= stop:
+            break
+        if b > start:
+            out.append((a, b))
+    return out
 
 
 def batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:

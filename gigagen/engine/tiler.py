@@ -1,16 +1,19 @@
-"""One level's denoising: every DDIM step is one sweep of tiles over the latent canvas."""
+"""One level's denoising: every DDIM step is one sweep of tiles over the level's latent state."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from gigagen.engine.condition import cond_for_region
-from gigagen.engine.grid import Tile, batches, step_tiles
+from gigagen.engine.grid import Tile, Tiling, batches, step_tiles
 from gigagen.engine.noise import gaussian_region
+from gigagen.engine.store import LevelSpec, MemoryStore
 from gigagen.sampling.ddim import ddim_sigma, ddim_step
+
+__all__ = ["ModelFn", "StepPlan", "Tiling", "denoise_level", "run_batch", "step_batches", "step_plans", "tiles_per_level"]
 
 # (x_t (B, C, h, w), timestep, level, cond (B, C, h, w) or None) -> (x0, eps), each (B, C, h, w) float32
 ModelFn = Callable[[np.ndarray, int, int, "np.ndarray | None"], tuple[np.ndarray, np.ndarray]]
@@ -18,18 +21,8 @@ TILE_ORDERS = ("raster", "reverse", "shuffle")
 
 
 @dataclass(frozen=True)
-class Tiling:
-    tile: int  # latent tile side
-    mode: str = "gridshift"  # see gigagen.engine.grid.BLEND_MODES
-    divisor: int = 4  # tile edges and offsets are multiples of this (the UNet's downsampling)
-    stride: int | None = None  # overlap mode only; default tile // 2
-    batch_size: int = 16
-    order: str = "raster"  # processing order; results must not depend on it (tested)
-
-
-@dataclass(frozen=True)
 class StepPlan:
-    """One DDIM step: from timestep t to t_next (alpha_bar_next = 1 at the end)."""
+    """DDIM step `index`: from timestep t (state index) to the next (alpha_bar_next = 1 at the end)."""
 
     index: int
     t: int
@@ -56,72 +49,70 @@ def ordered(tiles: list[Tile], order: str, salt: int) -> list[Tile]:
     raise ValueError(f"unknown tile order {order!r}")
 
 
-def tiles_per_level(shape: tuple[int, int], tiling: Tiling, seed: int, level: int, n_steps: int) -> int:
-    """Total tiles one level will evaluate over all steps (for progress bars and cost estimates)."""
-    return sum(
-        len(step_tiles(shape, tiling.tile, tiling.mode, seed=seed, level=level, step=i, divisor=tiling.divisor, stride=tiling.stride))
-        for i in range(n_steps)
-    )
+def _tiles(spec: LevelSpec, step: int) -> list[Tile]:
+    t = spec.tiling
+    return step_tiles(spec.shape, t.tile, t.mode, seed=spec.seed, level=spec.level, step=step, divisor=t.divisor, stride=t.stride)
 
 
-def _conditioning(parent: np.ndarray | None, factor: int, batch: list[Tile]) -> np.ndarray | None:
+def step_batches(spec: LevelSpec, step: int) -> list[list[Tile]]:
+    """The network batches of one step, in the configured processing order."""
+    return list(batches(ordered(_tiles(spec, step), spec.tiling.order, salt=step), spec.tiling.batch_size))
+
+
+def tiles_per_level(spec: LevelSpec, n_steps: int, first_step: int = 0) -> int:
+    """Tiles one level evaluates over its (remaining) steps, for progress bars and cost estimates."""
+    return sum(len(_tiles(spec, i)) for i in range(first_step, n_steps))
+
+
+def _conditioning(parent: Any | None, factor: int, batch: list[Tile]) -> np.ndarray | None:
     if parent is None:
         return None
     return np.stack([cond_for_region(parent, t.y0, t.y1, t.x0, t.x1, factor) for t in batch])
 
 
-def _noise(seed: int, level: int, step: StepPlan, tile: Tile, channels: int, sigma: float, cache: dict) -> np.ndarray | None:
-    if sigma == 0.0:
-        return None
-    return gaussian_region(seed, level, step.index + 1, tile.y0, tile.y1, tile.x0, tile.x1, channels, cache)
+def run_batch(
+    store: Any, spec: LevelSpec, batch: list[Tile], *, parent: Any | None, factor: int, model_fn: ModelFn,
+    step: StepPlan, eta: float, noise_cache: dict | None = None,
+) -> None:
+    """Denoise one batch of disjoint tiles: read state `step.index`, write state `step.index + 1`."""
+    k = step.index
+    x = np.stack([store.read(k, t.y0, t.y1, t.x0, t.x1) for t in batch])
+    x0, eps = model_fn(x, step.t, spec.level, _conditioning(parent, factor, batch))
+    sigma = ddim_sigma(step.alpha_bar, step.alpha_bar_next, eta)
+    for j, t in enumerate(batch):
+        noise = None
+        if sigma > 0.0:
+            noise = gaussian_region(spec.seed, spec.level, k + 1, t.y0, t.y1, t.x0, t.x1, spec.channels, noise_cache)
+        store.write(k + 1, t, ddim_step(x0[j], eps[j], step.alpha_bar_next, sigma, noise))
 
 
 def denoise_level(
-    canvas: np.ndarray,
-    *,
-    level: int,
-    parent: np.ndarray | None,
-    factor: int,
-    model_fn: ModelFn,
-    steps: list[StepPlan],
-    eta: float,
-    seed: int,
-    tiling: Tiling,
+    store: Any, *, parent: Any | None, factor: int, model_fn: ModelFn, steps: list[StepPlan], eta: float,
     on_tiles: Callable[[int], None] | None = None,
 ) -> None:
-    """Run all DDIM steps on `canvas` (C, H, W) float32 in place, starting from x_T already in it."""
-    for step in steps:
-        tiles = step_tiles(
-            canvas.shape[1:], tiling.tile, tiling.mode, seed=seed, level=level, step=step.index,
-            divisor=tiling.divisor, stride=tiling.stride,
-        )
-        tiles = ordered(tiles, tiling.order, salt=step.index)
-        sweep = _sweep_overlap if tiling.mode == "overlap" else _sweep_disjoint
-        sweep(canvas, tiles, level, parent, factor, model_fn, step, eta, seed, tiling.batch_size, on_tiles)
+    """Run the DDIM steps the store has not completed yet; commit after each one (the resume point)."""
+    spec: LevelSpec = store.spec
+    for step in steps[store.completed() :]:
+        if spec.tiling.mode == "overlap":
+            _sweep_overlap(store, parent, factor, model_fn, step, eta, on_tiles)
+        else:
+            cache: dict = {}
+            for batch in step_batches(spec, step.index):
+                run_batch(store, spec, batch, parent=parent, factor=factor, model_fn=model_fn, step=step, eta=eta, noise_cache=cache)
+                if on_tiles:
+                    on_tiles(len(batch))
+        store.commit(step.index + 1)
 
 
-def _sweep_disjoint(canvas, tiles, level, parent, factor, model_fn, step, eta, seed, batch_size, on_tiles) -> None:
-    """Non-overlapping tiles: each reads and writes only its own region, so the update is in place."""
-    sigma = ddim_sigma(step.alpha_bar, step.alpha_bar_next, eta)
-    cache: dict = {}
-    for batch in batches(tiles, batch_size):
-        x = np.stack([canvas[:, t.y0 : t.y1, t.x0 : t.x1] for t in batch])
-        x0, eps = model_fn(x, step.t, level, _conditioning(parent, factor, batch))
-        for j, t in enumerate(batch):
-            noise = _noise(seed, level, step, t, canvas.shape[0], sigma, cache)
-            canvas[:, t.y0 : t.y1, t.x0 : t.x1] = ddim_step(x0[j], eps[j], step.alpha_bar_next, sigma, noise)
-        if on_tiles:
-            on_tiles(len(batch))
-
-
-def _sweep_overlap(canvas, tiles, level, parent, factor, model_fn, step, eta, seed, batch_size, on_tiles) -> None:
-    """Overlapping windows: average every window's (x0, eps) per pixel, then take one DDIM step."""
+def _sweep_overlap(store: MemoryStore, parent, factor, model_fn, step: StepPlan, eta: float, on_tiles) -> None:
+    """Overlapping windows (MultiDiffusion, Bar-Tal et al. 2023, eq. 5): average every window's (x0, eps)."""
+    spec, canvas = store.spec, store.canvas
     sum_x0 = np.zeros_like(canvas)
     sum_eps = np.zeros_like(canvas)
     weight = np.zeros(canvas.shape[1:], dtype=np.float32)
-    for batch in batches(tiles, batch_size):
+    for batch in step_batches(spec, step.index):
         x = np.stack([canvas[:, t.y0 : t.y1, t.x0 : t.x1] for t in batch])
-        x0, eps = model_fn(x, step.t, level, _conditioning(parent, factor, batch))
+        x0, eps = model_fn(x, step.t, spec.level, _conditioning(parent, factor, batch))
         for j, t in enumerate(batch):
             sum_x0[:, t.y0 : t.y1, t.x0 : t.x1] += x0[j]
             sum_eps[:, t.y0 : t.y1, t.x0 : t.x1] += eps[j]
@@ -129,6 +120,7 @@ def _sweep_overlap(canvas, tiles, level, parent, factor, model_fn, step, eta, se
         if on_tiles:
             on_tiles(len(batch))
     sigma = ddim_sigma(step.alpha_bar, step.alpha_bar_next, eta)
-    whole = Tile(0, canvas.shape[1], 0, canvas.shape[2])
-    noise = _noise(seed, level, step, whole, canvas.shape[0], sigma, {})
+    noise = None
+    if sigma > 0.0:
+        noise = gaussian_region(spec.seed, spec.level, step.index + 1, 0, canvas.shape[1], 0, canvas.shape[2], spec.channels)
     canvas[:] = ddim_step(sum_x0 / weight, sum_eps / weight, step.alpha_bar_next, sigma, noise)
