@@ -38,7 +38,7 @@ class RunConfig:
     quality: int = 90
     tile_order: str = "raster"  # a test knob: results must not depend on it
     resume: bool = False
-    memory_budget: int = 2 * 1024**3  # bytes of latent canvases kept in memory; beyond, latents go to disk
+    memory_budget: int = 256 * 1024**2  # bytes of latent canvases kept in memory; beyond, latents go to disk
     scheduler: str | None = None  # tcp://HOST:PORT of a dask.distributed scheduler
     workers: int = 0  # > 0: start a local dask cluster with this many worker processes
     state_store: str | None = None  # where latent state lives (path or fsspec URL); default SLIDE/.gigagen-state

@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing slide at --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (same arguments) from its last completed step")
-    p.add_argument("--memory-budget", default="2GiB", help="latents kept in memory up to this size, beyond it in per-tile files on disk (default 2GiB)")
+    p.add_argument("--memory-budget", default="256MiB", help="latents kept in memory up to this size, beyond it in per-tile files on disk (default 256MiB)")
     p.add_argument("--plan", action="store_true", help="print the estimated disk, memory, network evaluations and time, and exit")
     farm = p.add_argument_group("distributed (dask)")
     farm.add_argument("--scheduler", help="tcp://HOST:PORT of a running dask scheduler to farm tiles out to")

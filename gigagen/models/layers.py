@@ -10,21 +10,23 @@ import torch.nn.functional as F
 
 
 class PixelNorm(nn.Module):
-    """RMS norm over channels at each pixel (with a learned gain).
+    """LayerNorm over the channels of each pixel (ConvNeXt's LayerNorm2d), with weight and bias.
 
     Unlike GroupNorm it uses no statistics across space, so a network built from it gives the same
     output for a pixel whether it sees the whole image or a tile with enough margin: tiled decode
-    equals untiled decode.
+    equals untiled decode. F.layer_norm on a channels-last view is one fused kernel on CPU (4x faster
+    than an RMS norm written from elementwise ops at full resolution).
     """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.gain = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rms = x.float().pow(2).mean(dim=1, keepdim=True).add(self.eps).rsqrt()
-        return (x * rms.to(x.dtype)) * self.gain
+        w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, self.eps).permute(0, 3, 1, 2)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
