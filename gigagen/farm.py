@@ -18,6 +18,7 @@ from gigagen.engine.grid import Tile
 from gigagen.engine.store import DiskStore, LevelSpec, StateView
 from gigagen.engine.tiler import StepPlan, run_batch, step_batches
 from gigagen.errors import UserError
+from gigagen.models.denoiser import Counters
 
 RETRIES = 3
 
@@ -29,14 +30,6 @@ class RunnerSpec:
     checkpoint: str | None
     precision: str
     guidance: float
-
-
-@dataclass
-class FarmCounters:
-    unet_calls: int = 0
-    unet_tiles: int = 0
-    unet_pixels: int = 0
-    decode_calls: int = 0
 
 
 def _worker_runner(spec: RunnerSpec) -> Any:
@@ -94,7 +87,7 @@ def decode_task(rspec: RunnerSpec, root: str, spec: LevelSpec, state: int, tiles
 class Farm:
     def __init__(self, client: Any, rspec: RunnerSpec, root: str) -> None:
         self.client, self.rspec, self.root = client, rspec, root
-        self.counters = FarmCounters()
+        self.counters = Counters()
         workers = client.scheduler_info().get("workers", {})
         if not workers:
             raise UserError("the dask cluster has no workers")

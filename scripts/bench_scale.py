@@ -47,7 +47,7 @@ def measure(cmd: list[str], out: Path) -> dict[str, float]:
         n = 0
         while not stop.is_set():
             peak["rss"] = max(peak["rss"], _tree_rss(proc))
-            if n % 25 == 0 and out.exists():  # disk every 0.5 s: walking the tree is slower
+            if n % 100 == 0 and out.exists():  # disk every 2 s: walking thousands of tile files is slow
                 peak["disk"] = max(peak["disk"], _du(out))
             n += 1
             time.sleep(0.02)
