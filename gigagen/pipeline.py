@@ -163,6 +163,8 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
         if not out.is_dir():
             raise UserError(f"nothing to resume: {out} does not exist")
         state = load_state(root, fp)
+        if state.store_kind == "memory" and (cfg.scheduler or cfg.workers):
+            raise UserError("this run keeps its latents in one process's memory; resume it without --workers or --scheduler")
         disk_need = 0
     else:
         kind = choose_store(cfg, plans, mc.ae.latent_ch)
