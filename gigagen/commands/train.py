@@ -1,0 +1,79 @@
+"""`gigagen train`: train the autoencoder and the cascade denoiser on slides or images."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gigagen.errors import UserError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from None
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("train", help="train a model bundle on H&E slides or images", description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="+", help="slides or images (OpenSlide formats, TIFF, PNG, JPEG)")
+    p.add_argument("--out", default="runs/train", help="run directory: state.pt, bundle.safetensors, loss.csv/png (default runs/train)")
+    p.add_argument("--mpp", type=float, default=None, help="micrometres per pixel of the inputs when the files lack it")
+    p.add_argument("--name", default="gigagen-model", help="model name recorded in the bundle")
+    p.add_argument("--max-minutes", type=float, default=60.0, help="wall-time limit of this run (default 60)")
+    p.add_argument("--ae-minutes", type=float, default=32.0, help="autoencoder training time before the denoiser starts (default 32)")
+    p.add_argument("--holdout-frac", type=float, default=0.2, help="bottom band of each input held out, never trained on (default 0.2)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
+    p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
+    p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
+    p.add_argument("--unet-base", type=int, default=64, help="UNet base width (default 64)")
+    p.add_argument("--unet-mult", type=_ints, default=(1, 2, 2), help="UNet width multipliers (default 1,2,2)")
+    p.add_argument("--unet-blocks", type=int, default=1, help="UNet residual blocks per resolution (default 1)")
+    p.add_argument("--ae-batch", type=int, default=8)
+    p.add_argument("--ae-crop", type=int, default=128)
+    p.add_argument("--unet-batch", type=int, default=16)
+    p.add_argument("--tile", type=int, default=32, help="latent tile side at the refinement levels (default 32)")
+    p.add_argument("--layout-tile", type=int, default=16, help="latent tile side at the layout level (default 16)")
+    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="autoencoder training autocast: bf16 or fp32; never fp16 (default bf16)")
+    p.add_argument("--unet-precision", default="bf16", choices=("bf16", "fp32"), help="denoiser training autocast (default bf16)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from gigagen.models.unet import UNetConfig
+    from gigagen.models.vae import AutoencoderConfig
+    from gigagen.train.loop import TrainConfig
+
+    for name in ("max_minutes", "ae_minutes"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0.0 <= args.holdout_frac < 1.0:
+        raise UserError("--holdout-frac must be in [0, 1)")
+    if args.mpp is not None and args.mpp <= 0:
+        raise UserError("--mpp must be positive")
+    unet = UNetConfig(latent_ch=args.latent_ch, base_ch=args.unet_base, ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
+    if args.tile % unet.divisor or args.layout_tile % unet.divisor:
+        raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
+    return TrainConfig(
+        inputs=list(args.inputs), out=args.out, mpp=args.mpp, name=args.name, holdout_frac=args.holdout_frac,
+        max_minutes=args.max_minutes, ae_minutes=args.ae_minutes,
+        ae=AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch), unet=unet,
+        ae_batch=args.ae_batch, ae_crop=args.ae_crop, unet_batch=args.unet_batch, tile=args.tile,
+        layout_tile=args.layout_tile, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
+        device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from gigagen.train.loop import train
+
+    cfg = config_from_args(args)
+    path = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(path)
+    return 0

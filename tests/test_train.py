@@ -1,0 +1,160 @@
+"""gigagen train: data pipeline, conditioning as at inference, the loop (checkpoints, resume, Ctrl-C) and the CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gigagen.cli import main
+from gigagen.errors import UserError
+from gigagen.models.checkpoint import load_bundle
+from gigagen.models.unet import UNetConfig
+from gigagen.models.vae import AutoencoderConfig
+from gigagen.train import data as D
+from gigagen.train import loop as L
+
+PINK, PURPLE = (235, 150, 190), (90, 50, 140)
+
+
+def fake_he(h: int = 512, w: int = 384, seed: int = 0) -> np.ndarray:
+    """White background, a pink tissue ellipse with purple 'nuclei' (radius 4 px)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    img = np.full((h, w, 3), 245, np.uint8)
+    tissue = ((yy - h / 2) / (0.45 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2 < 1
+    img[tissue] = PINK
+    for _ in range(120):
+        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        if tissue[cy, cx]:
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] = PURPLE
+    return img
+
+
+@pytest.fixture()
+def png(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    p = tmp_path / "he.png"
+    Image.fromarray(fake_he()).save(p)
+    return p
+
+
+def tiny_cfg(png: Path, out: Path, **kw) -> L.TrainConfig:
+    base = dict(
+        inputs=[str(png)], out=str(out), mpp=0.5, ae=AutoencoderConfig(base_ch=4, ch_mult=(1, 2), latent_ch=2),
+        unet=UNetConfig(latent_ch=2, base_ch=8, ch_mult=(1, 2), attn_lowest=False), ae_crop=32, ae_batch=2,
+        tile=8, layout_tile=4, unet_batch=2, max_minutes=5, ae_minutes=5, ae_max_steps=3, unet_max_steps=3,
+        checkpoint_minutes=10, threads=1,
+    )
+    return L.TrainConfig(**(base | kw))
+
+
+def test_dihedral_gives_eight_distinct_orientations() -> None:
+    a = np.arange(12).reshape(3, 4, 1)
+    outs = {D.dihedral(a, k).tobytes() + bytes(D.dihedral(a, k).shape) for k in range(8)}
+    assert len(outs) == 8
+
+
+def test_stain_jitter_is_identity_at_zero_and_mild_otherwise() -> None:
+    img = fake_he(64, 64)
+    rng = np.random.default_rng(0)
+    assert np.array_equal(D.stain_jitter(img, rng, 1e-9), img)
+    out = D.stain_jitter(img, rng, 0.3)
+    diff = np.abs(out.astype(int) - img)
+    assert 0 < diff.mean() < 30
+
+
+def test_tissue_mask_and_holdout_band() -> None:
+    img = fake_he()
+    mask = D.tissue_mask(img)
+    assert mask[256, 192] and not mask[5, 5]
+    train, held = D.split_holdout(img, 0.25)
+    assert train.shape[0] == 384 and held.shape[0] == 128
+    assert np.array_equal(np.concatenate([train, held]), img)
+
+
+def test_png_without_pixel_size_needs_mpp(png: Path) -> None:
+    with pytest.raises(UserError, match="--mpp"):
+        D.read_image(png)
+    rgb, mpp = D.read_image(png, 0.25)
+    assert rgb.shape == (512, 384, 3) and mpp == 0.25
+
+
+def test_tiff_pixel_size_is_read_from_the_file(tmp_path: Path) -> None:
+    import tifffile
+
+    p = tmp_path / "he.tif"
+    tifffile.imwrite(p, fake_he(64, 64), resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    _, mpp = D.read_image(p)
+    assert mpp == pytest.approx(0.25)
+
+
+def test_levels_are_aligned_box_downsamples() -> None:
+    li = D.build_levels(fake_he(), 3, 2, 4)
+    assert [im.shape[:2] for im in li.images] == [(512, 384), (256, 192), (128, 96)]
+    assert np.abs(li.images[1][10, 10].astype(int) - li.images[0][20:22, 20:22].mean(axis=(0, 1))).max() <= 1
+
+
+def test_training_conditioning_equals_upsampling_the_whole_parent_canvas() -> None:
+    """Borders match inference: a crop's conditioning is the whole parent latent upsampled, then cropped."""
+    rng = np.random.default_rng(0)
+    parent = rng.standard_normal((2, 6, 5)).astype(np.float32)
+    child = rng.standard_normal((2, 24, 20)).astype(np.float32)
+    ls = L.LatentSet([[child, parent, parent]], [[np.ones((24, 20), bool)] * 3])
+    cfg = L.TrainConfig(inputs=[], out="", unet=UNetConfig(latent_ch=2, base_ch=8, ch_mult=(1, 2)), tile=8,
+                        unet_batch=4, cfg_dropout=0.0, magnifications=(20.0, 5.0, 1.25))
+    x0, cond, mask = L.unet_batch(ls, cfg, 0, rng)
+    full = F.interpolate(torch.from_numpy(parent)[None], scale_factor=4, mode="bilinear", align_corners=False)[0].numpy()
+    for x, c in zip(x0, cond):
+        ys, xs = np.argwhere((child == x[:, :1, :1]).all(axis=0))[0]
+        np.testing.assert_allclose(c, full[:, ys : ys + 8, xs : xs + 8], atol=1e-5)
+    assert mask.tolist() == [1.0] * 4
+    _, cond2, mask2 = L.unet_batch(ls, cfg, 2, rng)
+    assert not cond2.any() and not mask2.any()  # the layout level is never conditioned
+
+
+def test_train_writes_a_loadable_trained_bundle_and_resumes(png: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_cfg(png, run)
+    path = L.train(cfg, log=lambda s: None, progress=False)
+    bundle = load_bundle(path)
+    assert bundle.config.trained and bundle.config.latent_scale > 0
+    assert bundle.config.training["unet_step"] > 0 and bundle.config.training["holdout_frac"] == 0.2
+    rows = list(csv.DictReader(open(run / "loss.csv")))
+    assert {r["phase"] for r in rows} == {"ae", "unet"}
+    assert (run / "loss.png").stat().st_size > 0
+    steps = bundle.config.training["unet_step"]
+    with pytest.raises(UserError, match="--resume"):
+        L.train(cfg, log=lambda s: None, progress=False)
+    L.train(tiny_cfg(png, run, unet_max_steps=5), resume=True, log=lambda s: None, progress=False)
+    assert load_bundle(path).config.training["unet_step"] == 5 and steps == 3
+
+
+def test_ctrl_c_saves_a_checkpoint(png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = L.ae_loss
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(L, "ae_loss", flaky)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        L.train(tiny_cfg(png, run, ae_max_steps=10), log=lambda s: None, progress=False)
+    blob = torch.load(run / "state.pt", weights_only=False)
+    assert blob["ae_step"] == 2
+
+
+def test_cli_train_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tmp_path / "missing.svs"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not found" in err and len(err.splitlines()) == 1
+    assert main(["train", str(tmp_path / "x.png"), "--holdout-frac", "1.5"]) == 2
