@@ -80,7 +80,7 @@ def decode_task(rspec: RunnerSpec, root: str, spec: LevelSpec, state: int, tiles
     latent = DiskStore(spec, root).view(state)
     writer = open_writer(zarr_path)
     for tile in tiles:
-        writer.write_tile(tile.y0, tile.x0, decode_region(latent, runner.decode_fn, factor, tile, halo=6))
+        writer.write_tile(tile.y0, tile.x0, decode_region(latent, runner.decode_fn, factor, tile))
     return _stats(runner, before)
 
 

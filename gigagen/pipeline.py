@@ -15,7 +15,7 @@ import numpy as np
 from gigagen import __version__
 from gigagen.config import RunConfig, validate
 from gigagen.engine.cascade import LevelPlan, local_denoiser, plan_cascade, sample_cascade
-from gigagen.engine.decode import decode_region, decode_tiles
+from gigagen.engine.decode import decode_tiles, stream_decode
 from gigagen.engine.grid import Tiling
 from gigagen.engine.store import DiskStore, MemoryStore, remove_tree
 from gigagen.engine.tiler import step_plans, tiles_per_level
@@ -131,10 +131,27 @@ def replacing(out: Path, active: bool) -> Iterator[None]:
         shutil.rmtree(backup)
 
 
+def _setup_model(cfg: RunConfig) -> tuple[Any, Any, Any, int, list[LevelPlan]]:
+    """Device, dtype, model bundle, latent tile side and cascade plan; UserError for what the model rules out."""
+    from gigagen.models.checkpoint import load_bundle
+    from gigagen.models.denoiser import pick_device, pick_dtype
+
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    bundle = load_bundle(Path(cfg.checkpoint) if cfg.checkpoint else None, device)
+    mc = bundle.config
+    if cfg.steps > mc.n_train_steps:
+        raise UserError(f"steps must be at most {mc.n_train_steps} for this model")
+    tile = cfg.tile or mc.tile
+    if tile % mc.unet.divisor:
+        raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
+    plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
+    return device, dtype, bundle, tile, plans
+
+
 def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Generate (or resume) one slide into cfg.out; returns the run record (also written to run.json)."""
-    from gigagen.models.checkpoint import load_bundle
-    from gigagen.models.denoiser import BundleRunner, pick_device, pick_dtype
+    from gigagen.models.denoiser import BundleRunner
 
     validate(cfg)
     out = Path(cfg.out)
@@ -145,17 +162,9 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
             return done
     else:
         check_output(out, cfg.overwrite)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.precision, device)
-    bundle = load_bundle(Path(cfg.checkpoint) if cfg.checkpoint else None, device)
+    device, dtype, bundle, tile, plans = _setup_model(cfg)
     mc = bundle.config
-    if cfg.steps > mc.n_train_steps:
-        raise UserError(f"steps must be at most {mc.n_train_steps} for this model")
-    tile = cfg.tile or mc.tile
-    if tile % mc.unet.divisor:
-        raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
     tiling = Tiling(tile=tile, mode=cfg.blend, divisor=mc.unet.divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
-    plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
     precision = str(dtype).replace("torch.", "")
     fp = fingerprint(cfg, bundle.identity, precision, device.type)
     root = cfg.state_store or default_state_root(out.resolve())
@@ -300,8 +309,8 @@ def _decode(job: Job, latent: Any, writer: Any, progress: ProgressFactory) -> No
     if job.farm is not None:
         job.farm.decode(latent, tiles, f, str((job.out / "slide.ome.zarr").resolve()), bar.update)
     else:
-        for tile in tiles:
-            writer.write_tile(tile.y0, tile.x0, decode_region(latent, job.runner.decode_fn, f, tile, halo=6))
+        for tile, rgb in stream_decode(latent, job.runner.decode_fn, f, cfg.height, cfg.width, PIXEL_CHUNK):
+            writer.write_tile(tile.y0, tile.x0, rgb)
             bar.update(1)
     bar.close()
 
@@ -314,8 +323,8 @@ def _save_layout(job: Job, latent: Any, plan: LevelPlan) -> None:
     h, w = max(1, round(job.cfg.height / scale)), max(1, round(job.cfg.width / scale))
     img = np.empty((h, w, 3), dtype=np.uint8)
     f = job.runner.bundle.config.ae.factor
-    for tile in decode_tiles(h, w, PIXEL_CHUNK):
-        img[tile.y0 : tile.y1, tile.x0 : tile.x1] = np.moveaxis(decode_region(latent, job.runner.decode_fn, f, tile, halo=6), 0, -1)
+    for tile, rgb in stream_decode(latent, job.runner.decode_fn, f, h, w, PIXEL_CHUNK):
+        img[tile.y0 : tile.y1, tile.x0 : tile.x1] = np.moveaxis(rgb, 0, -1)
     Image.fromarray(img).save(job.out / "layout.png")
 
 
@@ -346,20 +355,16 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 
 def plan_run(cfg: RunConfig) -> dict[str, Any]:
     """`gigagen slide --plan`: the run's estimated disk, memory, evaluations and time; generates nothing."""
-    from gigagen.models.checkpoint import load_bundle
-    from gigagen.models.denoiser import BundleRunner, pick_device, pick_dtype
+    from gigagen.models.denoiser import BundleRunner
     from gigagen.plan import calibrate, evaluations, predict_seconds
 
     validate(cfg)
-    device = pick_device(cfg.device)
-    bundle = load_bundle(Path(cfg.checkpoint) if cfg.checkpoint else None, device)
+    device, dtype, bundle, tile, plans = _setup_model(cfg)
     mc = bundle.config
-    tile = cfg.tile or mc.tile
-    plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
     kind = choose_store(cfg, plans, mc.ae.latent_ch)
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
     evals = evaluations(cfg, plans, tile, mc.unet.divisor)
-    runner = BundleRunner(bundle, device, pick_dtype(cfg.precision, device), cfg.guidance)
+    runner = BundleRunner(bundle, device, dtype, cfg.guidance)
     calib = calibrate(runner, tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
     seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor)
     if cfg.workers:
