@@ -87,6 +87,16 @@ def load_training_levels(cfg: TrainConfig, factor: int) -> list[D.LevelImages]:
     return out
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                   ema_model: torch.nn.Module, ema: float, step: int) -> None:
+    """Backward, clip to norm 1, step, then update the EMA copy (decay warmed up over the first steps)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema_update(ema_model, model, min(ema, (1 + step) / (10 + step)))
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -360,12 +370,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     recon, z = st.ae(x)
                 loss, parts = ae_loss(x, recon, z)
-                st.opt_ae.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(st.ae.parameters(), 1.0)
-                st.opt_ae.step()
                 st.ae_step += 1
-                ema_update(st.ae_ema, st.ae, min(cfg.ema, (1 + st.ae_step) / (10 + st.ae_step)))
+                optimizer_step(loss, st.ae, st.opt_ae, st.ae_ema, cfg.ema, st.ae_step)
                 st.ae_seconds += time.monotonic() - t0
                 logger.row(st.ae_seconds, "ae", st.ae_step, loss.item(), parts)
                 bar.update(1)
@@ -406,12 +412,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             with torch.autocast(device.type, dtype=udtype, enabled=udtype != torch.float32):
                 out = st.unet(xt, t.float(), torch.full((b,), level, dtype=torch.long, device=device), cond, mask)
             loss = (out.float() - target).pow(2).mean()
-            st.opt_unet.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(st.unet.parameters(), 1.0)
-            st.opt_unet.step()
             st.unet_step += 1
-            ema_update(st.unet_ema, st.unet, min(cfg.ema, (1 + st.unet_step) / (10 + st.unet_step)))
+            optimizer_step(loss, st.unet, st.opt_unet, st.unet_ema, cfg.ema, st.unet_step)
             st.unet_seconds += time.monotonic() - t0
             logger.row(st.unet_seconds, "unet", st.unet_step, loss.item(), {"level": level})
             bar.update(1)
