@@ -12,7 +12,7 @@ from typing import Any
 from gigagen.engine.grid import BLEND_MODES
 from gigagen.errors import UserError
 
-FORMATS = ("ome-tiff", "tiff")
+FORMATS = ("ome-tiff", "tiff", "dzi")  # the keys of gigagen.io.export.FORMATS (kept import-light)
 COMPRESSIONS = ("jpeg", "deflate", "zstd", "lzw", "none")
 
 
@@ -33,7 +33,7 @@ class RunConfig:
     precision: str = "auto"
     batch_size: int = 16
     overwrite: bool = False
-    formats: tuple[str, ...] = ("ome-tiff",)
+    formats: tuple[str, ...] = ("ome-tiff", "dzi")
     compression: str = "jpeg"
     quality: int = 90
     tile_order: str = "raster"  # a test knob: results must not depend on it

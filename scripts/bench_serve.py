@@ -12,7 +12,11 @@ Phases, per server:
           (shuffled by viewport), repeated over --cold-runs restarts
   warm    the same process afterwards, DURATION seconds of the session mix
 and for gigagen also
-  nocache DURATION seconds with --cache-mb 0 (every request reads and encodes: worst case)
+  nocache DURATION seconds with --cache-mb 0
+gigagen runs twice: on the slide as `gigagen slide` leaves it (with slide.dzi.zip, its
+pre-encoded Deep Zoom tiles, written here at the benchmark's quality), and on a copy without
+the pack, where every tile is read from the OME-Zarr and encoded (the path for slides still
+being generated, PNG tiles and other tilings).
 
 Prints tiles/s, p50/p99 latency and the gigagen/OpenSlide ratio; --json writes the numbers.
 Load is bounded (duration, client count) and never leaves the loopback interface.
@@ -62,6 +66,27 @@ def write_bench_slide(work: Path, size: int) -> Path:
         write_demo_slide(slide, size, size, seed=7)
         print(f"wrote {size}x{size} slide in {time.perf_counter() - t0:.1f} s: {slide}", flush=True)
     return slide
+
+
+def write_pack(slide: Path) -> Path:
+    """slide.dzi.zip at the benchmark's JPEG quality (`gigagen slide` writes it at --quality)."""
+    from gigagen.io.dzi import DZI_NAME
+    from gigagen.io.export import export_slide
+
+    pack = slide / DZI_NAME
+    if not pack.exists():
+        t0 = time.perf_counter()
+        export_slide(slide, formats=("dzi",), quality=QUALITY)
+        print(f"wrote {pack.name} (q{QUALITY}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    return pack
+
+
+def copy_without_pack(slide: Path) -> Path:
+    """The same slide without slide.dzi.zip: every tile rendered from the OME-Zarr."""
+    plain = slide.with_name(slide.name + "-zarr-only")
+    if not plain.exists():
+        shutil.copytree(slide, plain, ignore=shutil.ignore_patterns("*.dzi.zip", "*.tif"))
+    return plain
 
 
 def write_generic_tiff(slide: Path) -> tuple[Path, str]:
@@ -267,7 +292,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 class Gigagen:
-    name = "gigagen serve (FastAPI/uvicorn, OME-Zarr)"
+    name = "gigagen serve (FastAPI/uvicorn)"
 
     def __init__(self, slide: Path, cache_mb: float) -> None:
         self.slide, self.cache_mb = slide, cache_mb
@@ -360,9 +385,14 @@ def main() -> int:
     results: dict[str, dict] = {"config": {"size": args.size, "tile": TILE, "quality": QUALITY,
                                            "clients": args.clients, "duration_s": args.duration,
                                            "cpus": os.cpu_count()}}
-    print(Gigagen.name, flush=True)
+    write_pack(slide)
+    print(Gigagen.name + ", slide.dzi.zip", flush=True)
     results["gigagen"] = bench_server(Gigagen(slide, 256), args, dims, sessions)
     results["gigagen"].update(bench_server(Gigagen(slide, 0), args, dims, sessions, warm=False))
+    print(Gigagen.name + ", OME-Zarr only (no pack)", flush=True)
+    plain = copy_without_pack(slide)
+    results["gigagen_zarr"] = bench_server(Gigagen(plain, 256), args, dims, sessions)
+    results["gigagen_zarr"].update(bench_server(Gigagen(plain, 0), args, dims, sessions, warm=False))
 
     if not args.skip_openslide:
         if not (DEEPZOOM_SERVER.exists() and Path(SYSTEM_PYTHON).exists()):
@@ -374,12 +404,13 @@ def main() -> int:
         results["config"]["tiff"] = how
         print(OpenSlideServer.name, flush=True)
         results["openslide"] = bench_server(OpenSlideServer(tif), args, dims, sessions)
-        for phase in ("cold", "warm"):
-            g, o = results["gigagen"][phase], results["openslide"][phase]
-            ratio = g["tiles_per_s"] / o["tiles_per_s"] if o["tiles_per_s"] else float("inf")
-            results.setdefault("ratio", {})[phase] = round(ratio, 2)
-            print(f"{phase}: gigagen / OpenSlide throughput = {ratio:.2f}x; "
-                  f"gigagen p99 {g['p99_ms']} ms vs {o['p99_ms']} ms", flush=True)
+        for key, label in (("gigagen", "gigagen"), ("gigagen_zarr", "gigagen zarr-only")):
+            for phase in ("cold", "warm"):
+                g, o = results[key][phase], results["openslide"][phase]
+                ratio = g["tiles_per_s"] / o["tiles_per_s"] if o["tiles_per_s"] else float("inf")
+                results.setdefault("ratio", {})[f"{key}_{phase}"] = round(ratio, 2)
+                print(f"{phase}: {label} / OpenSlide throughput = {ratio:.2f}x; "
+                      f"{label} p99 {g['p99_ms']} ms vs {o['p99_ms']} ms", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.workdir is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import uvicorn
 
+from gigagen.io.export import export_slide
 from viewer import Settings, create_app
 from viewer.demo import write_demo_slide
 
@@ -27,6 +28,7 @@ def make_roots(base: Path) -> dict[str, Path]:
     file outside the root that must never be served."""
     root = base / "root"
     finished = write_demo_slide(root / "demo-a", 1000, 700, seed=3)
+    export_slide(finished, formats=["dzi"], quality=80)  # as `gigagen slide` leaves a slide
     generating = write_demo_slide(root / "batch" / "in-progress", 1200, 600, seed=4,
                                   complete=False, rows_done=1)
     outside = base / "outside"

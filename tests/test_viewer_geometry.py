@@ -11,7 +11,7 @@ import pytest
 
 from gigagen.io.omezarr import level_shapes_for
 from viewer.cache import ByteLRU
-from viewer.geometry import DeepZoomGeometry
+from gigagen.io.deepzoom import DeepZoomGeometry
 
 
 def geometry(width: int, height: int, tile: int = 256, overlap: int = 0) -> DeepZoomGeometry:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from viewer.geometry import TILE_FORMATS
+from gigagen.io.deepzoom import TILE_FORMATS
 
 VIEWER_DIR = Path(__file__).resolve().parent
 STATIC_DIR = VIEWER_DIR / "static"

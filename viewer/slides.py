@@ -9,7 +9,6 @@ per refresh interval so status changes show up; finished slides are opened once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from gigagen.errors import UserError
+from gigagen.io.dzi import DZI_NAME, DziPack, attrs_digest, open_pack
 from gigagen.io.omezarr import SlideReader, open_slide
-from viewer.geometry import DeepZoomGeometry
+from gigagen.io.deepzoom import DeepZoomGeometry
 
 log = logging.getLogger("gigagen.viewer")
 
@@ -32,6 +32,7 @@ ZARR_NAME = "slide.ome.zarr"
 LAYOUT_NAME = "layout.png"
 RUN_NAME = "run.json"
 MAX_RUN_JSON_BYTES = 8 * 1024 * 1024
+PACK_RECHECK_S = 2.0  # how often a finished slide without a usable slide.dzi.zip looks again
 _MAX_DEPTH = 6  # how deep below a root to look for slide directories
 _MAX_DIRS = 20000  # directories visited per root and scan, so a huge tree cannot stall a scan
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
@@ -49,6 +50,9 @@ class Slide:
     rev: str  # digest of the attributes: changes when the slide is rewritten or finished
     attrs_mtime: float
     checked_at: float = field(default_factory=time.monotonic)
+    _pack: DziPack | None = field(default=None, repr=False)
+    _pack_checked: float = field(default=-PACK_RECHECK_S, repr=False)
+    _pack_seen: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -67,6 +71,29 @@ class Slide:
     @property
     def name(self) -> str:
         return self.directory.name
+
+    def pack(self) -> DziPack | None:
+        """The slide's pre-encoded Deep Zoom pack, if finished and the pack matches it.
+
+        The pack is written after the slide is marked complete, so a missing one is looked for
+        again every few seconds (one stat; a file that did not change is not re-read); a usable
+        one stays open.
+        """
+        if self._pack is not None or not self.complete:
+            return self._pack
+        now = time.monotonic()
+        if now - self._pack_checked >= PACK_RECHECK_S:
+            self._pack_checked = now
+            path = self.directory / DZI_NAME
+            try:
+                st = path.stat()
+                seen = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                seen = None
+            if seen is not None and seen != self._pack_seen:
+                self._pack_seen = seen
+                self._pack = open_pack(path, self.rev, self.geometry)
+        return self._pack
 
     def created(self) -> str | None:
         for key in ("created", "created_at", "started", "started_at"):
@@ -105,11 +132,6 @@ class Slide:
 def slugify(name: str) -> str:
     slug = _SLUG_BAD.sub("-", name).strip("-._")[:64]
     return slug or "slide"
-
-
-def attrs_digest(attrs: dict[str, Any]) -> str:
-    text = json.dumps(attrs, sort_keys=True, default=str).encode()
-    return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 def _zattrs_mtime(zarr_path: Path) -> float:

@@ -1,4 +1,7 @@
-"""Tile pixels and encoded tiles: stored-chunk reads, resampling, JPEG/PNG encoding, caches.
+"""Tile pixels and encoded tiles: pre-encoded packs, stored-chunk reads, encoding, caches.
+
+Finished slides with a matching slide.dzi.zip (gigagen.io.dzi) serve its JPEG bytes as they are.
+Everything else is rendered from the OME-Zarr by gigagen.io.deepzoom.render_tile.
 
 Two caches, both only for finished slides (a slide being generated changes under us):
   chunks  decoded stored chunks (one zlib inflate feeds all Deep Zoom tiles inside a chunk);
@@ -8,33 +11,16 @@ Two caches, both only for finished slides (a slide being generated changes under
 from __future__ import annotations
 
 import hashlib
-import io
 
 import imagecodecs
 import numpy as np
 from PIL import Image
 
+from gigagen.io.deepzoom import encode, render_tile
 from viewer.cache import ByteLRU
 from viewer.slides import Slide
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
-
-
-def encode(rgb: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
-    """rgb: (h, w, 3) uint8, possibly a strided view -> JPEG or PNG bytes.
-
-    JPEG goes straight to libjpeg-turbo through imagecodecs (same bytes as Pillow's default
-    4:2:0 encoder, without Pillow's per-image Python overhead or a contiguous copy).
-    """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected (h, w, 3) uint8 pixels, got {rgb.shape} {rgb.dtype}")
-    if fmt == "jpeg":
-        return bytes(imagecodecs.jpeg8_encode(rgb, level=jpeg_quality))
-    if fmt == "png":
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "PNG", compress_level=3)
-        return buf.getvalue()
-    raise ValueError(f"unknown tile format {fmt!r}")
 
 
 def prime_codecs() -> None:
@@ -65,7 +51,9 @@ class TileService:
         if not slide.complete:
             return None
         g = slide.geometry
-        key = f"{slide.rev}/{g.tile_size}/{g.overlap}/{self.jpeg_quality}/{level}/{col}/{row}/{fmt}"
+        pack = slide.pack() if fmt == "jpeg" else None
+        quality = f"pack{pack.quality}" if pack is not None else self.jpeg_quality
+        key = f"{slide.rev}/{g.tile_size}/{g.overlap}/{quality}/{level}/{col}/{row}/{fmt}"
         return '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
 
     def tile(self, slide: Slide, level: int, col: int, row: int, fmt: str) -> bytes:
@@ -73,16 +61,19 @@ class TileService:
         slide.geometry.check_tile(level, col, row)
         if not slide.complete:
             return self._render(slide, level, col, row, fmt)
+        pack = slide.pack() if fmt == "jpeg" else None
+        if pack is not None:  # pre-encoded: one pread, no decode or encode (and no cache needed)
+            data = pack.tile(level, col, row)
+            if data is not None:
+                return data
         key = (slide.id, slide.rev, level, col, row, fmt)
         return self.tiles.get_or_compute(key, lambda: self._render(slide, level, col, row, fmt))
 
     def _render(self, slide: Slide, level: int, col: int, row: int, fmt: str) -> bytes:
-        r = slide.geometry.tile_region(level, col, row)
-        rgb = self.read(slide, r.src_level, r.src_x, r.src_y, r.src_w, r.src_h)
-        if r.needs_resize:
-            image = Image.fromarray(np.ascontiguousarray(rgb))
-            rgb = np.asarray(image.resize((r.out_w, r.out_h), Image.Resampling.BOX))
-        return encode(rgb, fmt, self.jpeg_quality)
+        def read(k: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+            return self.read(slide, k, x, y, w, h)
+
+        return render_tile(read, slide.geometry, level, col, row, fmt, self.jpeg_quality)
 
     def thumbnail(self, slide: Slide, max_size: int = 256) -> bytes:
         """JPEG of the whole slide, longer side <= max_size, from the coarsest stored level."""

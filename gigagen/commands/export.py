@@ -11,17 +11,18 @@ from gigagen.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write OME-TIFF / pyramidal TIFF from a slide's OME-Zarr",
+    p = sub.add_parser("export", help="write OME-TIFF / pyramidal TIFF / Deep Zoom pack from a slide's OME-Zarr",
                        description=__doc__)
     p.add_argument("slide", help="slide directory (or its slide.ome.zarr)")
     p.add_argument("--formats", default="ome-tiff",
-                   help="comma list of ome-tiff (slide.ome.tif) and tiff (slide.tif); default ome-tiff")
+                   help="comma list of ome-tiff (slide.ome.tif), tiff (slide.tif) and dzi "
+                        "(slide.dzi.zip, pre-encoded Deep Zoom JPEG tiles); default ome-tiff")
     p.add_argument("--compression", default="jpeg",
                    help="jpeg (default), or lossless deflate, zstd, lzw, none")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
     p.add_argument("--tile", type=int, default=512, help="TIFF tile side in pixels (default 512)")
     p.add_argument("--workers", type=int, default=None, help="encoder threads (default: cores, at most 4)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing TIFF files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing exported files")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="export a slide whose generation has not finished (unwritten areas are white)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

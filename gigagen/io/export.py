@@ -18,14 +18,21 @@ from typing import Any
 import tifffile
 
 from gigagen.errors import UserError
-from gigagen.io.omezarr import ZARR_NAME, open_slide
+from gigagen.io.dzi import DZI_NAME, pack_tile_count, write_dzi_zip
+from gigagen.io.omezarr import ZARR_NAME, SlideReader, open_slide
 from gigagen.io.tiff import TiffOptions, default_workers, write_generic_tiff, write_ome_tiff
 from gigagen.io.tiles import level_tile_count
 
+
+def _write_dzi(reader: SlideReader, path: Path, opts: TiffOptions, on_tile: Callable[[], None]) -> None:
+    write_dzi_zip(reader, path, opts.quality, on_tile)  # always JPEG, at --quality
+
+
 # format name -> (file name, writer)
-FORMATS = {
+FORMATS: dict[str, tuple[str, Callable[[SlideReader, Path, TiffOptions, Callable[[], None]], None]]] = {
     "ome-tiff": ("slide.ome.tif", write_ome_tiff),
     "tiff": ("slide.tif", write_generic_tiff),
+    "dzi": (DZI_NAME, _write_dzi),  # pre-encoded Deep Zoom tiles for `gigagen serve` / static hosting
 }
 
 
@@ -88,13 +95,13 @@ def export_slide(
     for name in names:  # refuse before writing anything
         if (out_dir / FORMATS[name][0]).exists() and not overwrite:
             raise UserError(f"{out_dir / FORMATS[name][0]} already exists; pass --overwrite to replace it")
-    total = level_tile_count(reader, opts.tile)
     written: dict[str, Path] = {}
     for name in names:
         filename, writer = FORMATS[name]
+        total = pack_tile_count(reader) if name == "dzi" else level_tile_count(reader, opts.tile)
         done = [0]
 
-        def on_tile(name: str = name, done: list[int] = done) -> None:
+        def on_tile(name: str = name, done: list[int] = done, total: int = total) -> None:
             done[0] += 1
             if progress is not None:
                 progress(name, done[0], total)
@@ -123,6 +130,20 @@ def tiff_summary(path: Path) -> dict[str, Any]:
         }
 
 
+def dzi_summary(path: Path) -> dict[str, Any]:
+    """Tile count, quality and whether the pack still matches its slide (`gigagen info`)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            meta = json.loads(zf.read("gigagen.json"))
+            tiles = sum(1 for n in zf.namelist() if n.startswith("slide_files/"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        return {"path": str(path), "bytes": path.stat().st_size, "error": f"unreadable: {exc}"}
+    return {"path": str(path), "bytes": path.stat().st_size, "tiles": tiles,
+            "quality": meta.get("quality"), "tile": meta.get("tile_size"), "rev": meta.get("rev")}
+
+
 def slide_info(slide_dir: Path) -> dict[str, Any]:
     """Everything `gigagen info` shows: size, levels, pixel size, storage, provenance, run config."""
     reader = open_slide(slide_dir)
@@ -149,8 +170,9 @@ def slide_info(slide_dir: Path) -> dict[str, Any]:
     }
     out_dir = reader.path.parent
     for name, (filename, _) in FORMATS.items():
-        if (out_dir / filename).is_file():
-            info["exports"][name] = tiff_summary(out_dir / filename)
+        path = out_dir / filename
+        if path.is_file():
+            info["exports"][name] = dzi_summary(path) if name == "dzi" else tiff_summary(path)
     info["run"] = _read_run_json(out_dir / "run.json")
     return info
 

@@ -8,15 +8,25 @@ Coordinate planes, after openslide's deepzoom.py (all geometry computed once, th
 Deep Zoom levels finer than or equal to the coarsest stored level map onto a stored level of
 the same size (each dz_ pixel is one src_ pixel); coarser ones are downsampled from the
 coarsest stored level. Bad addresses raise ValueError; the web layer turns that into 404.
+
+render_tile is the one place a tile image is made, so the viewer's tiles and the pre-encoded
+Deep Zoom pack (gigagen.io.dzi) are the same bytes.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import imagecodecs
+import numpy as np
+from PIL import Image
+
 TILE_FORMATS = ("jpeg", "png")
+# (stored level, x, y, w, h) -> (h, w, 3) uint8 pixels of that region
+ReadRegion = Callable[[int, int, int, int, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -127,3 +137,32 @@ class DeepZoomGeometry:
             f'Format="{fmt}" Overlap="{self.overlap}" TileSize="{self.tile_size}">'
             f'<Size Width="{self.width}" Height="{self.height}"/></Image>\n'
         )
+
+
+def encode(rgb: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
+    """rgb: (h, w, 3) uint8, possibly a strided view -> JPEG or PNG bytes.
+
+    JPEG goes straight to libjpeg-turbo through imagecodecs (same bytes as Pillow's default
+    4:2:0 encoder, without Pillow's per-image Python overhead or a contiguous copy).
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected (h, w, 3) uint8 pixels, got {rgb.shape} {rgb.dtype}")
+    if fmt == "jpeg":
+        return bytes(imagecodecs.jpeg8_encode(rgb, level=jpeg_quality))
+    if fmt == "png":
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "PNG", compress_level=3)
+        return buf.getvalue()
+    raise ValueError(f"unknown tile format {fmt!r}")
+
+
+def render_tile(read: ReadRegion, geometry: DeepZoomGeometry, dz_level: int, col: int, row: int,
+                fmt: str, jpeg_quality: int) -> bytes:
+    """Encoded Deep Zoom tile (dz_level, col, row): stored pixels, box-downsampled below the
+    coarsest stored level. ValueError if the tile does not exist."""
+    r = geometry.tile_region(dz_level, col, row)
+    rgb = read(r.src_level, r.src_x, r.src_y, r.src_w, r.src_h)
+    if r.needs_resize:
+        image = Image.fromarray(np.ascontiguousarray(rgb))
+        rgb = np.asarray(image.resize((r.out_w, r.out_h), Image.Resampling.BOX))
+    return encode(rgb, fmt, jpeg_quality)
