@@ -53,6 +53,7 @@ class Slide:
     _pack: DziPack | None = field(default=None, repr=False)
     _pack_checked: float = field(default=-PACK_RECHECK_S, repr=False)
     _pack_seen: tuple[int, int] | None = field(default=None, repr=False)
+    _pack_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -82,7 +83,11 @@ class Slide:
         if self._pack is not None or not self.complete:
             return self._pack
         now = time.monotonic()
-        if now - self._pack_checked >= PACK_RECHECK_S:
+        if now - self._pack_checked < PACK_RECHECK_S:
+            return None
+        with self._pack_lock:  # one opener; concurrent first requests wait for it
+            if self._pack is not None or now - self._pack_checked < PACK_RECHECK_S:
+                return self._pack
             self._pack_checked = now
             path = self.directory / DZI_NAME
             try:
