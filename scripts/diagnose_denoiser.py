@@ -3,10 +3,11 @@
 
 For held-out 256-px tiles of the reference region (never trained on) it shows, side by side:
 the real tile, the autoencoder's reconstruction, and the denoiser's one-step x0 prediction from
-the noised real latent at t = 200, 500, 800 (of 1000; the 20x level, without conditioning).
-It prints the x0 error relative to the latent variance per t. A model that reconstructs well and
-denoises well at small t but not at large t has learned texture, not layout: sampling from pure
-noise then gives texture without structure.
+the noised real latent at t = 200, 500, 800 (of 1000; the 20x level, conditioned on the real 5x
+parent latent as the cascade conditions it). It prints the x0 error relative to the latent variance
+per t with and without the parent, and that of the upsampled parent alone. A cascade denoiser must
+beat both at large t: one that does not use its parent cannot follow the layout the coarser levels
+drew (this check found the level-spacing bug fixed on 2026-11-23).
 
     .venv/bin/python scripts/diagnose_denoiser.py [--checkpoint B] [--out docs/denoise_diagnostic.png]
 """
@@ -24,12 +25,14 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gigagen.engine.condition import cond_for_region  # noqa: E402
 from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.sampling.schedules import cosine_alphas_cumprod  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train.metrics import grid_tiles  # noqa: E402
 
 TIMES = (200, 500, 800)
+REPORT_TIMES = (200, 500, 800, 950)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -48,30 +51,40 @@ def main() -> int:
     ae, unet, scale = bundle.ae, bundle.unet, bundle.config.latent_scale
     rgb, mpp = D.read_image(args.reference, None)
     _, held = D.split_holdout(D.resize(rgb, mpp / 0.5), 0.2)
-    tiles, _ = grid_tiles(held, 256, 256, 0.8)
-    pick = tiles[np.linspace(0, len(tiles) - 1, args.tiles).round().astype(int)]
+    f, zoom = bundle.config.ae.factor, int(round(bundle.config.magnifications[0] / bundle.config.magnifications[1]))
+    m = f * zoom
+    held = held[: held.shape[0] // m * m, : held.shape[1] // m * m]
+    tiles, pos = grid_tiles(held, 256, 256, 0.8)
+    pick = np.linspace(0, len(tiles) - 1, args.tiles).round().astype(int)
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
-    rows, errs = [], {t: [] for t in TIMES}
+    rows, errs = [], {(t, c): [] for t in REPORT_TIMES for c in ("parent", "none", "parent only")}
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for tile in pick:
-            x = torch.from_numpy(D.to_tensor_range(tile[None]))
-            z = ae.encode(x).float() * scale
+        parent = ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(held, zoom)[None]))).float()[0].numpy() * scale
+        for i in pick:
+            tile, (y, x) = tiles[i], pos[i]
+            z = ae.encode(torch.from_numpy(D.to_tensor_range(tile[None]))).float() * scale
+            c = torch.from_numpy(cond_for_region(parent, y // f, (y + 256) // f, x // f, (x + 256) // f, zoom))[None]
             row = [tile, to_uint8(ae.decode(z / scale))]
-            for t in TIMES:
+            for t in REPORT_TIMES:
                 a, s = abar[t].sqrt(), (1 - abar[t]).sqrt()
                 xt = a * z + s * torch.randn(z.shape, generator=gen)
-                v = unet(xt, torch.tensor([float(t)]), torch.tensor([0]), torch.zeros_like(z), torch.zeros(1)).float()
-                x0 = a * xt - s * v
-                errs[t].append(((x0 - z) ** 2).mean().item() / z.var().item())
-                row.append(to_uint8(ae.decode(x0 / scale)))
+                for name, cond, flag in (("parent", c, 1.0), ("none", torch.zeros_like(z), 0.0)):
+                    v = unet(xt, torch.tensor([float(t)]), torch.tensor([0]), cond, torch.tensor([flag])).float()
+                    x0 = a * xt - s * v
+                    errs[(t, name)].append(((x0 - z) ** 2).mean().item() / z.var().item())
+                    if name == "parent" and t in TIMES:
+                        row.append(to_uint8(ae.decode(x0 / scale)))
+                errs[(t, "parent only")].append(((c - z) ** 2).mean().item() / z.var().item())
             rows.append(np.concatenate(row, 1))
-    for t in TIMES:
-        print(f"t={t}: x0 error / latent variance = {np.mean(errs[t]):.3f}")
+    print("x0 error / latent variance (20x level, one step from the noised real latent)")
+    print("t     with parent  without  parent alone")
+    for t in REPORT_TIMES:
+        print(f"{t:<5} {np.mean(errs[(t, 'parent')]):>11.3f} {np.mean(errs[(t, 'none')]):>8.3f} {np.mean(errs[(t, 'parent only')]):>13.3f}")
     sheet = Image.fromarray(np.concatenate(rows, 0))
     head = Image.new("RGB", (sheet.width, 18), "white")
     draw = ImageDraw.Draw(head)
-    for i, label in enumerate(["real (held out)", "autoencoder"] + [f"denoised from t={t}" for t in TIMES]):
+    for i, label in enumerate(["real (held out)", "autoencoder"] + [f"denoised from t={t}, 5x parent" for t in TIMES]):
         draw.text((4 + 256 * i, 3), label, fill="black")
     out = Image.new("RGB", (sheet.width, sheet.height + 18), "white")
     out.paste(head, (0, 0))

@@ -158,3 +158,41 @@ def test_cli_train_user_errors_are_one_line(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err.strip()
     assert "not found" in err and len(err.splitlines()) == 1
     assert main(["train", str(tmp_path / "x.png"), "--holdout-frac", "1.5"]) == 2
+
+
+def test_training_levels_follow_the_cascade_zoom_not_the_autoencoder_factor(png: Path, tmp_path: Path) -> None:
+    """20x/5x/1.25x levels are 4x apart whatever the autoencoder's factor (a factor-8 autoencoder once
+    made them 8x apart, so the parent conditioning covered the wrong field of view)."""
+    for mult in ((1, 2), (1, 2, 2, 2)):
+        cfg = tiny_cfg(png, tmp_path / "r", ae=AutoencoderConfig(base_ch=4, ch_mult=mult, latent_ch=2))
+        (li,) = L.load_training_levels(cfg)
+        h, w = li.images[0].shape[:2]
+        assert h % (16 * cfg.ae.factor) == 0 and w % (16 * cfg.ae.factor) == 0
+        assert [im.shape[:2] for im in li.images] == [(h, w), (h // 4, w // 4), (h // 16, w // 16)]
+        np.testing.assert_array_equal(li.images[1], D.downsample(li.images[0], 4))
+
+
+def test_level_factor_needs_one_integer_ratio() -> None:
+    assert L.level_factor((20.0, 5.0, 1.25)) == 4 and L.level_factor((40.0, 20.0)) == 2
+    with pytest.raises(UserError, match="integer factor"):
+        L.level_factor((20.0, 5.0, 2.5))
+    with pytest.raises(UserError, match="integer factor"):
+        L.level_factor((20.0, 8.0))
+
+
+def test_init_autoencoder_reuses_a_bundle_and_trains_only_the_denoiser(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    second = L.train(tiny_cfg(png, tmp_path / "b", init_autoencoder=str(first), decoder_every=0), log=lambda s: None, progress=False)
+    a, b = load_bundle(first), load_bundle(second)
+    for (name, pa), pb in zip(a.ae.state_dict().items(), b.ae.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert {r["phase"] for r in csv.DictReader(open(tmp_path / "b" / "loss.csv"))} == {"unet"}
+    assert b.config.training["autoencoder_from"] == first.name and b.config.training["ae_step"] == 3
+    L.train(tiny_cfg(png, tmp_path / "b", unet_max_steps=4, decoder_every=0), resume=True, log=lambda s: None, progress=False)
+    assert load_bundle(second).config.training["autoencoder_from"] == first.name  # kept across --resume
+    assert not all(torch.equal(x, y) for x, y in zip(a.unet.state_dict().values(), b.unet.state_dict().values()))
+    other = AutoencoderConfig(base_ch=8, ch_mult=(1, 2), latent_ch=2)
+    with pytest.raises(UserError, match="--init-autoencoder"):
+        L.train(tiny_cfg(png, tmp_path / "c", ae=other, init_autoencoder=str(first)), log=lambda s: None, progress=False)
+    assert main(["train", str(png), "--out", str(tmp_path / "b"), "--resume", "--init-autoencoder", str(first)]) == 2
+    assert "--init-autoencoder" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from gigagen.errors import UserError
@@ -25,6 +26,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--ae-minutes", type=float, default=32.0, help="autoencoder training time before the denoiser starts (default 32)")
     p.add_argument("--holdout-frac", type=float, default=0.2, help="bottom band of each input held out, never trained on (default 0.2)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-autoencoder", metavar="BUNDLE", default=None,
+                   help="reuse this bundle's autoencoder (its configuration replaces --ae-* and --latent-ch); train only the denoiser")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
@@ -57,13 +60,20 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--holdout-frac must be in [0, 1)")
     if args.mpp is not None and args.mpp <= 0:
         raise UserError("--mpp must be positive")
-    unet = UNetConfig(latent_ch=args.latent_ch, base_ch=args.unet_base, ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
+    ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
+    if args.init_autoencoder:
+        from gigagen.models.checkpoint import read_bundle_config
+
+        if args.resume:
+            raise UserError("--init-autoencoder starts a new run; --resume continues one (the run already has its autoencoder)")
+        ae = read_bundle_config(Path(args.init_autoencoder)).ae
+    unet = UNetConfig(latent_ch=ae.latent_ch, base_ch=args.unet_base, ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
     if args.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
     return TrainConfig(
         inputs=list(args.inputs), out=args.out, mpp=args.mpp, name=args.name, holdout_frac=args.holdout_frac,
         max_minutes=args.max_minutes, ae_minutes=args.ae_minutes,
-        ae=AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch), unet=unet,
+        ae=ae, unet=unet, init_autoencoder=args.init_autoencoder,
         ae_batch=args.ae_batch, ae_crop=args.ae_crop, unet_batch=args.unet_batch, tile=args.tile,
         layout_tile=args.layout_tile, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,

@@ -66,6 +66,7 @@ class TrainConfig:
     precision: str = "bf16"  # autoencoder training: bf16 autocast or fp32 (fp16 is never offered)
     unet_precision: str = "bf16"  # denoiser training (bf16 measured 2.4x faster than fp32 on this CPU)
     threads: int | None = None
+    init_autoencoder: str | None = None  # bundle whose autoencoder is reused (its training is then skipped)
 
 
 def _device(name: str) -> torch.device:
@@ -76,14 +77,29 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_training_levels(cfg: TrainConfig, factor: int) -> list[D.LevelImages]:
-    """Every input at mpp0, its held-out band removed, as aligned magnification levels."""
+def level_factor(magnifications: tuple[float, ...]) -> int:
+    """Zoom between neighbouring cascade levels (20x, 5x, 1.25x -> 4); the cascade needs one integer ratio."""
+    if len(magnifications) < 2:
+        return 1
+    f = int(round(magnifications[0] / magnifications[1]))
+    for a, b in zip(magnifications, magnifications[1:]):
+        if f < 2 or abs(a / b - f) > 1e-6:
+            raise UserError(f"magnifications {magnifications} must fall by one integer factor >= 2 per level")
+    return f
+
+
+def load_training_levels(cfg: TrainConfig) -> list[D.LevelImages]:
+    """Every input at mpp0, its held-out band removed, as aligned magnification levels.
+
+    Levels are downsampled by the cascade's zoom factor (4 for 20x/5x/1.25x), the same factor the
+    conditioning uses; the autoencoder's factor only sets the alignment (whole latent pixels).
+    """
     out = []
     for path in cfg.inputs:
         rgb, mpp = D.read_image(path, cfg.mpp)
         rgb = D.resize(rgb, mpp / cfg.mpp0)
         train, _ = D.split_holdout(rgb, cfg.holdout_frac)
-        out.append(D.build_levels(train, len(cfg.magnifications), factor, 2 ** (len(cfg.ae.ch_mult) - 1)))
+        out.append(D.build_levels(train, len(cfg.magnifications), level_factor(cfg.magnifications), cfg.ae.factor))
     return out
 
 
@@ -160,10 +176,11 @@ class State:
     ae_seconds: float = 0.0
     unet_seconds: float = 0.0
     latent_scale: float = 0.0
+    ae_source: str = ""  # bundle the autoencoder came from (--init-autoencoder), kept across resumes
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         blob = {k: getattr(self, k).state_dict() for k in ("ae", "ae_ema", "unet", "unet_ema", "opt_ae", "opt_unet")}
-        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale")}
+        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source")}
         blob["config"] = dataclasses.asdict(cfg)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(blob, tmp)
@@ -193,7 +210,24 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
         raise UserError(f"--resume: {path} does not match the model configuration ({str(exc).splitlines()[0]})") from None
     for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale"):
         setattr(st, k, blob[k])
+    st.ae_source = blob.get("ae_source", "")
     return st
+
+
+def init_autoencoder(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
+    """Start from a bundle's (EMA) autoencoder and count its training as done, so only the denoiser
+    trains: retraining a denoiser must not pay for the autoencoder again."""
+    from gigagen.models.checkpoint import load_bundle
+
+    bundle = load_bundle(path, device)
+    if bundle.config.ae != cfg.ae:
+        raise UserError(f"--init-autoencoder: {path} has autoencoder {bundle.config.ae}, not the configured {cfg.ae}")
+    for m in (st.ae, st.ae_ema):
+        m.load_state_dict(bundle.ae.state_dict())
+    st.ae_ema.requires_grad_(False)
+    st.ae_step = int(bundle.config.training.get("ae_step", 0))
+    st.ae_seconds = max(cfg.ae_minutes * 60, float(bundle.config.training.get("ae_minutes", 0.0)) * 60)
+    st.ae_source = path.name
 
 
 def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any]) -> None:
@@ -271,7 +305,7 @@ def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, d
 def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x0, cond, cond_mask) for one level: latent crops and their parent conditioning (scaled latents)."""
     n_levels = len(cfg.magnifications)
-    factor = int(round(cfg.magnifications[0] / cfg.magnifications[1]))
+    factor = level_factor(cfg.magnifications)
     xs, cs, ms = [], [], []
     for _ in range(cfg.unet_batch):
         v = int(rng.integers(len(ls.latents)))
@@ -335,16 +369,20 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     st = load_state(run / "state.pt", cfg, device) if resume else new_state(cfg, device)
+    if cfg.init_autoencoder and not resume:
+        init_autoencoder(st, Path(cfg.init_autoencoder), cfg, device)
     for m in (st.ae, st.ae_ema, st.unet, st.unet_ema):
         m.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout
     rng = np.random.default_rng([cfg.seed, st.ae_step, st.unet_step])
-    levels = load_training_levels(cfg, cfg.ae.factor)
+    levels = load_training_levels(cfg)
     logger = Logger(run)
     _sigterm_as_interrupt()
     t_start = time.monotonic()
     deadline = t_start + cfg.max_minutes * 60
     last_ckpt = time.monotonic()
     record = {"data": [Path(p).name for p in cfg.inputs], "holdout_frac": cfg.holdout_frac, "holdout": "bottom rows band"}
+    if st.ae_source:
+        record["autoencoder_from"] = st.ae_source
 
     def checkpoint() -> None:
         nonlocal last_ckpt
