@@ -29,6 +29,7 @@ from gigagen.engine.condition import cond_for_region  # noqa: E402
 from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.sampling.schedules import cosine_alphas_cumprod  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
+from gigagen.train.loop import level_factor  # noqa: E402
 from gigagen.train.metrics import grid_tiles  # noqa: E402
 
 TIMES = (200, 500, 800)
@@ -51,7 +52,7 @@ def main() -> int:
     ae, unet, scale = bundle.ae, bundle.unet, bundle.config.latent_scale
     rgb, mpp = D.read_image(args.reference, None)
     _, held = D.split_holdout(D.resize(rgb, mpp / 0.5), 0.2)
-    f, zoom = bundle.config.ae.factor, int(round(bundle.config.magnifications[0] / bundle.config.magnifications[1]))
+    f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
     m = f * zoom
     held = held[: held.shape[0] // m * m, : held.shape[1] // m * m]
     tiles, pos = grid_tiles(held, 256, 256, 0.8)

@@ -215,8 +215,8 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
 
 
 def init_autoencoder(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
-    """Start from a bundle's (EMA) autoencoder and count its training as done, so only the denoiser
-    trains: retraining a denoiser must not pay for the autoencoder again."""
+    """Start from a bundle's (EMA) autoencoder; with `ae_source` set the autoencoder phase is skipped,
+    so retraining a denoiser does not pay for the autoencoder again."""
     from gigagen.models.checkpoint import load_bundle
 
     bundle = load_bundle(path, device)
@@ -224,9 +224,8 @@ def init_autoencoder(st: State, path: Path, cfg: TrainConfig, device: torch.devi
         raise UserError(f"--init-autoencoder: {path} has autoencoder {bundle.config.ae}, not the configured {cfg.ae}")
     for m in (st.ae, st.ae_ema):
         m.load_state_dict(bundle.ae.state_dict())
-    st.ae_ema.requires_grad_(False)
     st.ae_step = int(bundle.config.training.get("ae_step", 0))
-    st.ae_seconds = max(cfg.ae_minutes * 60, float(bundle.config.training.get("ae_minutes", 0.0)) * 60)
+    st.ae_seconds = float(bundle.config.training.get("ae_minutes", 0.0)) * 60  # the record stays true
     st.ae_source = path.name
 
 
@@ -397,7 +396,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     try:
         # ---- phase 1: autoencoder
         def ae_done() -> bool:
-            return st.ae_seconds >= cfg.ae_minutes * 60 or (cfg.ae_max_steps is not None and st.ae_step >= cfg.ae_max_steps)
+            return bool(st.ae_source) or st.ae_seconds >= cfg.ae_minutes * 60 or (cfg.ae_max_steps is not None and st.ae_step >= cfg.ae_max_steps)
 
         if not ae_done():
             bar = tqdm(desc="autoencoder", unit="step", disable=not progress, initial=st.ae_step)
