@@ -196,3 +196,44 @@ def test_init_autoencoder_reuses_a_bundle_and_trains_only_the_denoiser(png: Path
         L.train(tiny_cfg(png, tmp_path / "c", ae=other, init_autoencoder=str(first)), log=lambda s: None, progress=False)
     assert main(["train", str(png), "--out", str(tmp_path / "b"), "--resume", "--init-autoencoder", str(first)]) == 2
     assert "--init-autoencoder" in capsys.readouterr().err
+
+
+def test_init_from_continues_a_bundles_denoiser_with_its_record(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    a = load_bundle(first)
+    ft = tiny_cfg(png, tmp_path / "b", init_from=str(first), unet_max_steps=5, decoder_every=0, warmup_steps=2)
+    second = L.train(ft, log=lambda s: None, progress=False)
+    b = load_bundle(second)
+    for (name, pa), pb in zip(a.ae.state_dict().items(), b.ae.state_dict().values()):
+        assert torch.equal(pa, pb), name  # the autoencoder, hence the latents, are the bundle's
+    assert b.config.latent_scale == a.config.latent_scale
+    rows = list(csv.DictReader(open(tmp_path / "b" / "loss.csv")))
+    assert {r["phase"] for r in rows} == {"unet"} and [int(r["step"]) for r in rows] == [4, 5]  # 3 steps carried on
+    rec = b.config.training
+    assert rec["denoiser_from"] == first.name and rec["unet_step"] == 5 and rec["ae_step"] == 3
+    # the denoiser moved from the bundle's weights, but little (it started there, with warm-up)
+    moved = [(pa - pb).abs().max().item() for pa, pb in zip(a.unet.state_dict().values(), b.unet.state_dict().values())]
+    assert max(moved) > 0
+    L.train(tiny_cfg(png, tmp_path / "b", init_from=str(first), unet_max_steps=6, decoder_every=0), resume=True, log=lambda s: None, progress=False)
+    assert load_bundle(second).config.training["denoiser_from"] == first.name  # kept across --resume
+    other = UNetConfig(latent_ch=2, base_ch=16, ch_mult=(1, 2), attn_lowest=False)
+    with pytest.raises(UserError, match="--init-from"):
+        L.train(tiny_cfg(png, tmp_path / "c", unet=other, init_from=str(first)), log=lambda s: None, progress=False)
+    assert main(["train", str(png), "--out", str(tmp_path / "d"), "--init-from", str(first), "--resume"]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert main(["train", str(png), "--out", str(tmp_path / "d"), "--level-probs", "1,0"]) == 2
+    assert "--level-probs" in capsys.readouterr().err
+
+
+def test_denoiser_lr_warms_up_a_fresh_optimizer_and_decays_before_the_deadline() -> None:
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    assert L.denoiser_lr(opt, 1e-3, 10, 3600, 0) == pytest.approx(1e-4)
+    for _ in range(20):
+        L.denoiser_lr(opt, 1e-3, 10, 3600, 0)
+        p.grad = torch.ones(3)
+        opt.step()
+    assert L.adam_steps(opt) == 20
+    assert L.denoiser_lr(opt, 1e-3, 10, 3600, 600) == pytest.approx(1e-3)  # decay not begun
+    assert L.denoiser_lr(opt, 1e-3, 10, 300, 600) == pytest.approx(1e-3 * 0.55)  # half-way through it
+    assert L.denoiser_lr(opt, 1e-3, 10, -5, 600) == pytest.approx(1e-4) == opt.param_groups[0]["lr"]

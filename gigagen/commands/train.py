@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,13 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(t) for t in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,6 +36,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--init-autoencoder", metavar="BUNDLE", default=None,
                    help="reuse this bundle's autoencoder (its configuration replaces --ae-* and --latent-ch); train only the denoiser")
+    p.add_argument("--init-from", metavar="BUNDLE", default=None,
+                   help="continue training this bundle's denoiser (fine-tune; its autoencoder and model configuration are kept)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
@@ -39,6 +49,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--unet-batch", type=int, default=16)
     p.add_argument("--tile", type=int, default=32, help="latent tile side at the refinement levels (default 32)")
     p.add_argument("--layout-tile", type=int, default=16, help="latent tile side at the layout level (default 16)")
+    p.add_argument("--unet-lr", type=float, default=4e-4, help="denoiser learning rate, after a linear warm-up (default 4e-4)")
+    p.add_argument("--lr-decay-minutes", type=float, default=0.0,
+                   help="over the last M minutes of --max-minutes the denoiser LR falls linearly to 10%% (default 0: constant)")
+    p.add_argument("--level-probs", type=_floats, default=(0.5, 0.3, 0.2),
+                   help="share of training crops per level, finest first (default 0.5,0.3,0.2)")
+    p.add_argument("--decoder-every", type=int, default=4,
+                   help="one decoder-only step every N denoiser steps; 0 = off (default 4)")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -60,7 +77,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--holdout-frac must be in [0, 1)")
     if args.mpp is not None and args.mpp <= 0:
         raise UserError("--mpp must be positive")
+    if len(args.level_probs) != 3 or min(args.level_probs) < 0 or sum(args.level_probs) <= 0:
+        raise UserError("--level-probs needs three non-negative shares (20x, 5x, 1.25x) that are not all zero")
+    if args.unet_lr <= 0 or args.decoder_every < 0 or args.lr_decay_minutes < 0:
+        raise UserError("--unet-lr must be positive, --decoder-every and --lr-decay-minutes >= 0")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
+    if args.init_from:
+        return _config_from_bundle(args)
     if args.init_autoencoder:
         from gigagen.models.checkpoint import read_bundle_config
 
@@ -70,12 +93,33 @@ def config_from_args(args: argparse.Namespace) -> Any:
     unet = UNetConfig(latent_ch=ae.latent_ch, base_ch=args.unet_base, ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
     if args.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
+    return _train_config(args, ae, unet)
+
+
+def _config_from_bundle(args: argparse.Namespace) -> Any:
+    """--init-from: the bundle fixes both networks, its tile and its magnifications."""
+    from gigagen.models.checkpoint import read_bundle_config
+
+    if args.resume or args.init_autoencoder:
+        raise UserError("--init-from starts a new run from a whole bundle; it cannot be combined with --resume or --init-autoencoder")
+    b = read_bundle_config(Path(args.init_from))
+    if not b.trained:
+        raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
+    args.tile = b.tile
+    args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
+    return dataclasses.replace(_train_config(args, b.ae, b.unet), magnifications=tuple(b.magnifications), mpp0=b.mpp0)
+
+
+def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
+    from gigagen.train.loop import TrainConfig
+
     return TrainConfig(
         inputs=list(args.inputs), out=args.out, mpp=args.mpp, name=args.name, holdout_frac=args.holdout_frac,
         max_minutes=args.max_minutes, ae_minutes=args.ae_minutes,
-        ae=ae, unet=unet, init_autoencoder=args.init_autoencoder,
+        ae=ae, unet=unet, init_autoencoder=args.init_autoencoder, init_from=args.init_from,
         ae_batch=args.ae_batch, ae_crop=args.ae_crop, unet_batch=args.unet_batch, tile=args.tile,
         layout_tile=args.layout_tile, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
+        unet_lr=args.unet_lr, lr_decay_minutes=args.lr_decay_minutes, level_probs=tuple(args.level_probs), decoder_every=args.decoder_every,
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
     )
 

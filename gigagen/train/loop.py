@@ -67,6 +67,9 @@ class TrainConfig:
     unet_precision: str = "bf16"  # denoiser training (bf16 measured 2.4x faster than fp32 on this CPU)
     threads: int | None = None
     init_autoencoder: str | None = None  # bundle whose autoencoder is reused (its training is then skipped)
+    init_from: str | None = None  # bundle whose autoencoder and denoiser are both reused: the denoiser trains on
+    warmup_steps: int = 200  # linear LR warm-up of a fresh denoiser optimizer (new runs and --init-from)
+    lr_decay_minutes: float = 0.0  # the denoiser LR falls linearly to 10% over this run's last minutes (0 = constant)
 
 
 def _device(name: str) -> torch.device:
@@ -177,10 +180,11 @@ class State:
     unet_seconds: float = 0.0
     latent_scale: float = 0.0
     ae_source: str = ""  # bundle the autoencoder came from (--init-autoencoder), kept across resumes
+    unet_source: str = ""  # bundle the denoiser continued from (--init-from), kept across resumes
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         blob = {k: getattr(self, k).state_dict() for k in ("ae", "ae_ema", "unet", "unet_ema", "opt_ae", "opt_unet")}
-        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source")}
+        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source", "unet_source")}
         blob["config"] = dataclasses.asdict(cfg)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(blob, tmp)
@@ -211,6 +215,7 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale"):
         setattr(st, k, blob[k])
     st.ae_source = blob.get("ae_source", "")
+    st.unet_source = blob.get("unet_source", "")
     return st
 
 
@@ -227,6 +232,49 @@ def init_autoencoder(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     st.ae_step = int(bundle.config.training.get("ae_step", 0))
     st.ae_seconds = float(bundle.config.training.get("ae_minutes", 0.0)) * 60  # the record stays true
     st.ae_source = path.name
+
+
+def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
+    """Continue training a bundle's denoiser on (possibly other) data: both networks start from the
+    bundle's EMA weights and keep its latent scale, so its latents stay valid; the optimizer is new
+    (hence the LR warm-up) and the training record carries the bundle's step and minute counts on."""
+    from gigagen.models.checkpoint import load_bundle
+
+    bundle = load_bundle(path, device)
+    if bundle.config.ae != cfg.ae or bundle.config.unet != cfg.unet:
+        raise UserError(f"--init-from: {path} has models {bundle.config.ae}, {bundle.config.unet}, not the configured ones")
+    if tuple(bundle.config.magnifications) != tuple(cfg.magnifications):
+        raise UserError(f"--init-from: {path} was trained for magnifications {bundle.config.magnifications}")
+    init_autoencoder(st, path, cfg, device)
+    for m in (st.unet, st.unet_ema):
+        m.load_state_dict(bundle.unet.state_dict())
+    rec = bundle.config.training
+    st.unet_step = int(rec.get("unet_step", 0))
+    st.unet_seconds = float(rec.get("unet_minutes", 0.0)) * 60
+    st.latent_scale = float(bundle.config.latent_scale)
+    st.ae_source = rec.get("autoencoder_from", path.name)
+    st.unet_source = path.name
+
+
+def adam_steps(opt: torch.optim.Optimizer) -> int:
+    """Steps this optimizer has taken (0 when new): Adam keeps the count with each parameter's state."""
+    for state in opt.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0
+
+
+def denoiser_lr(opt: torch.optim.Optimizer, base_lr: float, warmup_steps: int, seconds_left: float, decay_seconds: float) -> float:
+    """Linear warm-up over a fresh optimizer's first steps (Adam's first updates have size ~lr in every
+    direction, which would knock a pretrained denoiser, --init-from, off its minimum), then constant,
+    then a linear decay to 10% over the run's last `decay_seconds` (warmup-stable-decay: a time-bounded
+    run ends annealed, whenever its deadline falls). Sets and returns the LR."""
+    lr = base_lr * min(1.0, (adam_steps(opt) + 1) / max(warmup_steps, 1))
+    if decay_seconds > 0:
+        lr *= 0.1 + 0.9 * min(1.0, max(seconds_left, 0.0) / decay_seconds)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any]) -> None:
@@ -368,7 +416,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     st = load_state(run / "state.pt", cfg, device) if resume else new_state(cfg, device)
-    if cfg.init_autoencoder and not resume:
+    if cfg.init_from and not resume:
+        init_from_bundle(st, Path(cfg.init_from), cfg, device)
+    elif cfg.init_autoencoder and not resume:
         init_autoencoder(st, Path(cfg.init_autoencoder), cfg, device)
     for m in (st.ae, st.ae_ema, st.unet, st.unet_ema):
         m.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout
@@ -382,12 +432,15 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     record = {"data": [Path(p).name for p in cfg.inputs], "holdout_frac": cfg.holdout_frac, "holdout": "bottom rows band"}
     if st.ae_source:
         record["autoencoder_from"] = st.ae_source
+    if st.unet_source:
+        record["denoiser_from"] = st.unet_source
 
     def checkpoint() -> None:
         nonlocal last_ckpt
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
             "ae_minutes": round(st.ae_seconds / 60, 1), "unet_minutes": round(st.unet_seconds / 60, 1),
-            "ae_batch": cfg.ae_batch, "ae_crop": cfg.ae_crop, "unet_batch": cfg.unet_batch, "layout_tile": cfg.layout_tile}
+            "ae_batch": cfg.ae_batch, "ae_crop": cfg.ae_crop, "unet_batch": cfg.unet_batch, "layout_tile": cfg.layout_tile,
+            "level_probs": list(cfg.level_probs)}
         st.save(run / "state.pt", cfg)
         export_bundle(run / "bundle.safetensors", cfg, st, rec)
         logger.flush()
@@ -450,9 +503,10 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                 out = st.unet(xt, t.float(), torch.full((b,), level, dtype=torch.long, device=device), cond, mask)
             loss = (out.float() - target).pow(2).mean()
             st.unet_step += 1
+            lr = denoiser_lr(st.opt_unet, cfg.unet_lr, cfg.warmup_steps, deadline - t0, cfg.lr_decay_minutes * 60)
             optimizer_step(loss, st.unet, st.opt_unet, st.unet_ema, cfg.ema, st.unet_step)
             st.unet_seconds += time.monotonic() - t0
-            logger.row(st.unet_seconds, "unet", st.unet_step, loss.item(), {"level": level})
+            logger.row(st.unet_seconds, "unet", st.unet_step, loss.item(), {"level": level, "lr": lr})
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", level=level)
             if cfg.decoder_every and st.unet_step % cfg.decoder_every == 0:
