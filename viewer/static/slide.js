@@ -99,27 +99,36 @@
     history.replaceState(null, "", hash);
   }
 
-  /** Load url on top of the current image; drop the old one once the new one is drawn. */
+  /**
+   * Load url on top of the current image; drop the old one once the new one is drawn. Resolves when
+   * the swap is over, so a slow machine or link never piles up images: the next poll waits for it.
+   */
   function swapTileSource(url) {
-    const old = viewer.world.getItemAt(0);
-    viewer.addTiledImage({
-      tileSource: url,
-      index: viewer.world.getItemCount(),
-      success: function (event) {
-        let done = false;
-        const finish = function () {
-          if (!done && old) {
-            viewer.world.removeItem(old);
+    return new Promise(function (resolve) {
+      const old = viewer.world.getItemAt(0);
+      viewer.addTiledImage({
+        tileSource: url,
+        index: viewer.world.getItemCount(),
+        success: function (event) {
+          let done = false;
+          const finish = function () {
+            if (!done && old) {
+              viewer.world.removeItem(old);
+            }
+            done = true;
+            resolve();
+          };
+          if (event.item.getFullyLoaded()) {
+            finish();
+          } else {
+            event.item.addOnceHandler("fully-loaded-change", finish);
+            setTimeout(finish, 10000);
           }
-          done = true;
-        };
-        if (event.item.getFullyLoaded()) {
-          finish();
-        } else {
-          event.item.addOnceHandler("fully-loaded-change", finish);
-          setTimeout(finish, 10000);
-        }
-      },
+        },
+        error: function () {
+          resolve(); // keep showing the old image; the next poll tries again
+        },
+      });
     });
   }
 
@@ -169,8 +178,8 @@
       return;
     }
     refreshCount += 1;
-    swapTileSource(`${info.dzi_url}&refresh=${refreshCount}`);
     fillPanel(info);
+    await swapTileSource(`${info.dzi_url}&refresh=${refreshCount}`);
     setTimeout(() => poll(info), POLL_MS);
   }
 
