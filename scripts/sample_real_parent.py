@@ -38,6 +38,7 @@ def main() -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--width", type=int, default=4096, help="pixels of the band's width to sample (default: all of it)")
     p.add_argument("--out", default=None, help="PNG: real band above, sampled band below")
@@ -55,13 +56,13 @@ def main() -> int:
     spec = LevelSpec(0, (h, w), bundle.config.ae.latent_ch, args.seed, Tiling(tile=bundle.config.tile, divisor=bundle.config.unet.divisor))
     store = MemoryStore(spec)
     steps = step_plans(runner.alphas_cumprod, ddim_timesteps(bundle.config.n_train_steps, args.steps))
-    denoise_level(store, parent=parent, factor=zoom, model_fn=runner.model_fn, steps=steps, eta=0.0)
+    denoise_level(store, parent=parent, factor=zoom, model_fn=runner.model_fn, steps=steps, eta=args.eta)
     px = runner.decode_fn(store.canvas[None])[0]
     sampled = ((px.transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     real_t, _ = M.grid_tiles(held, 256, 256, 0.5)
     gen_t, _ = M.grid_tiles(sampled, 256, 256, 0.5)
     fd = M.frechet_distance(M.random_conv_features(gen_t), M.random_conv_features(real_t))
-    print(f"20x sampled from the real 5x parent ({args.steps} steps): {len(gen_t)} tissue tiles, "
+    print(f"20x sampled from the real 5x parent ({args.steps} steps, eta {args.eta:g}): {len(gen_t)} tissue tiles, "
           f"FD randconv to the same real band {fd:.3f}, HF energy {M.high_freq_energy(gen_t).mean():.4f} "
           f"(real {M.high_freq_energy(real_t).mean():.4f})")
     if args.out:

@@ -5,8 +5,8 @@
 # the cores); THREADS=1 is another option on a busy machine.
 # INIT_AE=BUNDLE reuses that bundle's autoencoder and trains only the denoiser (TOTAL minutes).
 # INIT_FROM=BUNDLE continues that bundle's denoiser (fine-tune, fresh optimizer with warm-up).
-# LEVEL_PROBS (default 0.5,0.3,0.2) and DECODER_EVERY (default 4) set the denoiser phase's crop mix
-# over 20x,5x,1.25x and how often a decoder-only step runs; LR_DECAY (default 20) the minutes at the
+# MAGS sets the cascade (default 20,5,1.25; e.g. 20,10,5,2.5,1.25), LEVEL_PROBS the share of training
+# crops per level, DECODER_EVERY (default 4) how often a decoder-only step runs; LR_DECAY (default 20) the minutes at the
 # end of the run over which the denoiser's learning rate anneals to 10%.
 # Writes runs/default/ (state, loss.csv/png, bundle) and copies the EMA bundle to
 # gigagen/weights/default.safetensors when done. Continue a stopped run with RESUME=1.
@@ -21,6 +21,8 @@ extra=()
 [[ "${RESUME:-0}" == 1 ]] && extra+=(--resume)
 [[ -n "${INIT_AE:-}" ]] && extra+=(--init-autoencoder "$INIT_AE")
 [[ -n "${INIT_FROM:-}" ]] && extra+=(--init-from "$INIT_FROM")
+[[ -n "${MAGS:-}" ]] && extra+=(--magnifications "$MAGS")
+[[ -n "${LEVEL_PROBS:-}" ]] && extra+=(--level-probs "$LEVEL_PROBS")
 # Autoencoder in fp32 (measured 1.7x faster than bf16 autocast for its backward pass on this CPU),
 # denoiser in bf16 autocast (measured 2.4x faster than fp32); fp16 is never used.
 nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default --name gigagen-cmu-default \
@@ -28,7 +30,7 @@ nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default --name gigage
     --ae-base 16 --ae-mult 1,2,4,8 --latent-ch 12 \
     --unet-base 64 --unet-mult 1,2,2 --unet-blocks 1 \
     --ae-batch 8 --ae-crop 128 --unet-batch 16 --tile 32 --layout-tile 16 \
-    --level-probs "${LEVEL_PROBS:-0.5,0.3,0.2}" --decoder-every "${DECODER_EVERY:-4}" \
+    --decoder-every "${DECODER_EVERY:-4}" \
     --lr-decay-minutes "${LR_DECAY:-20}" \
     --precision fp32 --unet-precision bf16 --threads "${THREADS:-2}" --seed "${SEED:-0}" "${extra[@]}"
 cp runs/default/bundle.safetensors gigagen/weights/default.safetensors

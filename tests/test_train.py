@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,44 @@ def test_denoiser_lr_warms_up_a_fresh_optimizer_and_decays_before_the_deadline()
     assert L.denoiser_lr(opt, 1e-3, 10, 3600, 600) == pytest.approx(1e-3)  # decay not begun
     assert L.denoiser_lr(opt, 1e-3, 10, 300, 600) == pytest.approx(1e-3 * 0.55)  # half-way through it
     assert L.denoiser_lr(opt, 1e-3, 10, -5, 600) == pytest.approx(1e-4) == opt.param_groups[0]["lr"]
+
+
+def test_level_map_carries_embeddings_to_another_cascade() -> None:
+    old = (20.0, 5.0, 1.25)
+    assert L.level_map(old, old) == [0, 1, 2]
+    # 10x ties between 20x and 5x (one octave each way): the finer; 2.5x: 5x; the layout stays the layout
+    assert L.level_map(old, (20.0, 10.0, 5.0, 2.5, 1.25)) == [0, 0, 1, 1, 2]
+    assert L.level_map((20.0, 10.0, 5.0, 2.5, 1.25), old) == [0, 2, 4]
+
+
+def test_init_from_moves_a_bundle_to_a_finer_cascade(png: Path, tmp_path: Path) -> None:
+    """A factor-4 bundle continued as a factor-2 cascade: same weights, level embeddings mapped, and the
+    result generates a slide through all five levels."""
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    mags = (20.0, 10.0, 5.0, 2.5, 1.25)
+    unet5 = UNetConfig(latent_ch=2, base_ch=8, ch_mult=(1, 2), attn_lowest=False, n_levels=5)
+    cfg = tiny_cfg(png, tmp_path / "b", init_from=str(first), unet=unet5, magnifications=mags,
+                   level_probs=(0.4, 0.15, 0.15, 0.15, 0.15), unet_max_steps=3, decoder_every=0)
+    b = load_bundle(L.train(cfg, log=lambda s: None, progress=False))
+    a = load_bundle(first)
+    assert b.config.magnifications == mags and b.config.unet.n_levels == 5
+    rows = list(csv.DictReader(open(tmp_path / "b" / "loss.csv")))
+    assert rows == []  # unet_max_steps reached by the carried-on count: the weights are the bundle's
+    torch.testing.assert_close(b.unet.level_emb.weight, a.unet.level_emb.weight[[0, 0, 1, 1, 2]])
+    out = tmp_path / "slide"
+    assert main(["slide", "--size", "64", "--steps", "2", "--checkpoint", str(tmp_path / "b" / "bundle.safetensors"),
+                 "--out", str(out), "--quiet", "--formats", "none"]) == 0
+    import json
+
+    timings = json.loads((out / "run.json").read_text())["timings_s"]
+    assert [k for k in timings if k.startswith("level")] == ["level4_1.25x", "level3_2.5x", "level2_5x", "level1_10x", "level0_20x"]
+    L.train(dataclasses.replace(cfg, unet_max_steps=12), resume=True, log=lambda s: None, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "loss.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(4, 13))  # the five-level run trains
+
+
+def test_cli_magnifications_are_checked(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(png), "--out", str(tmp_path / "r"), "--magnifications", "20,8,1"]) == 2
+    assert "integer factor" in capsys.readouterr().err
+    assert main(["train", str(png), "--out", str(tmp_path / "r"), "--magnifications", "20,10,5", "--level-probs", "0.5,0.5"]) == 2
+    assert "3 non-negative shares" in capsys.readouterr().err

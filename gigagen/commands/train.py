@@ -52,8 +52,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--unet-lr", type=float, default=4e-4, help="denoiser learning rate, after a linear warm-up (default 4e-4)")
     p.add_argument("--lr-decay-minutes", type=float, default=0.0,
                    help="over the last M minutes of --max-minutes the denoiser LR falls linearly to 10%% (default 0: constant)")
-    p.add_argument("--level-probs", type=_floats, default=(0.5, 0.3, 0.2),
-                   help="share of training crops per level, finest first (default 0.5,0.3,0.2)")
+    p.add_argument("--magnifications", type=_floats, default=None,
+                   help="cascade levels, finest first, falling by one integer factor; the last is the layout "
+                        "(default 20,5,1.25, or the --init-from bundle's)")
+    p.add_argument("--level-probs", type=_floats, default=None,
+                   help="share of training crops per level, finest first (default 0.5,0.3,0.2 for three levels; "
+                        "otherwise 0.4 for the finest and the rest shared equally)")
     p.add_argument("--decoder-every", type=int, default=4,
                    help="one decoder-only step every N denoiser steps; 0 = off (default 4)")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
@@ -77,11 +81,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--holdout-frac must be in [0, 1)")
     if args.mpp is not None and args.mpp <= 0:
         raise UserError("--mpp must be positive")
-    if len(args.level_probs) != 3 or min(args.level_probs) < 0 or sum(args.level_probs) <= 0:
-        raise UserError("--level-probs needs three non-negative shares (20x, 5x, 1.25x) that are not all zero")
     if args.unet_lr <= 0 or args.decoder_every < 0 or args.lr_decay_minutes < 0:
         raise UserError("--unet-lr must be positive, --decoder-every and --lr-decay-minutes >= 0")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
+    args.magnifications = _magnifications(args.magnifications, args.init_from)
     if args.init_from:
         return _config_from_bundle(args)
     if args.init_autoencoder:
@@ -90,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if args.resume:
             raise UserError("--init-autoencoder starts a new run; --resume continues one (the run already has its autoencoder)")
         ae = read_bundle_config(Path(args.init_autoencoder)).ae
-    unet = UNetConfig(latent_ch=ae.latent_ch, base_ch=args.unet_base, ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
+    unet = UNetConfig(latent_ch=ae.latent_ch, n_levels=len(args.magnifications), base_ch=args.unet_base, ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
     if args.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
     return _train_config(args, ae, unet)
@@ -107,7 +110,29 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
     args.tile = b.tile
     args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
-    return dataclasses.replace(_train_config(args, b.ae, b.unet), magnifications=tuple(b.magnifications), mpp0=b.mpp0)
+    unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications))
+    return dataclasses.replace(_train_config(args, b.ae, unet), mpp0=b.mpp0)
+
+
+def _magnifications(mags: tuple[float, ...] | None, init_from: str | None) -> tuple[float, ...]:
+    """--magnifications, else the --init-from bundle's, else 20x/5x/1.25x; checked as the cascade checks them."""
+    from gigagen.models.checkpoint import read_bundle_config
+    from gigagen.train.loop import level_factor
+
+    if mags is None:
+        mags = tuple(read_bundle_config(Path(init_from)).magnifications) if init_from else (20.0, 5.0, 1.25)
+    if len(mags) < 2 or min(mags) <= 0:
+        raise UserError("--magnifications needs at least two positive levels, finest first")
+    level_factor(mags)  # one integer factor between neighbours, or a UserError
+    return mags
+
+
+def _level_probs(probs: tuple[float, ...] | None, n: int) -> tuple[float, ...]:
+    if probs is None:
+        return (0.5, 0.3, 0.2) if n == 3 else (0.4,) + (0.6 / (n - 1),) * (n - 1)
+    if len(probs) != n or min(probs) < 0 or sum(probs) <= 0:
+        raise UserError(f"--level-probs needs {n} non-negative shares, one per magnification, not all zero")
+    return probs
 
 
 def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
@@ -119,7 +144,8 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         ae=ae, unet=unet, init_autoencoder=args.init_autoencoder, init_from=args.init_from,
         ae_batch=args.ae_batch, ae_crop=args.ae_crop, unet_batch=args.unet_batch, tile=args.tile,
         layout_tile=args.layout_tile, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
-        unet_lr=args.unet_lr, lr_decay_minutes=args.lr_decay_minutes, level_probs=tuple(args.level_probs), decoder_every=args.decoder_every,
+        unet_lr=args.unet_lr, lr_decay_minutes=args.lr_decay_minutes, decoder_every=args.decoder_every,
+        magnifications=tuple(args.magnifications), level_probs=_level_probs(args.level_probs, len(args.magnifications)),
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
     )
 

@@ -14,6 +14,7 @@ import copy
 import csv
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,20 +235,33 @@ def init_autoencoder(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     st.ae_source = path.name
 
 
+def level_map(old: tuple[float, ...], new: tuple[float, ...]) -> list[int]:
+    """For each level of a new cascade, the level of an old one whose embedding it starts from: the
+    layout level from the old layout level, a refinement level from the old refinement level nearest
+    in log-magnification (ties: the finer one)."""
+    refine = range(len(old) - 1) if len(old) > 1 else range(1)
+    out = [min(refine, key=lambda j: (round(abs(math.log(old[j] / m)), 9), j)) for m in new[:-1]]
+    return out + [len(old) - 1]
+
+
 def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
-    """Continue training a bundle's denoiser on (possibly other) data: both networks start from the
-    bundle's EMA weights and keep its latent scale, so its latents stay valid; the optimizer is new
-    (hence the LR warm-up) and the training record carries the bundle's step and minute counts on."""
+    """Continue training a bundle's denoiser, possibly on other data or another cascade: both networks
+    start from the bundle's EMA weights and keep its latent scale, so its latents stay valid; with other
+    magnifications the level embeddings are carried over by `level_map`. The optimizer is new (hence
+    the LR warm-up) and the training record carries the bundle's step and minute counts on."""
     from gigagen.models.checkpoint import load_bundle
 
     bundle = load_bundle(path, device)
-    if bundle.config.ae != cfg.ae or bundle.config.unet != cfg.unet:
+    old_mags = tuple(bundle.config.magnifications)
+    if bundle.config.ae != cfg.ae or dataclasses.replace(bundle.config.unet, n_levels=cfg.unet.n_levels) != cfg.unet:
         raise UserError(f"--init-from: {path} has models {bundle.config.ae}, {bundle.config.unet}, not the configured ones")
-    if tuple(bundle.config.magnifications) != tuple(cfg.magnifications):
-        raise UserError(f"--init-from: {path} was trained for magnifications {bundle.config.magnifications}")
+    if bundle.config.mpp0 != cfg.mpp0 or old_mags[0] != cfg.magnifications[0]:
+        raise UserError(f"--init-from: {path} was trained at {old_mags[0]}x / {bundle.config.mpp0} um/px, not {cfg.magnifications[0]}x / {cfg.mpp0}")
     init_autoencoder(st, path, cfg, device)
+    weights = bundle.unet.state_dict()
+    weights["level_emb.weight"] = weights["level_emb.weight"][level_map(old_mags, tuple(cfg.magnifications))]
     for m in (st.unet, st.unet_ema):
-        m.load_state_dict(bundle.unet.state_dict())
+        m.load_state_dict(weights)
     rec = bundle.config.training
     st.unet_step = int(rec.get("unet_step", 0))
     st.unet_seconds = float(rec.get("unet_minutes", 0.0)) * 60
