@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Is the 20x denoiser or the cascade above it the weak link? Sample the 20x level of the held-out
-band from pure noise, as `gigagen slide` does (grid-shift, DDIM), but conditioned on the *real* 5x
-latent of that band instead of a generated one, and compare the result with the real band.
+band from pure noise, as `gigagen slide` does (grid-shift, DDIM), but conditioned on the *real* latent
+of the next coarser level (5x or 10x, by the bundle's cascade) of that band instead of a generated
+one, and compare the result with the real band.
 
 If these tiles look like tissue while generated slides do not, the coarser levels (or the gap between
 real and generated parents) limit quality; if they do not, the 20x denoiser itself does.
@@ -62,7 +63,8 @@ def main() -> int:
     real_t, _ = M.grid_tiles(held, 256, 256, 0.5)
     gen_t, _ = M.grid_tiles(sampled, 256, 256, 0.5)
     fd = M.frechet_distance(M.random_conv_features(gen_t), M.random_conv_features(real_t))
-    print(f"20x sampled from the real 5x parent ({args.steps} steps, eta {args.eta:g}): {len(gen_t)} tissue tiles, "
+    mags = bundle.config.magnifications
+    print(f"{mags[0]:g}x sampled from the real {mags[1]:g}x parent ({args.steps} steps, eta {args.eta:g}): {len(gen_t)} tissue tiles, "
           f"FD randconv to the same real band {fd:.3f}, HF energy {M.high_freq_energy(gen_t).mean():.4f} "
           f"(real {M.high_freq_energy(real_t).mean():.4f})")
     if args.out:
