@@ -41,11 +41,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--tile", type=int, default=None, help="latent tile side (default: the bundle's)")
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--width", type=int, default=4096, help="pixels of the band's width to sample (default: all of it)")
     p.add_argument("--out", default=None, help="PNG: real band above, sampled band below")
     args = p.parse_args()
     bundle = load_bundle(args.checkpoint)
-    runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16)
+    runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32)
     f, zoom, scale = bundle.config.ae.factor, level_factor(bundle.config.magnifications), bundle.config.latent_scale
     rgb, mpp = D.read_image(args.reference, None)
     _, held = D.split_holdout(D.resize(rgb, mpp / 0.5), 0.2)
@@ -54,7 +56,7 @@ def main() -> int:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         parent = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(held, zoom)[None]))).float()[0].numpy() * scale
     h, w = held.shape[0] // f, held.shape[1] // f
-    spec = LevelSpec(0, (h, w), bundle.config.ae.latent_ch, args.seed, Tiling(tile=bundle.config.tile, divisor=bundle.config.unet.divisor))
+    spec = LevelSpec(0, (h, w), bundle.config.ae.latent_ch, args.seed, Tiling(tile=args.tile or bundle.config.tile, divisor=bundle.config.unet.divisor))
     store = MemoryStore(spec)
     steps = step_plans(runner.alphas_cumprod, ddim_timesteps(bundle.config.n_train_steps, args.steps))
     denoise_level(store, parent=parent, factor=zoom, model_fn=runner.model_fn, steps=steps, eta=args.eta)
