@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from gigagen.cli import main
 from gigagen.errors import UserError
-from gigagen.models.checkpoint import load_bundle
+from gigagen.models.checkpoint import load_bundle, read_bundle_config
 from gigagen.models.unet import UNetConfig
 from gigagen.models.vae import AutoencoderConfig
 from gigagen.train import data as D
@@ -279,3 +279,14 @@ def test_cli_magnifications_are_checked(png: Path, tmp_path: Path, capsys: pytes
     assert "integer factor" in capsys.readouterr().err
     assert main(["train", str(png), "--out", str(tmp_path / "r"), "--magnifications", "20,10,5", "--level-probs", "0.5,0.5"]) == 2
     assert "3 non-negative shares" in capsys.readouterr().err
+
+
+def test_cli_init_from_takes_models_tile_and_cascade_from_the_bundle(png: Path, tmp_path: Path) -> None:
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    out = tmp_path / "b"
+    rc = main(["train", str(png), "--out", str(out), "--init-from", str(first), "--mpp", "0.5", "--max-minutes", "0.03", "--decoder-every", "0",
+               "--unet-batch", "2", "--threads", "1", "--quiet"])
+    assert rc == 0
+    a, b = read_bundle_config(first), read_bundle_config(out / "bundle.safetensors")
+    assert (b.ae, b.unet, b.tile, b.magnifications) == (a.ae, a.unet, a.tile, a.magnifications)
+    assert b.training["denoiser_from"] == first.name and b.training["unet_step"] >= a.training["unet_step"]
