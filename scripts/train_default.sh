@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retrain the embedded default model from scratch on CMU-1-Small-Region, time-bounded.
-#   scripts/train_default.sh [TOTAL_MINUTES [AE_MINUTES]]     (default 115 and 50)
+#   scripts/train_default.sh [TOTAL_MINUTES [AE_MINUTES]]     (default 225 and 50: about the shipped model's budget)
 # OpenMP threads wait passively (measured 7% slower alone, but no 10x stalls when other jobs share
 # the cores); THREADS=1 is another option on a busy machine.
 # INIT_AE=BUNDLE reuses that bundle's autoencoder and trains only the denoiser (TOTAL minutes).
@@ -9,10 +9,12 @@
 # crops per level, DECODER_EVERY (default 4) how often a decoder-only step runs; LR_DECAY (default 20) the minutes at the
 # end of the run over which the denoiser's learning rate anneals to 10%.
 # Writes runs/default/ (state, loss.csv/png, bundle) and copies the EMA bundle to
-# gigagen/weights/default.safetensors when done. Continue a stopped run with RESUME=1.
+# gigagen/weights/default.safetensors when done (not when stopped: RESUME=1 finishes it).
+# Continue a stopped run with RESUME=1.
 set -euo pipefail
+{ # read whole before running: editing this file during a run must not change that run
 cd "$(dirname "$0")/.."
-TOTAL=${1:-115}
+TOTAL=${1:-225}
 AE=${2:-50}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 PY=${PY:-.venv/bin/python}
@@ -33,5 +35,8 @@ nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default --name gigage
     --decoder-every "${DECODER_EVERY:-4}" \
     --lr-decay-minutes "${LR_DECAY:-20}" \
     --precision fp32 --unet-precision bf16 --threads "${THREADS:-2}" --seed "${SEED:-0}" "${extra[@]}"
+# only a run that reached its time limit replaces the shipped weights (set -e stops here otherwise)
 cp runs/default/bundle.safetensors gigagen/weights/default.safetensors
 echo "default model: gigagen/weights/default.safetensors"
+exit
+}
