@@ -30,6 +30,7 @@ from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.sampling.schedules import cosine_alphas_cumprod  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train.loop import level_factor  # noqa: E402
+from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.metrics import grid_tiles  # noqa: E402
 
 TIMES = (200, 500, 800)
@@ -50,8 +51,7 @@ def main() -> int:
     torch.manual_seed(0)
     bundle = load_bundle(args.checkpoint)
     ae, unet, scale = bundle.ae, bundle.unet, bundle.config.latent_scale
-    rgb, mpp = D.read_image(args.reference, None)
-    _, held = D.split_holdout(D.resize(rgb, mpp / 0.5), 0.2)
+    _, held = split_reference(args.reference, 0.2)
     f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
     m = f * zoom
     held = held[: held.shape[0] // m * m, : held.shape[1] // m * m]

@@ -23,6 +23,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gigagen.engine.decode import to_uint8  # noqa: E402
 from gigagen.engine.grid import Tiling  # noqa: E402
 from gigagen.engine.store import LevelSpec, MemoryStore  # noqa: E402
 from gigagen.engine.tiler import denoise_level, step_plans  # noqa: E402
@@ -31,6 +32,7 @@ from gigagen.models.denoiser import BundleRunner  # noqa: E402
 from gigagen.sampling.schedules import ddim_timesteps  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
+from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.loop import level_factor  # noqa: E402
 
 
@@ -49,8 +51,7 @@ def main() -> int:
     bundle = load_bundle(args.checkpoint)
     runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32)
     f, zoom, scale = bundle.config.ae.factor, level_factor(bundle.config.magnifications), bundle.config.latent_scale
-    rgb, mpp = D.read_image(args.reference, None)
-    _, held = D.split_holdout(D.resize(rgb, mpp / 0.5), 0.2)
+    _, held = split_reference(args.reference, 0.2)
     m = f * zoom * 4
     held = held[: held.shape[0] // m * m, : min(args.width, held.shape[1]) // m * m]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -60,8 +61,7 @@ def main() -> int:
     store = MemoryStore(spec)
     steps = step_plans(runner.alphas_cumprod, ddim_timesteps(bundle.config.n_train_steps, args.steps))
     denoise_level(store, parent=parent, factor=zoom, model_fn=runner.model_fn, steps=steps, eta=args.eta)
-    px = runner.decode_fn(store.canvas[None])[0]
-    sampled = ((px.transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    sampled = to_uint8(runner.decode_fn(store.canvas[None])[0].transpose(1, 2, 0))
     real_t, _ = M.grid_tiles(held, 256, 256, 0.5)
     gen_t, _ = M.grid_tiles(sampled, 256, 256, 0.5)
     fd = M.frechet_distance(M.random_conv_features(gen_t), M.random_conv_features(real_t))

@@ -84,9 +84,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.unet_lr <= 0 or args.decoder_every < 0 or args.lr_decay_minutes < 0:
         raise UserError("--unet-lr must be positive, --decoder-every and --lr-decay-minutes >= 0")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
-    args.magnifications = _magnifications(args.magnifications, args.init_from)
     if args.init_from:
         return _config_from_bundle(args)
+    args.magnifications = _magnifications(args.magnifications or TrainConfig.magnifications)
     if args.init_autoencoder:
         from gigagen.models.checkpoint import read_bundle_config
 
@@ -108,19 +108,17 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     b = read_bundle_config(Path(args.init_from))
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
+    args.magnifications = _magnifications(args.magnifications or tuple(b.magnifications))
     args.tile = b.tile
     args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
     unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications))
     return dataclasses.replace(_train_config(args, b.ae, unet), mpp0=b.mpp0)
 
 
-def _magnifications(mags: tuple[float, ...] | None, init_from: str | None) -> tuple[float, ...]:
-    """--magnifications, else the --init-from bundle's, else 20x/5x/1.25x; checked as the cascade checks them."""
-    from gigagen.models.checkpoint import read_bundle_config
+def _magnifications(mags: tuple[float, ...]) -> tuple[float, ...]:
+    """--magnifications (default 20x/5x/1.25x, or the --init-from bundle's), checked as the cascade checks them."""
     from gigagen.train.loop import level_factor
 
-    if mags is None:
-        mags = tuple(read_bundle_config(Path(init_from)).magnifications) if init_from else (20.0, 5.0, 1.25)
     if len(mags) < 2 or min(mags) <= 0:
         raise UserError("--magnifications needs at least two positive levels, finest first")
     level_factor(mags)  # one integer factor between neighbours, or a UserError
@@ -128,8 +126,10 @@ def _magnifications(mags: tuple[float, ...] | None, init_from: str | None) -> tu
 
 
 def _level_probs(probs: tuple[float, ...] | None, n: int) -> tuple[float, ...]:
+    from gigagen.train.loop import default_level_probs
+
     if probs is None:
-        return (0.5, 0.3, 0.2) if n == 3 else (0.4,) + (0.6 / (n - 1),) * (n - 1)
+        return default_level_probs(n)
     if len(probs) != n or min(probs) < 0 or sum(probs) <= 0:
         raise UserError(f"--level-probs needs {n} non-negative shares, one per magnification, not all zero")
     return probs

@@ -55,11 +55,15 @@ def slide_tiles(path: str | Path, tile: int, max_tiles: int, seed: int, mpp0: fl
     return got[rng.permutation(len(got))[:max_tiles]]
 
 
+def split_reference(region: str | Path, holdout_frac: float, mpp: float | None = None, mpp0: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(training part, held-out bottom band) of a reference region at mpp0, split as `gigagen train` splits it."""
+    rgb, file_mpp = D.read_image(region, mpp)
+    return D.split_holdout(D.resize(rgb, file_mpp / mpp0), holdout_frac)
+
+
 def reference_tiles(region: str | Path, holdout_frac: float, tile: int, mpp: float | None, mpp0: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(held-out tiles at stride tile/2, training tiles at stride tile/4, held-out band) of the reference region."""
-    rgb, file_mpp = D.read_image(region, mpp)
-    rgb = D.resize(rgb, file_mpp / mpp0)
-    train, held = D.split_holdout(rgb, holdout_frac)
+    train, held = split_reference(region, holdout_frac, mpp, mpp0)
     held_tiles, _ = M.grid_tiles(held, tile, tile // 2, 0.5)
     train_tiles, _ = M.grid_tiles(train, tile, tile // 4, 0.5)
     if len(held_tiles) < 2:

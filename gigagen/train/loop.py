@@ -53,7 +53,7 @@ class TrainConfig:
     layout_tile: int = 16  # the layout level's latent is small (a region gives few 1.25x pixels)
     unet_batch: int = 16
     unet_lr: float = 4e-4
-    level_probs: tuple[float, ...] = (0.5, 0.3, 0.2)
+    level_probs: tuple[float, ...] = (0.5, 0.3, 0.2)  # = default_level_probs(3)
     cfg_dropout: float = 0.1
     ema: float = 0.999
     jitter: float = 0.05
@@ -79,6 +79,12 @@ def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but no CUDA device is available")
     return torch.device(name)
+
+
+def default_level_probs(n_levels: int) -> tuple[float, ...]:
+    """Share of training crops per level, finest first: 50/30/20% for three levels, else 40% for the
+    finest and the rest shared equally."""
+    return (0.5, 0.3, 0.2) if n_levels == 3 else (0.4,) + (0.6 / (n_levels - 1),) * (n_levels - 1)
 
 
 def level_factor(magnifications: tuple[float, ...]) -> int:
@@ -228,11 +234,16 @@ def init_autoencoder(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     bundle = load_bundle(path, device)
     if bundle.config.ae != cfg.ae:
         raise UserError(f"--init-autoencoder: {path} has autoencoder {bundle.config.ae}, not the configured {cfg.ae}")
+    _take_autoencoder(st, bundle, path.name)
+
+
+def _take_autoencoder(st: State, bundle: Any, name: str) -> None:
+    """The bundle's autoencoder weights and step/minute record into both training copies."""
     for m in (st.ae, st.ae_ema):
         m.load_state_dict(bundle.ae.state_dict())
     st.ae_step = int(bundle.config.training.get("ae_step", 0))
     st.ae_seconds = float(bundle.config.training.get("ae_minutes", 0.0)) * 60  # the record stays true
-    st.ae_source = path.name
+    st.ae_source = name
 
 
 def level_map(old: tuple[float, ...], new: tuple[float, ...]) -> list[int]:
@@ -257,16 +268,15 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
         raise UserError(f"--init-from: {path} has models {bundle.config.ae}, {bundle.config.unet}, not the configured ones")
     if bundle.config.mpp0 != cfg.mpp0 or old_mags[0] != cfg.magnifications[0]:
         raise UserError(f"--init-from: {path} was trained at {old_mags[0]}x / {bundle.config.mpp0} um/px, not {cfg.magnifications[0]}x / {cfg.mpp0}")
-    init_autoencoder(st, path, cfg, device)
+    rec = bundle.config.training
+    _take_autoencoder(st, bundle, rec.get("autoencoder_from", path.name))
     weights = bundle.unet.state_dict()
     weights["level_emb.weight"] = weights["level_emb.weight"][level_map(old_mags, tuple(cfg.magnifications))]
     for m in (st.unet, st.unet_ema):
         m.load_state_dict(weights)
-    rec = bundle.config.training
     st.unet_step = int(rec.get("unet_step", 0))
     st.unet_seconds = float(rec.get("unet_minutes", 0.0)) * 60
     st.latent_scale = float(bundle.config.latent_scale)
-    st.ae_source = rec.get("autoencoder_from", path.name)
     st.unet_source = path.name
 
 
