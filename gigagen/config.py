@@ -25,6 +25,7 @@ class RunConfig:
     steps: int = 20
     eta: float = 0.0
     guidance: float = 1.0
+    autoguidance: float | None = None  # None = the model's own default (1 when it has no guide network)
     blend: str = "gridshift"
     overlap_stride: int | None = None  # latent pixels; default tile // 2
     tile: int | None = None  # latent tile side; default: the model's training tile
@@ -74,6 +75,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"eta must be >= 0, not {cfg.eta}")
     if cfg.guidance < 0:
         raise UserError(f"guidance scale must be >= 0, not {cfg.guidance}")
+    if cfg.autoguidance is not None and cfg.autoguidance < 0:
+        raise UserError(f"autoguidance weight must be >= 0, not {cfg.autoguidance}")
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise UserError(f"seed must be in 0..2^63-1, not {cfg.seed}")
     if cfg.tile is not None and cfg.tile < 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterator
 
 from gigagen.engine.grid import Tile
@@ -30,6 +30,7 @@ class RunnerSpec:
     checkpoint: str | None
     precision: str
     guidance: float
+    autoguidance: float
 
 
 def _worker_runner(spec: RunnerSpec) -> Any:
@@ -45,23 +46,23 @@ def _worker_runner(spec: RunnerSpec) -> Any:
     if spec not in cache:
         torch.set_num_threads(max(1, worker.state.nthreads))
         device = pick_device("auto")
-        cache[spec] = BundleRunner(load_bundle(spec.checkpoint, device), device, pick_dtype(spec.precision, device), spec.guidance)
+        cache[spec] = BundleRunner(load_bundle(spec.checkpoint, device), device, pick_dtype(spec.precision, device), spec.guidance, spec.autoguidance)
     return cache[spec]
 
 
-def _stats(runner: Any, before: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    c = runner.counters
-    now = (c.unet_calls, c.unet_tiles, c.unet_pixels, c.decode_calls)
-    return tuple(a - b for a, b in zip(now, before))  # type: ignore[return-value]
+COUNTS = tuple(f.name for f in fields(Counters))
 
 
-def _snapshot(runner: Any) -> tuple[int, int, int, int]:
-    c = runner.counters
-    return (c.unet_calls, c.unet_tiles, c.unet_pixels, c.decode_calls)
+def _stats(runner: Any, before: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(a - b for a, b in zip(_snapshot(runner), before))
+
+
+def _snapshot(runner: Any) -> tuple[int, ...]:
+    return tuple(getattr(runner.counters, name) for name in COUNTS)
 
 
 def denoise_task(rspec: RunnerSpec, root: str, spec: LevelSpec, batch: list[Tile], parent: tuple[LevelSpec, int] | None,
-                 factor: int, step: StepPlan, eta: float) -> tuple[int, int, int, int]:
+                 factor: int, step: StepPlan, eta: float) -> tuple[int, ...]:
     """One batch of one step on a worker; returns evaluation counts only."""
     runner = _worker_runner(rspec)
     before = _snapshot(runner)
@@ -70,7 +71,7 @@ def denoise_task(rspec: RunnerSpec, root: str, spec: LevelSpec, batch: list[Tile
     return _stats(runner, before)
 
 
-def decode_task(rspec: RunnerSpec, root: str, spec: LevelSpec, state: int, tiles: list[Tile], factor: int, zarr_path: str) -> tuple[int, int, int, int]:
+def decode_task(rspec: RunnerSpec, root: str, spec: LevelSpec, state: int, tiles: list[Tile], factor: int, zarr_path: str) -> tuple[int, ...]:
     """Decode pixel tiles from the final latent state and write them, chunk-aligned, into the slide store."""
     from gigagen.engine.decode import decode_region
     from gigagen.io.omezarr import open_writer
@@ -101,7 +102,7 @@ class Farm:
         from distributed import Client, LocalCluster
 
         ckpt = str(Path(job.cfg.checkpoint).resolve()) if job.cfg.checkpoint else None
-        rspec = RunnerSpec(ckpt, job.cfg.precision, job.cfg.guidance)
+        rspec = RunnerSpec(ckpt, job.cfg.precision, job.cfg.guidance, job.runner.autoguidance)
         if scheduler:
             try:
                 client = Client(scheduler, timeout="10s")
@@ -128,11 +129,8 @@ class Farm:
 
         running = as_completed([submit() for _ in range(min(self.window, len(pending)))])
         for fut in running:
-            calls_, tiles, pixels, decodes = fut.result()
-            self.counters.unet_calls += calls_
-            self.counters.unet_tiles += tiles
-            self.counters.unet_pixels += pixels
-            self.counters.decode_calls += decodes
+            for name, n in zip(COUNTS, fut.result()):
+                setattr(self.counters, name, getattr(self.counters, name) + n)
             on_done(size_of.pop(fut))
             if pending:
                 running.add(submit())

@@ -6,7 +6,7 @@ import json
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -149,6 +149,16 @@ def _setup_model(cfg: RunConfig) -> tuple[Any, Any, Any, int, list[LevelPlan]]:
     return device, dtype, bundle, tile, plans
 
 
+def with_autoguidance(cfg: RunConfig, bundle: Any) -> RunConfig:
+    """The run's autoguidance weight made explicit (run.json and the resume fingerprint record the value
+    used): the model's default when not given; a weight other than 1 needs a model with a guide network."""
+    if cfg.autoguidance is None:
+        return replace(cfg, autoguidance=bundle.config.autoguidance if bundle.guide is not None else 1.0)
+    if cfg.autoguidance != 1.0 and bundle.guide is None:
+        raise UserError(f"--autoguidance {cfg.autoguidance:g} needs a model with a guide network; {bundle.identity} has none (use 1)")
+    return cfg
+
+
 def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Generate (or resume) one slide into cfg.out; returns the run record (also written to run.json)."""
     from gigagen.models.denoiser import BundleRunner
@@ -163,6 +173,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
     else:
         check_output(out, cfg.overwrite)
     device, dtype, bundle, tile, plans = _setup_model(cfg)
+    cfg = with_autoguidance(cfg, bundle)
     mc = bundle.config
     tiling = Tiling(tile=tile, mode=cfg.blend, divisor=mc.unet.divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
     precision = str(dtype).replace("torch.", "")
@@ -181,7 +192,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
         state = RunState(root, fp, kind)
     if not mc.trained:
         log("warning: this model is an untrained random placeholder; the slide will not look like tissue")
-    runner = BundleRunner(bundle, device, dtype, cfg.guidance)
+    runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance)
     steps = step_plans(runner.alphas_cumprod, ddim_timesteps(mc.n_train_steps, cfg.steps))
     job = Job(cfg, out, runner, tiling, plans, steps, state)
     record: dict[str, Any] = {
@@ -265,6 +276,7 @@ def _evaluations(job: Job, c: Any) -> dict[str, Any]:
         "unet_calls": c.unet_calls, "unet_tiles": c.unet_tiles, "unet_latent_pixels": c.unet_pixels,
         "per_latent_pixel_per_step": round(c.unet_pixels / area, 4) if not job.cfg.resume else None,
         "decode_calls": c.decode_calls,
+        "guide_tiles": c.guide_tiles, "guide_latent_pixels": c.guide_pixels,
     }
 
 
@@ -360,11 +372,12 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
 
     validate(cfg)
     device, dtype, bundle, tile, plans = _setup_model(cfg)
+    cfg = with_autoguidance(cfg, bundle)
     mc = bundle.config
     kind = choose_store(cfg, plans, mc.ae.latent_ch)
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
     evals = evaluations(cfg, plans, tile, mc.unet.divisor)
-    runner = BundleRunner(bundle, device, dtype, cfg.guidance)
+    runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance)
     calib = calibrate(runner, tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
     seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor)
     if cfg.workers:

@@ -58,7 +58,8 @@ def disk_bytes(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind
 
 
 def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int) -> dict[str, int]:
-    """UNet tiles and latent pixels evaluated over the whole cascade (CFG doubles refinement levels)."""
+    """UNet tiles and latent pixels evaluated over the whole cascade (CFG doubles refinement levels);
+    autoguidance adds as many evaluations of the smaller guide network, counted apart."""
     tiles = pixels = 0
     for p in plans:
         passes = 2 if cfg.guidance != 1.0 and p.level < len(plans) - 1 else 1
@@ -66,7 +67,9 @@ def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int)
             rows, cols = step_segments(p.shape, tile, cfg.blend, seed=cfg.seed, level=p.level, step=step, divisor=divisor, stride=cfg.overlap_stride)
             tiles += passes * len(rows) * len(cols)
             pixels += passes * sum(b - a for a, b in rows) * sum(b - a for a, b in cols)
-    return {"unet_tiles": tiles, "unet_latent_pixels": pixels}
+    guided = cfg.autoguidance not in (None, 1.0)
+    return {"unet_tiles": tiles, "unet_latent_pixels": pixels, "guide_tiles": tiles if guided else 0,
+            "guide_latent_pixels": pixels if guided else 0}
 
 
 def estimate(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind: str) -> dict[str, Any]:

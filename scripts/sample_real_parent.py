@@ -42,6 +42,7 @@ def main() -> int:
     p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--autoguidance", type=float, default=None, help="autoguidance weight (default: the bundle's, 1 = off)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tile", type=int, default=None, help="latent tile side (default: the bundle's)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
@@ -49,7 +50,8 @@ def main() -> int:
     p.add_argument("--out", default=None, help="PNG: real band above, sampled band below")
     args = p.parse_args()
     bundle = load_bundle(args.checkpoint)
-    runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    ag = args.autoguidance if args.autoguidance is not None else (bundle.config.autoguidance if bundle.guide is not None else 1.0)
+    runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32, 1.0, ag)
     f, zoom, scale = bundle.config.ae.factor, level_factor(bundle.config.magnifications), bundle.config.latent_scale
     _, held = split_reference(args.reference, 0.2)
     m = f * zoom * 4
@@ -66,7 +68,7 @@ def main() -> int:
     gen_t, _ = M.grid_tiles(sampled, 256, 256, 0.5)
     fd = M.frechet_distance(M.random_conv_features(gen_t), M.random_conv_features(real_t))
     mags = bundle.config.magnifications
-    print(f"{mags[0]:g}x sampled from the real {mags[1]:g}x parent ({args.steps} steps, eta {args.eta:g}): {len(gen_t)} tissue tiles, "
+    print(f"{mags[0]:g}x sampled from the real {mags[1]:g}x parent ({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g}): {len(gen_t)} tissue tiles, "
           f"FD randconv to the same real band {fd:.3f}, HF energy {M.high_freq_energy(gen_t).mean():.4f} "
           f"(real {M.high_freq_energy(real_t).mean():.4f})")
     if args.out:

@@ -34,3 +34,22 @@ def make_bundle(path: Path, seed: int = 0, **overrides) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def make_guided_bundle(path: Path, seed: int = 0, autoguidance: float = 2.0) -> Path:
+    """The tiny bundle of `make_bundle(seed)` plus a smaller random guide network (autoguidance)."""
+    torch.manual_seed(seed)
+    guide_cfg = UNetConfig(latent_ch=4, base_ch=8, ch_mult=(1, 2), n_levels=3)
+    cfg = tiny_config(guide=guide_cfg, autoguidance=autoguidance)
+    unet = UNet(cfg.unet)
+    torch.nn.init.normal_(unet.out.weight, std=0.05)
+    ae = Autoencoder(cfg.ae)
+    guide = UNet(guide_cfg)
+    torch.nn.init.normal_(guide.out.weight, std=0.05)
+    save_bundle(path, cfg, ae, unet, guide)
+    return path
+
+
+@pytest.fixture(scope="session")
+def guided_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_guided_bundle(tmp_path_factory.mktemp("model") / "guided.safetensors")

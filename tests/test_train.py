@@ -290,3 +290,41 @@ def test_cli_init_from_takes_models_tile_and_cascade_from_the_bundle(png: Path, 
     a, b = read_bundle_config(first), read_bundle_config(out / "bundle.safetensors")
     assert (b.ae, b.unet, b.tile, b.magnifications) == (a.ae, a.unet, a.tile, a.magnifications)
     assert b.training["denoiser_from"] == first.name and b.training["unet_step"] >= a.training["unet_step"]
+
+
+def test_guide_of_trains_a_small_guide_and_exports_the_bundle_with_it(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    a = load_bundle(first)
+    small = UNetConfig(latent_ch=2, base_ch=4, ch_mult=(1, 2), attn_lowest=False)
+    cfg = tiny_cfg(png, tmp_path / "g", unet=small, guide_of=str(first), autoguidance=2.5, unet_max_steps=4)
+    out = L.train(cfg, log=lambda s: None, progress=False)
+    g = load_bundle(out)
+    # the bundle's autoencoder, denoiser and latent scale are kept bit for bit; the guide is the new network
+    for mine, theirs in ((a.ae, g.ae), (a.unet, g.unet)):
+        for (name, pa), pb in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(pa, pb), name
+    assert g.guide is not None and g.config.guide == small and g.config.autoguidance == 2.5
+    assert g.config.latent_scale == a.config.latent_scale and g.config.unet == a.config.unet
+    assert g.config.training["guide"]["unet_step"] == 4 and g.config.training["guide"]["guide_of"] == first.name
+    assert g.config.training["unet_step"] == a.config.training["unet_step"]  # the main record is the bundle's
+    assert {r["phase"] for r in csv.DictReader(open(tmp_path / "g" / "loss.csv"))} == {"unet"}  # no autoencoder or decoder steps
+    # resumed with the same --guide-of it carries on; without it, it is refused
+    L.train(dataclasses.replace(cfg, unet_max_steps=5), resume=True, log=lambda s: None, progress=False)
+    assert load_bundle(out).config.training["guide"]["unet_step"] == 5
+    with pytest.raises(UserError, match="--guide-of"):
+        L.train(tiny_cfg(png, tmp_path / "g", unet=small, unet_max_steps=6), resume=True, log=lambda s: None, progress=False)
+    assert main(["train", str(png), "--out", str(tmp_path / "h"), "--guide-of", str(first), "--init-from", str(first)]) == 2
+    assert "--guide-of" in capsys.readouterr().err
+    assert main(["train", str(png), "--out", str(tmp_path / "h"), "--guide-of", str(tmp_path / "missing.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_guide_of_takes_cascade_and_tile_from_the_bundle(png: Path, tmp_path: Path) -> None:
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    out = tmp_path / "g"
+    rc = main(["train", str(png), "--out", str(out), "--guide-of", str(first), "--mpp", "0.5", "--unet-base", "4", "--unet-mult", "1,2",
+               "--unet-max-steps", "2", "--unet-batch", "2", "--threads", "1", "--quiet", "--autoguidance", "1.5"])
+    assert rc == 0
+    a, g = read_bundle_config(first), read_bundle_config(out / "bundle.safetensors")
+    assert (g.ae, g.unet, g.tile, g.magnifications) == (a.ae, a.unet, a.tile, a.magnifications)
+    assert g.guide is not None and g.guide.base_ch == 4 and g.autoguidance == 1.5 and g.training["guide"]["unet_step"] == 2

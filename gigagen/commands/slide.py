@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="DDIM denoising steps per level (default 20)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default 0)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = one pass (default 1)")
+    p.add_argument("--autoguidance", type=float, default=None,
+                   help="autoguidance weight: the model's small guide network steers away from its errors; 1 = off, "
+                        "one pass (default: the model's, 2 for the embedded default)")
     p.add_argument("--blend", default="gridshift", help=f"tile blending: {', '.join(BLEND_MODES)} (default gridshift)")
     p.add_argument("--overlap-stride", type=int, help="latent stride of --blend overlap windows (default tile/2)")
     p.add_argument("--tile", type=int, help="latent tile side (default: the model's training tile)")
@@ -64,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     out = args.out or time.strftime(f"slides/gigagen-%Y%m%d-%H%M%S-s{seed}")
     return RunConfig(
         width=width, height=height, out=out, seed=seed, steps=args.steps, eta=args.eta, guidance=args.guidance,
-        blend=args.blend, overlap_stride=args.overlap_stride, tile=args.tile, checkpoint=args.checkpoint,
+        autoguidance=args.autoguidance, blend=args.blend, overlap_stride=args.overlap_stride, tile=args.tile, checkpoint=args.checkpoint,
         device=args.device, precision=args.precision, batch_size=args.batch_size, overwrite=args.overwrite,
         formats=_formats(args.formats), compression=args.compression.lower(), quality=args.quality,
         tile_order=args.tile_order, resume=args.resume, memory_budget=parse_bytes(args.memory_budget),
@@ -91,7 +94,8 @@ def _print_plan(plan: dict, as_json: bool) -> None:
     print("levels       " + ", ".join(f"{lv['magnification']:g}x latent {lv['latent_shape'][0]}x{lv['latent_shape'][1]}" for lv in plan["levels"]))
     print(f"disk         {gb(d['total'])} at most (zarr {gb(d['zarr'])}, tiffs {gb(d['tiffs'])}, latent state {gb(d['latent_state'])})")
     print(f"memory       {gb(plan['peak_memory_bytes'])} peak resident (latents {plan['latent_store']})")
-    print(f"network      {ev['unet_tiles']} UNet tile evaluations, {ev['unet_latent_pixels']} latent pixels")
+    guide = f" (+ {ev['guide_tiles']} of the smaller autoguidance network)" if ev["guide_tiles"] else ""
+    print(f"network      {ev['unet_tiles']} UNet tile evaluations, {ev['unet_latent_pixels']} latent pixels{guide}")
     print(f"time         {sec['total']:.0f} s on this machine (sampling {sec['sampling']:.0f}, decode {sec['decode']:.0f}, pyramid+export {sec['pyramid_and_export']:.0f})")
 
 

@@ -38,6 +38,11 @@ def add_parser(subparsers: Any) -> None:
                    help="reuse this bundle's autoencoder (its configuration replaces --ae-* and --latent-ch); train only the denoiser")
     p.add_argument("--init-from", metavar="BUNDLE", default=None,
                    help="continue training this bundle's denoiser (fine-tune; its autoencoder and model configuration are kept)")
+    p.add_argument("--guide-of", metavar="BUNDLE", default=None,
+                   help="train a small guide denoiser for this bundle (autoguidance; size it with --unet-*) on its autoencoder, "
+                        "cascade and tile; the run's bundle is that bundle plus the guide")
+    p.add_argument("--autoguidance", type=float, default=2.0,
+                   help="with --guide-of: the autoguidance weight the bundle records as its default (default 2)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
@@ -60,6 +65,8 @@ def add_parser(subparsers: Any) -> None:
                         "otherwise 0.4 for the finest and the rest shared equally)")
     p.add_argument("--decoder-every", type=int, default=4,
                    help="one decoder-only step every N denoiser steps; 0 = off (default 4)")
+    p.add_argument("--unet-max-steps", type=int, default=None,
+                   help="stop the denoiser after this many steps in all (counting resumed ones), even before --max-minutes")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -81,9 +88,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--holdout-frac must be in [0, 1)")
     if args.mpp is not None and args.mpp <= 0:
         raise UserError("--mpp must be positive")
+    if args.unet_max_steps is not None and args.unet_max_steps < 1:
+        raise UserError("--unet-max-steps must be >= 1")
     if args.unet_lr <= 0 or args.decoder_every < 0 or args.lr_decay_minutes < 0:
         raise UserError("--unet-lr must be positive, --decoder-every and --lr-decay-minutes >= 0")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
+    if args.guide_of:
+        return _guide_config(args)
     if args.init_from:
         return _config_from_bundle(args)
     args.magnifications = _magnifications(args.magnifications or TrainConfig.magnifications)
@@ -115,6 +126,30 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     return dataclasses.replace(_train_config(args, b.ae, unet), mpp0=b.mpp0)
 
 
+def _guide_config(args: argparse.Namespace) -> Any:
+    """--guide-of: the bundle fixes the autoencoder, cascade, tile and pixel size; --unet-* size the guide."""
+    from gigagen.models.checkpoint import read_bundle_config
+    from gigagen.models.unet import UNetConfig
+
+    if args.init_from or args.init_autoencoder:
+        raise UserError("--guide-of trains a new guide denoiser; it cannot be combined with --init-from or --init-autoencoder")
+    if args.autoguidance < 0:
+        raise UserError("--autoguidance must be >= 0")
+    b = read_bundle_config(Path(args.guide_of))
+    if not b.trained:
+        raise UserError(f"--guide-of: {args.guide_of} holds an untrained denoiser; there is nothing to guide")
+    args.magnifications = tuple(b.magnifications)
+    args.tile = b.tile
+    args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
+    args.decoder_every = 0  # the bundle's decoder is kept as it is
+    unet = UNetConfig(latent_ch=b.ae.latent_ch, n_levels=len(b.magnifications), base_ch=args.unet_base,
+                      ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
+    if b.tile % unet.divisor or args.layout_tile % unet.divisor:
+        raise UserError(f"--guide-of: the bundle's tiles ({b.tile}, {args.layout_tile}) are not multiples of the guide's divisor {unet.divisor}")
+    cfg = _train_config(args, b.ae, unet)
+    return dataclasses.replace(cfg, mpp0=b.mpp0, guide_of=args.guide_of, autoguidance=args.autoguidance)
+
+
 def _magnifications(mags: tuple[float, ...]) -> tuple[float, ...]:
     """--magnifications (default 20x/5x/1.25x, or the --init-from bundle's), checked as the cascade checks them."""
     from gigagen.train.loop import level_factor
@@ -144,7 +179,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         ae=ae, unet=unet, init_autoencoder=args.init_autoencoder, init_from=args.init_from,
         ae_batch=args.ae_batch, ae_crop=args.ae_crop, unet_batch=args.unet_batch, tile=args.tile,
         layout_tile=args.layout_tile, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
-        unet_lr=args.unet_lr, lr_decay_minutes=args.lr_decay_minutes, decoder_every=args.decoder_every,
+        unet_lr=args.unet_lr, unet_max_steps=args.unet_max_steps, lr_decay_minutes=args.lr_decay_minutes, decoder_every=args.decoder_every,
         magnifications=tuple(args.magnifications), level_probs=_level_probs(args.level_probs, len(args.magnifications)),
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
     )

@@ -1,6 +1,7 @@
 """Model bundles in one safetensors file: weights plus the configuration that rebuilds them.
 
-Layout: tensors "ae.*" (Autoencoder) and "unet.*" (UNet); safetensors metadata "gigagen.bundle" holds
+Layout: tensors "ae.*" (Autoencoder), "unet.*" (UNet) and, optionally, "guide.*" (a smaller, weaker
+UNet on the same latents for autoguidance, Karras et al. 2024); safetensors metadata "gigagen.bundle" holds
 BundleConfig as JSON (nanoGPT habit: a checkpoint carries its model's arguments). Anything a user can
 get wrong (missing file, not safetensors, wrong keys or shapes) raises UserError.
 """
@@ -39,6 +40,8 @@ class BundleConfig:
     tile: int = 32  # latent tile side the denoiser was trained on
     trained: bool = False
     training: dict[str, Any] = field(default_factory=dict)
+    guide: UNetConfig | None = None  # the autoguidance network, when the bundle has one
+    autoguidance: float = 1.0  # the weight `gigagen slide` uses by default (1 = the main network alone)
 
     @property
     def level_factors(self) -> tuple[int, ...]:
@@ -55,6 +58,8 @@ class BundleConfig:
             raise ValueError("unsupported bundle format version")
         d["ae"] = _dataclass_from(AutoencoderConfig, d["ae"])
         d["unet"] = _dataclass_from(UNetConfig, d["unet"])
+        if d.get("guide") is not None:
+            d["guide"] = _dataclass_from(UNetConfig, d["guide"])
         d["magnifications"] = tuple(d["magnifications"])
         return _dataclass_from(BundleConfig, d)
 
@@ -73,6 +78,7 @@ class ModelBundle:
     ae: Autoencoder
     unet: UNet
     identity: str  # "name@sha256-prefix" of the file, recorded in every slide's metadata
+    guide: UNet | None = None
 
 
 def validate_config(cfg: BundleConfig) -> None:
@@ -88,13 +94,20 @@ def validate_config(cfg: BundleConfig) -> None:
             raise ValueError("magnifications must decrease by integer factors")
     if cfg.tile % cfg.unet.divisor:
         raise ValueError("tile must be a multiple of the UNet divisor")
+    if cfg.guide is not None and (cfg.guide.latent_ch != cfg.unet.latent_ch or cfg.guide.n_levels != cfg.unet.n_levels
+                                  or cfg.tile % cfg.guide.divisor):
+        raise ValueError("the guide UNet must share the main UNet's latent channels, levels and tile divisor")
+    if cfg.autoguidance < 0 or (cfg.guide is None and cfg.autoguidance != 1.0):
+        raise ValueError("autoguidance must be >= 0, and 1 for a bundle without a guide network")
 
 
-def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet) -> None:
+def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None) -> None:
     """Write weights and config atomically (temp file, then rename)."""
     validate_config(cfg)
-    tensors = {f"ae.{k}": v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
-    tensors |= {f"unet.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    if (guide is None) != (cfg.guide is None):
+        raise ValueError("a guide network is saved exactly when the configuration names one")
+    modules = {"ae": ae, "unet": unet} | ({"guide": guide} if guide is not None else {})
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={META_KEY: cfg.to_json()})
@@ -140,13 +153,20 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"checkpoint {path} is corrupt ({exc})") from None
     ae, unet = Autoencoder(cfg.ae), UNet(cfg.unet)
-    for prefix, module in (("ae.", ae), ("unet.", unet)):
+    guide = UNet(cfg.guide) if cfg.guide is not None else None
+    modules = (("ae.", ae), ("unet.", unet)) + ((("guide.", guide),) if guide is not None else ())
+    known = tuple(prefix for prefix, _ in modules)
+    stray = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
+    if stray:
+        raise UserError(f"checkpoint {path} does not match its configuration: unexpected tensors {stray}")
+    for prefix, module in modules:
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         try:
             module.load_state_dict(sub, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"checkpoint {path} does not match its configuration: {first}") from None
-    ae.to(device).eval().requires_grad_(False)
-    unet.to(device).eval().requires_grad_(False)
-    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name))
+    for module in (ae, unet, guide):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
+    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide)

@@ -47,19 +47,30 @@ class Counters:
     unet_tiles: int = 0
     unet_pixels: int = 0
     decode_calls: int = 0
+    guide_tiles: int = 0  # evaluations of the (smaller) autoguidance network, counted apart
+    guide_pixels: int = 0
 
 
 @dataclass
 class BundleRunner:
-    """Callables for the engine: model_fn(x, t, level, cond) -> (x0, eps) and decode_fn(z) -> pixels."""
+    """Callables for the engine: model_fn(x, t, level, cond) -> (x0, eps) and decode_fn(z) -> pixels.
+
+    guidance != 1: classifier-free guidance (the network once more without its parent level).
+    autoguidance != 1: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
+    itself"): the bundle's smaller, shorter-trained guide network makes the same prediction, and the output
+    is guide + w (main - guide), pushing samples away from the errors a weaker model makes. Both are
+    linear in the network output, so they apply to v as well as eps."""
 
     bundle: ModelBundle
     device: torch.device
     dtype: torch.dtype
     guidance: float = 1.0
+    autoguidance: float = 1.0
     counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
+        if self.autoguidance != 1.0 and self.bundle.guide is None:
+            raise UserError(f"autoguidance {self.autoguidance:g} needs a bundle with a guide network; {self.bundle.identity} has none")
         self.alphas_cumprod = cosine_alphas_cumprod(self.bundle.config.n_train_steps)
         # oneDNN's bf16 kernels give every sample the same bits whatever the batch size (tested in
         # tests/test_engine.py); fp32 CPU and cuDNN kernels change with batch size, so there the
@@ -68,6 +79,8 @@ class BundleRunner:
         # channels-last lets oneDNN/cuDNN pick their fast convolution layouts (7x faster decode on CPU)
         self.bundle.ae.to(memory_format=torch.channels_last)
         self.bundle.unet.to(memory_format=torch.channels_last)
+        if self.bundle.guide is not None:
+            self.bundle.guide.to(memory_format=torch.channels_last)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -77,20 +90,32 @@ class BundleRunner:
         return t.contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def _unet(self, x: torch.Tensor, t: int, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
+    def _net(self, net: torch.nn.Module, x: torch.Tensor, t: int, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
         b = x.shape[0]
         ts = torch.full((b,), float(t), device=self.device)
         lv = torch.full((b,), level, dtype=torch.long, device=self.device)
         cm = torch.full((b,), mask, device=self.device)
         with self._autocast():
             if self.batched:
-                out = self.bundle.unet(x, ts, lv, cond, cm)
+                out = net(x, ts, lv, cond, cm)
             else:
-                out = torch.cat([self.bundle.unet(x[i : i + 1], ts[:1], lv[:1], cond[i : i + 1], cm[:1]) for i in range(b)])
-        self.counters.unet_calls += 1
-        self.counters.unet_tiles += b
-        self.counters.unet_pixels += b * x.shape[2] * x.shape[3]
+                out = torch.cat([net(x[i : i + 1], ts[:1], lv[:1], cond[i : i + 1], cm[:1]) for i in range(b)])
         return out.float()
+
+    def _unet(self, x: torch.Tensor, t: int, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
+        """The main network's output, autoguided when autoguidance != 1."""
+        out = self._net(self.bundle.unet, x, t, level, cond, mask)
+        n = x.shape[0]
+        self.counters.unet_calls += 1
+        self.counters.unet_tiles += n
+        self.counters.unet_pixels += n * x.shape[2] * x.shape[3]
+        if self.autoguidance != 1.0:
+            assert self.bundle.guide is not None  # checked in __post_init__
+            weak = self._net(self.bundle.guide, x, t, level, cond, mask)
+            self.counters.guide_tiles += n
+            self.counters.guide_pixels += n * x.shape[2] * x.shape[3]
+            out = cfg_combine(out, weak, self.autoguidance)  # weak + w (main - weak)
+        return out
 
     def model_fn(self, x: np.ndarray, t: int, level: int, cond: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """x_t, cond: (B, C, h, w) scaled latents -> (x0, eps). Two passes only when guidance != 1."""

@@ -69,6 +69,8 @@ class TrainConfig:
     threads: int | None = None
     init_autoencoder: str | None = None  # bundle whose autoencoder is reused (its training is then skipped)
     init_from: str | None = None  # bundle whose autoencoder and denoiser are both reused: the denoiser trains on
+    guide_of: str | None = None  # train a small guide denoiser for this bundle (autoguidance); export bundle + guide
+    autoguidance: float = 2.0  # with guide_of: the autoguidance weight recorded as the bundle's default
     warmup_steps: int = 200  # linear LR warm-up of a fresh denoiser optimizer (new runs and --init-from)
     lr_decay_minutes: float = 0.0  # the denoiser LR falls linearly to 10% over this run's last minutes (0 = constant)
 
@@ -188,10 +190,11 @@ class State:
     latent_scale: float = 0.0
     ae_source: str = ""  # bundle the autoencoder came from (--init-autoencoder), kept across resumes
     unet_source: str = ""  # bundle the denoiser continued from (--init-from), kept across resumes
+    guide_of: str = ""  # bundle this run trains a guide for (--guide-of), kept across resumes
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         blob = {k: getattr(self, k).state_dict() for k in ("ae", "ae_ema", "unet", "unet_ema", "opt_ae", "opt_unet")}
-        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source", "unet_source")}
+        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source", "unet_source", "guide_of")}
         blob["config"] = dataclasses.asdict(cfg)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(blob, tmp)
@@ -223,6 +226,10 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
         setattr(st, k, blob[k])
     st.ae_source = blob.get("ae_source", "")
     st.unet_source = blob.get("unet_source", "")
+    st.guide_of = blob.get("guide_of", "")
+    if st.guide_of != (cfg.guide_of or ""):
+        want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
+        raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
     return st
 
 
@@ -280,6 +287,25 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     st.unet_source = path.name
 
 
+def init_guide(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
+    """--guide-of: the new (small) denoiser learns on the bundle's latents exactly: its autoencoder and its
+    latent scale are taken and never trained, so the guide and the bundle's denoiser see the same inputs."""
+    from gigagen.models.checkpoint import load_bundle
+
+    bundle = load_bundle(path, device)
+    c = bundle.config
+    if c.ae != cfg.ae or tuple(c.magnifications) != tuple(cfg.magnifications) or c.mpp0 != cfg.mpp0 or c.tile != cfg.tile:
+        raise UserError(f"--guide-of: {path} does not match the run's autoencoder, magnifications, mpp or tile")
+    _take_autoencoder(st, bundle, path.name)
+    st.latent_scale = float(c.latent_scale)
+    st.guide_of = str(path)
+
+
+def guide_record(st: State, cfg: TrainConfig) -> dict[str, Any]:
+    return {"unet_step": st.unet_step, "unet_minutes": round(st.unet_seconds / 60, 1), "unet_batch": cfg.unet_batch,
+            "level_probs": list(cfg.level_probs), "seed": cfg.seed}
+
+
 def adam_steps(opt: torch.optim.Optimizer) -> int:
     """Steps this optimizer has taken (0 when new): Adam keeps the count with each parameter's state."""
     for state in opt.state.values():
@@ -302,7 +328,16 @@ def denoiser_lr(opt: torch.optim.Optimizer, base_lr: float, warmup_steps: int, s
 
 
 def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any]) -> None:
-    """EMA weights + config as the safetensors bundle `gigagen slide --checkpoint` loads."""
+    """EMA weights + config as the safetensors bundle `gigagen slide --checkpoint` loads. A guide run
+    (--guide-of) writes the guided bundle whole, with this run's denoiser as its guide network."""
+    if st.guide_of:
+        from gigagen.models.checkpoint import load_bundle
+
+        main = load_bundle(Path(st.guide_of))
+        training = main.config.training | {"guide": guide_record(st, cfg) | {"guide_of": Path(st.guide_of).name}}
+        gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, training=training)
+        save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema)
+        return
     bcfg = BundleConfig(
         name=cfg.name, ae=cfg.ae, unet=cfg.unet, prediction="v", latent_scale=float(st.latent_scale or 1.0),
         magnifications=tuple(cfg.magnifications), mpp0=cfg.mpp0, tile=cfg.tile, trained=st.unet_step > 0,
@@ -440,7 +475,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     st = load_state(run / "state.pt", cfg, device) if resume else new_state(cfg, device)
-    if cfg.init_from and not resume:
+    if cfg.guide_of and not resume:
+        init_guide(st, Path(cfg.guide_of), cfg, device)
+    elif cfg.init_from and not resume:
         init_from_bundle(st, Path(cfg.init_from), cfg, device)
     elif cfg.init_autoencoder and not resume:
         init_autoencoder(st, Path(cfg.init_autoencoder), cfg, device)
@@ -533,7 +570,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             logger.row(st.unet_seconds, "unet", st.unet_step, loss.item(), {"level": level, "lr": lr})
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", level=level)
-            if cfg.decoder_every and st.unet_step % cfg.decoder_every == 0:
+            if cfg.decoder_every and not st.guide_of and st.unet_step % cfg.decoder_every == 0:
                 decoder_step(st, levels, cfg, rng, device, dtype)
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 checkpoint()
