@@ -376,7 +376,7 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     mc = bundle.config
     kind = choose_store(cfg, plans, mc.ae.latent_ch)
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
-    evals = evaluations(cfg, plans, tile, mc.unet.divisor)
+    evals = evaluations(cfg, plans, tile, mc.unet.divisor, mc.guide_levels)
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance)
     calib = calibrate(runner, tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
     seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor)

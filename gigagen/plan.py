@@ -57,19 +57,22 @@ def disk_bytes(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind
     return {"zarr": zarr_bytes, "tiffs": tiffs, "latent_state": latents, "total": zarr_bytes + tiffs + latents}
 
 
-def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int) -> dict[str, int]:
+def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int, guide_levels: tuple[int, ...] = ()) -> dict[str, int]:
     """UNet tiles and latent pixels evaluated over the whole cascade (CFG doubles refinement levels);
-    autoguidance adds as many evaluations of the smaller guide network, counted apart."""
-    tiles = pixels = 0
+    autoguidance adds as many evaluations of the smaller guide network at its levels, counted apart."""
+    tiles = pixels = guide_tiles = guide_pixels = 0
+    guided = cfg.autoguidance not in (None, 1.0)
     for p in plans:
+        level_tiles = level_pixels = 0
         passes = 2 if cfg.guidance != 1.0 and p.level < len(plans) - 1 else 1
         for step in range(cfg.steps):
             rows, cols = step_segments(p.shape, tile, cfg.blend, seed=cfg.seed, level=p.level, step=step, divisor=divisor, stride=cfg.overlap_stride)
-            tiles += passes * len(rows) * len(cols)
-            pixels += passes * sum(b - a for a, b in rows) * sum(b - a for a, b in cols)
-    guided = cfg.autoguidance not in (None, 1.0)
-    return {"unet_tiles": tiles, "unet_latent_pixels": pixels, "guide_tiles": tiles if guided else 0,
-            "guide_latent_pixels": pixels if guided else 0}
+            level_tiles += passes * len(rows) * len(cols)
+            level_pixels += passes * sum(b - a for a, b in rows) * sum(b - a for a, b in cols)
+        tiles, pixels = tiles + level_tiles, pixels + level_pixels
+        if guided and p.level in guide_levels:
+            guide_tiles, guide_pixels = guide_tiles + level_tiles, guide_pixels + level_pixels
+    return {"unet_tiles": tiles, "unet_latent_pixels": pixels, "guide_tiles": guide_tiles, "guide_latent_pixels": guide_pixels}
 
 
 def estimate(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind: str) -> dict[str, Any]:

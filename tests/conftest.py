@@ -36,11 +36,12 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
-def make_guided_bundle(path: Path, seed: int = 0, autoguidance: float = 2.0) -> Path:
-    """The tiny bundle of `make_bundle(seed)` plus a smaller random guide network (autoguidance)."""
+def make_guided_bundle(path: Path, seed: int = 0, autoguidance: float = 2.0, guide_levels: tuple[int, ...] = (0, 1)) -> Path:
+    """The tiny bundle of `make_bundle(seed)` plus a smaller random guide network (autoguidance) for
+    the 20x and 5x levels (not the layout level)."""
     torch.manual_seed(seed)
     guide_cfg = UNetConfig(latent_ch=4, base_ch=8, ch_mult=(1, 2), n_levels=3)
-    cfg = tiny_config(guide=guide_cfg, autoguidance=autoguidance)
+    cfg = tiny_config(guide=guide_cfg, autoguidance=autoguidance, guide_levels=guide_levels)
     unet = UNet(cfg.unet)
     torch.nn.init.normal_(unet.out.weight, std=0.05)
     ae = Autoencoder(cfg.ae)

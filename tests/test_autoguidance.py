@@ -38,7 +38,7 @@ def _inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def test_bundle_round_trips_its_guide_and_default_weight(guided_bundle: Path) -> None:
     b = load_bundle(guided_bundle)
     assert b.guide is not None and b.config.guide is not None and b.config.guide.base_ch == 8
-    assert b.config.autoguidance == 2.0
+    assert b.config.autoguidance == 2.0 and b.config.guide_levels == (0, 1)
     assert sum(p.numel() for p in b.guide.parameters()) < sum(p.numel() for p in b.unet.parameters())
 
 
@@ -56,13 +56,18 @@ def test_output_is_guide_plus_weight_times_the_difference(guided_bundle: Path) -
     assert runner.counters.guide_tiles == runner.counters.unet_tiles == 3  # model_fn: one pass of each
 
 
-def test_weight_one_never_runs_the_guide_and_equals_the_plain_model(guided_bundle: Path, tiny_bundle: Path) -> None:
+def test_weight_one_or_an_unguided_level_equals_the_plain_model(guided_bundle: Path, tiny_bundle: Path) -> None:
     x, cond = _inputs(1)
-    off = _runner(guided_bundle, 1.0)
+    off, on = _runner(guided_bundle, 1.0), _runner(guided_bundle, 2.0)
     plain = BundleRunner(load_bundle(tiny_bundle), torch.device("cpu"), torch.bfloat16)  # same seed, same main weights
     for a, b in zip(off.model_fn(x, 300, 1, cond), plain.model_fn(x, 300, 1, cond)):
         np.testing.assert_array_equal(a, b)
     assert off.counters.guide_tiles == 0 and off.counters.unet_tiles == 3
+    # the guide was not trained on the layout level (2), so there it is not used
+    for a, b in zip(on.model_fn(x, 300, 2, None), plain.model_fn(x, 300, 2, None)):
+        np.testing.assert_array_equal(a, b)
+    assert on.counters.guide_tiles == 0
+    assert not np.array_equal(on.model_fn(x, 300, 1, cond)[0], plain.model_fn(x, 300, 1, cond)[0])
 
 
 def test_autoguided_sampling_is_independent_of_batch_size_and_order(guided_bundle: Path) -> None:
@@ -79,6 +84,10 @@ def test_a_weight_other_than_one_needs_a_guide(tiny_bundle: Path) -> None:
         _runner(tiny_bundle, 2.0)
     with pytest.raises(ValueError, match="autoguidance"):
         save_bundle(Path("unused.safetensors"), tiny_config(autoguidance=2.0), None, None)  # type: ignore[arg-type]
+    guide = tiny_config().unet
+    for levels in ((), (3,)):  # a guide must guide some level of the cascade, and only its levels
+        with pytest.raises(ValueError, match="guide_levels"):
+            save_bundle(Path("unused.safetensors"), tiny_config(guide=guide, guide_levels=levels), None, None, None)  # type: ignore[arg-type]
 
 
 def test_stray_tensors_in_a_bundle_are_refused(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,7 +127,9 @@ def test_cli_default_weight_and_counts(guided_bundle: Path, tmp_path: Path) -> N
     ra, rb = (json.loads((tmp_path / n / "run.json").read_text()) for n in ("a", "b"))
     assert ra["config"]["autoguidance"] == 2.0 and rb["config"]["autoguidance"] == 1.0
     ea, eb = ra["network_evaluations"], rb["network_evaluations"]
-    assert ea["guide_tiles"] == ea["unet_tiles"] > 0 and ea["guide_latent_pixels"] == ea["unet_latent_pixels"]
+    layout_pixels = 3 * int(np.prod(ra["levels"][2]["latent_shape"]))  # 3 steps of the unguided layout level
+    assert ea["guide_latent_pixels"] == ea["unet_latent_pixels"] - layout_pixels > 0
+    assert 0 < ea["guide_tiles"] < ea["unet_tiles"]
     assert eb["guide_tiles"] == 0 and eb["unet_tiles"] == ea["unet_tiles"]
     pa, pb = (zarr.open_group(str(tmp_path / n / "slide.ome.zarr"), mode="r")["0"][:] for n in ("a", "b"))
     assert not np.array_equal(pa, pb)
@@ -127,7 +138,7 @@ def test_cli_default_weight_and_counts(guided_bundle: Path, tmp_path: Path) -> N
 def test_cli_plan_counts_the_guide(guided_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["slide", "--checkpoint", str(guided_bundle), "--size", "512", "--plan", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)["network_evaluations"]
-    assert ev["guide_tiles"] == ev["unet_tiles"] > 0
+    assert 0 < ev["guide_tiles"] < ev["unet_tiles"]  # the layout level is not guided
     assert main(["slide", "--checkpoint", str(guided_bundle), "--size", "512", "--plan", "--json", "--autoguidance", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["network_evaluations"]["guide_tiles"] == 0
 

@@ -304,6 +304,7 @@ def test_guide_of_trains_a_small_guide_and_exports_the_bundle_with_it(png: Path,
         for (name, pa), pb in zip(mine.state_dict().items(), theirs.state_dict().values()):
             assert torch.equal(pa, pb), name
     assert g.guide is not None and g.config.guide == small and g.config.autoguidance == 2.5
+    assert g.config.guide_levels == (0, 1, 2)  # trained with crops at every level (tiny_cfg's level shares)
     assert g.config.latent_scale == a.config.latent_scale and g.config.unet == a.config.unet
     assert g.config.training["guide"]["unet_step"] == 4 and g.config.training["guide"]["guide_of"] == first.name
     assert g.config.training["unet_step"] == a.config.training["unet_step"]  # the main record is the bundle's
@@ -328,3 +329,4 @@ def test_cli_guide_of_takes_cascade_and_tile_from_the_bundle(png: Path, tmp_path
     a, g = read_bundle_config(first), read_bundle_config(out / "bundle.safetensors")
     assert (g.ae, g.unet, g.tile, g.magnifications) == (a.ae, a.unet, a.tile, a.magnifications)
     assert g.guide is not None and g.guide.base_ch == 4 and g.autoguidance == 1.5 and g.training["guide"]["unet_step"] == 2
+    assert g.guide_levels == (0,) and g.training["guide"]["level_probs"] == [1.0, 0.0, 0.0]  # by default the finest level only

@@ -40,7 +40,8 @@ def add_parser(subparsers: Any) -> None:
                    help="continue training this bundle's denoiser (fine-tune; its autoencoder and model configuration are kept)")
     p.add_argument("--guide-of", metavar="BUNDLE", default=None,
                    help="train a small guide denoiser for this bundle (autoguidance; size it with --unet-*) on its autoencoder, "
-                        "cascade and tile; the run's bundle is that bundle plus the guide")
+                        "cascade and tile; the run's bundle is that bundle plus the guide, which guides the levels it "
+                        "trained on (--level-probs; default the finest level only)")
     p.add_argument("--autoguidance", type=float, default=2.0,
                    help="with --guide-of: the autoguidance weight the bundle records as its default (default 2)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
@@ -142,6 +143,8 @@ def _guide_config(args: argparse.Namespace) -> Any:
     args.tile = b.tile
     args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
     args.decoder_every = 0  # the bundle's decoder is kept as it is
+    if args.level_probs is None:  # by default the guide learns, and guides, the finest level only
+        args.level_probs = (1.0,) + (0.0,) * (len(b.magnifications) - 1)
     unet = UNetConfig(latent_ch=b.ae.latent_ch, n_levels=len(b.magnifications), base_ch=args.unet_base,
                       ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
     if b.tile % unet.divisor or args.layout_tile % unet.divisor:

@@ -42,6 +42,7 @@ class BundleConfig:
     training: dict[str, Any] = field(default_factory=dict)
     guide: UNetConfig | None = None  # the autoguidance network, when the bundle has one
     autoguidance: float = 1.0  # the weight `gigagen slide` uses by default (1 = the main network alone)
+    guide_levels: tuple[int, ...] = ()  # the cascade levels the guide was trained on, and guides (0 = finest)
 
     @property
     def level_factors(self) -> tuple[int, ...]:
@@ -99,6 +100,8 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("the guide UNet must share the main UNet's latent channels, levels and tile divisor")
     if cfg.autoguidance < 0 or (cfg.guide is None and cfg.autoguidance != 1.0):
         raise ValueError("autoguidance must be >= 0, and 1 for a bundle without a guide network")
+    if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
+        raise ValueError("guide_levels must name one or more of the cascade's levels")
 
 
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None) -> None:

@@ -58,7 +58,8 @@ class BundleRunner:
     guidance != 1: classifier-free guidance (the network once more without its parent level).
     autoguidance != 1: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
     itself"): the bundle's smaller, shorter-trained guide network makes the same prediction, and the output
-    is guide + w (main - guide), pushing samples away from the errors a weaker model makes. Both are
+    is guide + w (main - guide), pushing samples away from the errors a weaker model makes; only at the
+    cascade levels the guide was trained on (bundle.config.guide_levels). Both are
     linear in the network output, so they apply to v as well as eps."""
 
     bundle: ModelBundle
@@ -109,7 +110,7 @@ class BundleRunner:
         self.counters.unet_calls += 1
         self.counters.unet_tiles += n
         self.counters.unet_pixels += n * x.shape[2] * x.shape[3]
-        if self.autoguidance != 1.0:
+        if self.autoguidance != 1.0 and level in self.bundle.config.guide_levels:
             assert self.bundle.guide is not None  # checked in __post_init__
             weak = self._net(self.bundle.guide, x, t, level, cond, mask)
             self.counters.guide_tiles += n

@@ -335,7 +335,8 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
 
         main = load_bundle(Path(st.guide_of))
         training = main.config.training | {"guide": guide_record(st, cfg) | {"guide_of": Path(st.guide_of).name}}
-        gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, training=training)
+        levels = tuple(i for i, share in enumerate(cfg.level_probs) if share > 0)  # a guide guides what it learned
+        gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, guide_levels=levels, training=training)
         save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema)
         return
     bcfg = BundleConfig(

@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Autoguidance weight (and guide network) against time and quality.
+
+For each model bundle with a guide network and each weight it runs `gigagen slide --autoguidance W`
+(same seed and size, no exports) and `gigagen evaluate` against the held-out band of the reference
+region, and `scripts/sample_real_parent.py` (the 20x level sampled from the real 5x parent of the
+held-out band, FD against that band). One table row each; weight 1 is the model without guidance.
+
+    .venv/bin/python scripts/bench_autoguidance.py [--checkpoints A,B] [--weights 1,1.5,2,3] [--size 2048] [--seeds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GIGAGEN = [sys.executable, "-m", "gigagen.cli"]
+
+
+def real_parent_fd(ckpt: list[str], weight: float) -> str:
+    """FD randconv of the real-parent sample against its real band, as sample_real_parent.py prints it."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample_real_parent.py"), "--autoguidance", str(weight)] + ckpt,
+                         check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    m = re.search(r"FD randconv to the same real band ([0-9.]+)", out)
+    return m.group(1) if m else "?"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", default="", help="comma-separated bundles (default: the embedded model)")
+    p.add_argument("--weights", default="1,1.5,2,3")
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--seeds", default="7")
+    p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
+    p.add_argument("--no-real-parent", action="store_true", help="skip the real-parent sample (faster)")
+    args = p.parse_args()
+    ckpts = [c for c in args.checkpoints.split(",") if c] or [""]
+    print(f"| model | weight | seed | slide {args.size}^2 wall s | W1 H | W1 E | nuclei/mm2 | area med um2 | W1 area | HF energy "
+          f"| FD randconv | NN-train NCC max | FD real-parent |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for c in ckpts:
+            ckpt = ["--checkpoint", c] if c else []
+            label = Path(c).stem if c else "embedded"
+            for w in (float(s) for s in args.weights.split(",")):
+                rp = "-" if args.no_real_parent else real_parent_fd(ckpt, w)
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    out, js = Path(tmp) / f"s{len(list(Path(tmp).iterdir()))}", Path(tmp) / "eval.json"
+                    t0 = time.perf_counter()
+                    subprocess.run(GIGAGEN + ["slide", "--size", str(args.size), "--seed", str(seed), "--autoguidance", str(w),
+                                              "--formats", "none", "--quiet", "--out", str(out)] + ckpt, check=True, cwd=ROOT)
+                    wall = time.perf_counter() - t0
+                    subprocess.run(GIGAGEN + ["evaluate", str(out), "--reference", args.reference, "--json", str(js)] + ckpt,
+                                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+                    g = json.loads(js.read_text())["rows"]["generated"]
+                    print(f"| {label} | {w:g} | {seed} | {wall:.1f} | {g['W1_H']:.4f} | {g['W1_E']:.4f} | {g['nuclei_per_mm2']:.0f} | "
+                          f"{g['nucleus_area_median_um2']:.1f} | {g['W1_nucleus_area_um2']:.2f} | {g['hf_energy']:.4f} | {g['FD_randconv']:.3f} | "
+                          f"{g['nn_train_ncc_max']:.3f} | {rp} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
