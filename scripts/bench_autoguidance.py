@@ -12,16 +12,13 @@ held-out band, FD against that band). One table row each; weight 1 is the model 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-GIGAGEN = [sys.executable, "-m", "gigagen.cli"]
+from _slide_eval import ROOT, slide_and_evaluate
 
 
 def real_parent_fd(ckpt: list[str], weight: float) -> str:
@@ -52,14 +49,8 @@ def main() -> int:
             for w in (float(s) for s in args.weights.split(",")):
                 rp = "-" if args.no_real_parent else real_parent_fd(ckpt, w)
                 for seed in (int(s) for s in args.seeds.split(",")):
-                    out, js = Path(tmp) / f"s{len(list(Path(tmp).iterdir()))}", Path(tmp) / "eval.json"
-                    t0 = time.perf_counter()
-                    subprocess.run(GIGAGEN + ["slide", "--size", str(args.size), "--seed", str(seed), "--autoguidance", str(w),
-                                              "--formats", "none", "--quiet", "--out", str(out)] + ckpt, check=True, cwd=ROOT)
-                    wall = time.perf_counter() - t0
-                    subprocess.run(GIGAGEN + ["evaluate", str(out), "--reference", args.reference, "--json", str(js)] + ckpt,
-                                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-                    g = json.loads(js.read_text())["rows"]["generated"]
+                    out = Path(tmp) / f"s{len(list(Path(tmp).iterdir()))}"
+                    wall, g = slide_and_evaluate(out, args.size, seed, args.reference, ckpt, ["--autoguidance", str(w)])
                     print(f"| {label} | {w:g} | {seed} | {wall:.1f} | {g['W1_H']:.4f} | {g['W1_E']:.4f} | {g['nuclei_per_mm2']:.0f} | "
                           f"{g['nucleus_area_median_um2']:.1f} | {g['W1_nucleus_area_um2']:.2f} | {g['hf_energy']:.4f} | {g['FD_randconv']:.3f} | "
                           f"{g['nn_train_ncc_max']:.3f} | {rp} |", flush=True)

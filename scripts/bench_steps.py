@@ -11,15 +11,11 @@ slide run and the evaluation's stain, nuclei, texture and Frechet numbers.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-GIGAGEN = [sys.executable, "-m", "gigagen.cli"]
+from _slide_eval import ROOT, slide_and_evaluate
 
 
 def main() -> int:
@@ -35,14 +31,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.steps.split(",")):
-            out, js = Path(tmp) / f"s{n}", Path(tmp) / f"s{n}.json"
-            t0 = time.perf_counter()
-            subprocess.run(GIGAGEN + ["slide", "--size", str(args.size), "--seed", str(args.seed), "--steps", str(n),
-                                      "--formats", "none", "--quiet", "--out", str(out)] + ckpt, check=True, cwd=ROOT)
-            wall = time.perf_counter() - t0
-            subprocess.run(GIGAGEN + ["evaluate", str(out), "--reference", args.reference, "--json", str(js)] + ckpt,
-                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-            g = json.loads(js.read_text())["rows"]["generated"]
+            wall, g = slide_and_evaluate(Path(tmp) / f"s{n}", args.size, args.seed, args.reference, ckpt, ["--steps", str(n)])
             print(f"| {n} | {wall:.1f} | {g['W1_H']:.4f} | {g['W1_E']:.4f} | {g['nuclei_per_mm2']:.0f} | "
                   f"{g['nucleus_area_median_um2']:.1f} | {g['hf_energy']:.4f} | {g['FD_randconv']:.3f} |", flush=True)
     return 0
