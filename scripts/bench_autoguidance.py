@@ -7,6 +7,10 @@ region, and `scripts/sample_real_parent.py` (the 20x level sampled from the real
 held-out band, FD against that band). One table row each; weight 1 is the model without guidance.
 
     .venv/bin/python scripts/bench_autoguidance.py [--checkpoints A,B] [--weights 1,1.5,2,3] [--size 2048] [--seeds 7]
+        [--crops docs/autoguidance.png]
+
+--crops stacks the same 20x region of every first-seed slide into one labelled PNG: the guide acts on the
+20x level only, so the layout and 5x levels, hence the tissue in the region, are the same in every row.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ def main() -> int:
     p.add_argument("--seeds", default="7")
     p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
     p.add_argument("--no-real-parent", action="store_true", help="skip the real-parent sample (faster)")
+    p.add_argument("--crops", default=None, help="PNG: the same 20x region (--crop-box X,Y,W,H) of every first-seed slide")
+    p.add_argument("--crop-box", default="300,1024,1000,320")
     args = p.parse_args()
+    crops: list[tuple[str, object]] = []
     ckpts = [c for c in args.checkpoints.split(",") if c] or [""]
     print(f"| model | weight | seed | slide {args.size}^2 wall s | W1 H | W1 E | nuclei/mm2 | area med um2 | W1 area | HF energy "
           f"| FD randconv | NN-train NCC max | FD real-parent |")
@@ -51,10 +58,38 @@ def main() -> int:
                 for seed in (int(s) for s in args.seeds.split(",")):
                     out = Path(tmp) / f"s{len(list(Path(tmp).iterdir()))}"
                     wall, g = slide_and_evaluate(out, args.size, seed, args.reference, ckpt, ["--autoguidance", str(w)])
+                    if args.crops and seed == int(args.seeds.split(",")[0]):
+                        crops.append((f"{label}, autoguidance {w:g}, seed {seed}", read_crop(out, args.crop_box)))
                     print(f"| {label} | {w:g} | {seed} | {wall:.1f} | {g['W1_H']:.4f} | {g['W1_E']:.4f} | {g['nuclei_per_mm2']:.0f} | "
                           f"{g['nucleus_area_median_um2']:.1f} | {g['W1_nucleus_area_um2']:.2f} | {g['hf_energy']:.4f} | {g['FD_randconv']:.3f} | "
                           f"{g['nn_train_ncc_max']:.3f} | {rp} |", flush=True)
+    if args.crops:
+        save_stack(crops, args.crops)
+        print(f"wrote {args.crops}")
     return 0
+
+
+def read_crop(slide: Path, box: str) -> object:
+    import numpy as np
+    import zarr
+
+    x, y, w, h = (int(v) for v in box.split(","))
+    level0 = zarr.open_group(str(slide / "slide.ome.zarr"), mode="r")["0"]
+    return np.asarray(level0[:, y : y + h, x : x + w]).transpose(1, 2, 0)
+
+
+def save_stack(crops: list[tuple[str, object]], path: str) -> None:
+    """Crops one above the other, each under a one-line label."""
+    from PIL import Image, ImageDraw
+
+    w = max(c.shape[1] for _, c in crops)  # type: ignore[attr-defined]
+    sheet = Image.new("RGB", (w, sum(c.shape[0] + 16 for _, c in crops)), "white")  # type: ignore[attr-defined]
+    y = 0
+    for label, crop in crops:
+        ImageDraw.Draw(sheet).text((4, y + 2), label, fill="black")
+        sheet.paste(Image.fromarray(crop), (0, y + 16))  # type: ignore[arg-type]
+        y += crop.shape[0] + 16  # type: ignore[attr-defined]
+    sheet.save(path, optimize=True)
 
 
 if __name__ == "__main__":

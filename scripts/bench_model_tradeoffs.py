@@ -30,6 +30,7 @@ AE_CONFIGS = {  # name: (base, ch_mult, latent_ch)
     "f8-c12-b32": (32, (1, 2, 4, 4), 12),
 }
 UNET_CONFIGS = {  # name: (base, ch_mult, blocks)
+    "b32-122-r1": (32, (1, 2, 2), 1),  # the autoguidance network of the default model
     "b64-122-r1": (64, (1, 2, 2), 1),
     "b96-122-r1": (96, (1, 2, 2), 1),
     "b128-122-r1": (128, (1, 2, 2), 1),
