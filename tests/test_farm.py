@@ -101,3 +101,17 @@ def test_unreachable_scheduler_is_a_clear_error(tiny_bundle: Path, tmp_path: Pat
     proc = _slide(tiny_bundle, tmp_path / "x", "--scheduler", f"tcp://127.0.0.1:{_free_port()}")
     assert proc.returncode == 2 and "cannot reach the dask scheduler" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_workers_apply_autoguidance_like_one_process(guided_bundle: Path, tmp_path: Path, cluster) -> None:
+    address, _ = cluster
+    local, farmed = tmp_path / "local", tmp_path / "farmed"
+    assert _slide(guided_bundle, local, "--autoguidance", "2.5").returncode == 0
+    proc = _slide(guided_bundle, farmed, "--autoguidance", "2.5", "--scheduler", address)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(_level0(farmed), _level0(local))
+    a, b = (json.loads((p / "run.json").read_text())["network_evaluations"] for p in (local, farmed))
+    assert a["guide_tiles"] == b["guide_tiles"] > 0  # the workers' guide evaluations reach the record
+    unguided = tmp_path / "unguided"
+    assert _slide(guided_bundle, unguided, "--autoguidance", "1").returncode == 0
+    assert not np.array_equal(_level0(unguided), _level0(local))
