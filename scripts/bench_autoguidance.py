@@ -29,8 +29,8 @@ def real_parent_fd(ckpt: list[str], weight: float) -> str:
     """FD randconv of the real-parent sample against its real band, as sample_real_parent.py prints it."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample_real_parent.py"), "--autoguidance", str(weight)] + ckpt,
                          check=True, cwd=ROOT, capture_output=True, text=True).stdout
-    m = re.search(r"FD randconv to the same real band ([0-9.]+)", out)
-    return m.group(1) if m else "?"
+    m = re.search(r"FD randconv to the same real band ([0-9.]+), at the real tissue positions \(\d+ tiles\) ([0-9.]+)", out)
+    return f"{m.group(1)} / {m.group(2)}" if m else "?"
 
 
 def main() -> int:
@@ -47,7 +47,7 @@ def main() -> int:
     crops: list[tuple[str, object]] = []
     ckpts = [c for c in args.checkpoints.split(",") if c] or [""]
     print(f"| model | weight | seed | slide {args.size}^2 wall s | W1 H | W1 E | nuclei/mm2 | area med um2 | W1 area | HF energy "
-          f"| FD randconv | NN-train NCC max | FD real-parent |")
+          f"| FD randconv | NN-train NCC max | FD real-parent (own tiles / paired) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for c in ckpts:

@@ -7,7 +7,7 @@ one, and compare the result with the real band.
 If these tiles look like tissue while generated slides do not, the coarser levels (or the gap between
 real and generated parents) limit quality; if they do not, the 20x denoiser itself does.
 
-    .venv/bin/python scripts/sample_real_parent.py [--checkpoint B] [--steps 20] [--out PNG]
+    .venv/bin/python scripts/sample_real_parent.py [--checkpoint B] [--steps 20] [--autoguidance 1,1.5] [--out PNG]
 """
 
 from __future__ import annotations
@@ -36,43 +36,70 @@ from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.loop import level_factor  # noqa: E402
 
 
+def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], zoom: int, args: argparse.Namespace) -> np.ndarray:
+    """The 20x level of a band of `shape` pixels sampled from pure noise, conditioned on the real parent."""
+    c = runner.bundle.config
+    f = c.ae.factor
+    spec = LevelSpec(0, (shape[0] // f, shape[1] // f), c.ae.latent_ch, args.seed, Tiling(tile=args.tile or c.tile, divisor=c.unet.divisor))
+    store = MemoryStore(spec)
+    steps = step_plans(runner.alphas_cumprod, ddim_timesteps(c.n_train_steps, args.steps))
+    denoise_level(store, parent=parent, factor=zoom, model_fn=runner.model_fn, steps=steps, eta=args.eta)
+    return to_uint8(runner.decode_fn(store.canvas[None])[0].transpose(1, 2, 0))
+
+
+def report(held: np.ndarray, sampled: np.ndarray, what: str) -> None:
+    """FD randconv and HF energy of the sample against the real band: over each one's own tissue tiles, and
+    paired, over the sample's tiles at the real band's tissue positions (the layout is the real one, so the
+    set of tiles cannot change with the sample's own tissue fraction; stride 128 for more tiles)."""
+    real_t, _ = M.grid_tiles(held, 256, 256, 0.5)
+    gen_t, _ = M.grid_tiles(sampled, 256, 256, 0.5)
+    fd = M.frechet_distance(M.random_conv_features(gen_t), M.random_conv_features(real_t))
+    real_p, pos = M.grid_tiles(held, 256, 128, 0.5)
+    gen_p = np.stack([sampled[y : y + 256, x : x + 256] for y, x in pos])
+    fd_paired = M.frechet_distance(M.random_conv_features(gen_p), M.random_conv_features(real_p))
+    print(f"{what}: {len(gen_t)} tissue tiles, FD randconv to the same real band {fd:.3f}, at the real tissue positions "
+          f"({len(pos)} tiles) {fd_paired:.3f}, HF energy {M.high_freq_energy(gen_t).mean():.4f} (real {M.high_freq_energy(real_t).mean():.4f})",
+          flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--autoguidance", type=float, default=None, help="autoguidance weight (default: the bundle's, 1 = off)")
+    p.add_argument("--autoguidance", default=None, help="autoguidance weight(s), comma-separated: one sample each (default: the bundle's; 1 = off)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tile", type=int, default=None, help="latent tile side (default: the bundle's)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--width", type=int, default=4096, help="pixels of the band's width to sample (default: all of it)")
-    p.add_argument("--out", default=None, help="PNG: real band above, sampled band below")
+    p.add_argument("--out", default=None, help="PNG: real band above, the sampled bands below (one per weight)")
+    p.add_argument("--crop", default=None, help="X0,X1: write only these columns of the band to --out, at half size (docs)")
     args = p.parse_args()
     bundle = load_bundle(args.checkpoint)
-    ag = args.autoguidance if args.autoguidance is not None else (bundle.config.autoguidance if bundle.guide is not None else 1.0)
-    runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32, 1.0, ag)
+    default = bundle.config.autoguidance if bundle.guide is not None else 1.0
+    weights = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [default]
     f, zoom, scale = bundle.config.ae.factor, level_factor(bundle.config.magnifications), bundle.config.latent_scale
     _, held = split_reference(args.reference, 0.2)
     m = f * zoom * 4
     held = held[: held.shape[0] // m * m, : min(args.width, held.shape[1]) // m * m]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         parent = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(held, zoom)[None]))).float()[0].numpy() * scale
-    h, w = held.shape[0] // f, held.shape[1] // f
-    spec = LevelSpec(0, (h, w), bundle.config.ae.latent_ch, args.seed, Tiling(tile=args.tile or bundle.config.tile, divisor=bundle.config.unet.divisor))
-    store = MemoryStore(spec)
-    steps = step_plans(runner.alphas_cumprod, ddim_timesteps(bundle.config.n_train_steps, args.steps))
-    denoise_level(store, parent=parent, factor=zoom, model_fn=runner.model_fn, steps=steps, eta=args.eta)
-    sampled = to_uint8(runner.decode_fn(store.canvas[None])[0].transpose(1, 2, 0))
-    real_t, _ = M.grid_tiles(held, 256, 256, 0.5)
-    gen_t, _ = M.grid_tiles(sampled, 256, 256, 0.5)
-    fd = M.frechet_distance(M.random_conv_features(gen_t), M.random_conv_features(real_t))
-    mags = bundle.config.magnifications
-    print(f"{mags[0]:g}x sampled from the real {mags[1]:g}x parent ({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g}): {len(gen_t)} tissue tiles, "
-          f"FD randconv to the same real band {fd:.3f}, HF energy {M.high_freq_energy(gen_t).mean():.4f} "
-          f"(real {M.high_freq_energy(real_t).mean():.4f})")
+    rows = [held]
+    for ag in weights:
+        runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32, 1.0, ag)
+        sampled = sample(runner, parent, held.shape, zoom, args)
+        report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the real {bundle.config.magnifications[1]:g}x parent "
+                              f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g})")
+        rows.append(sampled)
     if args.out:
-        Image.fromarray(np.concatenate([held, sampled], 0)).save(args.out, optimize=True)
+        sheet = np.concatenate(rows, 0)
+        img = Image.fromarray(sheet)
+        if args.crop:
+            x0, x1 = (int(v) for v in args.crop.split(","))
+            img = Image.fromarray(sheet[:, x0:x1])
+            img = img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS)
+        img.save(args.out, optimize=True)
         print(f"wrote {args.out}")
     return 0
 
