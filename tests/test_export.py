@@ -170,6 +170,12 @@ def test_cli_export_and_info(slide: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["info", str(slide)]) == 0
     text = capsys.readouterr().out
     assert "0.5 um/px (20x)" in text and "synthetic  yes" in text
+    # a slide as `gigagen slide` writes it by default also has a Deep Zoom pack, which has no TIFF tags
+    assert main(["export", str(slide), "--formats", "dzi", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(slide)]) == 0
+    dzi_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dzi"))
+    assert "slide.dzi.zip" in dzi_line and "JPEG tiles of 256 px" in dzi_line
 
 
 def test_cli_rejects_missing_slide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -39,9 +39,13 @@ def format_info(info: dict[str, Any]) -> str:
         "levels     " + ", ".join(f"{lv['level']}: {lv['width']}x{lv['height']} @ {lv['mpp']:g} um"
                                   for lv in info["levels"]),
     ]
-    for name, tif in info["exports"].items():
-        lines.append(f"{name:<10} {tif['path']}: {_human_bytes(tif['bytes'])}, {tif['compression']} "
-                     f"({tif['photometric']}), {len(tif['levels'])} levels, tile {tif['tile']}")
+    for name, ex in info["exports"].items():
+        if name == "dzi":  # a Deep Zoom pack: JPEG tiles in a zip, no TIFF tags
+            lines.append(f"{name:<10} {ex['path']}: {_human_bytes(ex['bytes'])}, {ex['tiles']} JPEG tiles of {ex['tile']} px, "
+                         f"quality {ex['quality']}")
+            continue
+        lines.append(f"{name:<10} {ex['path']}: {_human_bytes(ex['bytes'])}, {ex['compression']} "
+                     f"({ex['photometric']}), {len(ex['levels'])} levels, tile {ex['tile']}")
     if info["run"] is not None:
         cfg = info["run"].get("config", info["run"])
         lines.append("run        " + json.dumps(cfg, sort_keys=True, default=str))

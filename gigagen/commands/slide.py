@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = one pass (default 1)")
     p.add_argument("--autoguidance", type=float, default=None,
                    help="autoguidance weight: the model's small guide network steers away from its errors; 1 = off, "
-                        "one pass (default: the model's, 2 for the embedded default)")
+                        "one pass (default: the model's, 1.5 for the embedded default)")
     p.add_argument("--blend", default="gridshift", help=f"tile blending: {', '.join(BLEND_MODES)} (default gridshift)")
     p.add_argument("--overlap-stride", type=int, help="latent stride of --blend overlap windows (default tile/2)")
     p.add_argument("--tile", type=int, help="latent tile side (default: the model's training tile)")

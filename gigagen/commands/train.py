@@ -42,8 +42,8 @@ def add_parser(subparsers: Any) -> None:
                    help="train a small guide denoiser for this bundle (autoguidance; size it with --unet-*) on its autoencoder, "
                         "cascade and tile; the run's bundle is that bundle plus the guide, which guides the levels it "
                         "trained on (--level-probs; default the finest level only)")
-    p.add_argument("--autoguidance", type=float, default=2.0,
-                   help="with --guide-of: the autoguidance weight the bundle records as its default (default 2)")
+    p.add_argument("--autoguidance", type=float, default=1.5,
+                   help="with --guide-of: the autoguidance weight the bundle records as its default (default 1.5)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")

@@ -70,7 +70,7 @@ class TrainConfig:
     init_autoencoder: str | None = None  # bundle whose autoencoder is reused (its training is then skipped)
     init_from: str | None = None  # bundle whose autoencoder and denoiser are both reused: the denoiser trains on
     guide_of: str | None = None  # train a small guide denoiser for this bundle (autoguidance); export bundle + guide
-    autoguidance: float = 2.0  # with guide_of: the autoguidance weight recorded as the bundle's default
+    autoguidance: float = 1.5  # with guide_of: the autoguidance weight recorded as the bundle's default
     warmup_steps: int = 200  # linear LR warm-up of a fresh denoiser optimizer (new runs and --init-from)
     lr_decay_minutes: float = 0.0  # the denoiser LR falls linearly to 10% over this run's last minutes (0 = constant)
 
