@@ -312,6 +312,8 @@ def test_guide_of_trains_a_small_guide_and_exports_the_bundle_with_it(png: Path,
     # resumed with the same --guide-of it carries on; without it, it is refused
     L.train(dataclasses.replace(cfg, unet_max_steps=5), resume=True, log=lambda s: None, progress=False)
     assert load_bundle(out).config.training["guide"]["unet_step"] == 5
+    with pytest.raises(UserError, match="--guide-of"):  # a guide for another bundle is not this run
+        L.train(dataclasses.replace(cfg, guide_of=str(out), unet_max_steps=6), resume=True, log=lambda s: None, progress=False)
     with pytest.raises(UserError, match="--guide-of"):
         L.train(tiny_cfg(png, tmp_path / "g", unet=small, unet_max_steps=6), resume=True, log=lambda s: None, progress=False)
     assert main(["train", str(png), "--out", str(tmp_path / "h"), "--guide-of", str(first), "--init-from", str(first)]) == 2

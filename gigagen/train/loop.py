@@ -227,7 +227,7 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     st.ae_source = blob.get("ae_source", "")
     st.unet_source = blob.get("unet_source", "")
     st.guide_of = blob.get("guide_of", "")
-    if st.guide_of != (cfg.guide_of or ""):
+    if bool(st.guide_of) != bool(cfg.guide_of) or (cfg.guide_of and Path(st.guide_of).resolve() != Path(cfg.guide_of).resolve()):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
     return st
