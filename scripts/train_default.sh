@@ -50,7 +50,7 @@ guide=()
 [[ "${RESUME:-0}" == 1 && -f runs/default-guide/state.pt ]] && guide+=(--resume)
 nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-guide --name gigagen-cmu-default \
     --guide-of runs/default/bundle.safetensors --autoguidance "${AUTOGUIDANCE:-1.5}" \
-    --unet-base 32 --unet-mult 1,2,2 --unet-blocks 1 --unet-batch 16 --level-probs 0.55,0.3,0.15 \
+    --unet-base 32 --unet-mult 1,2,2 --unet-blocks 1 --unet-batch 16 \
     --unet-max-steps "$GUIDE_STEPS" --max-minutes "$GUIDE_MINUTES" --holdout-frac 0.2 \
     --unet-precision bf16 --threads "${THREADS:-2}" --seed "${SEED:-0}" "${guide[@]}"
 # only runs that finished replace the shipped weights (set -e stops here otherwise)
