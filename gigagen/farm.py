@@ -102,7 +102,7 @@ class Farm:
         from distributed import Client, LocalCluster
 
         ckpt = str(Path(job.cfg.checkpoint).resolve()) if job.cfg.checkpoint else None
-        rspec = RunnerSpec(ckpt, job.cfg.precision, job.cfg.guidance, job.runner.autoguidance)
+        rspec = RunnerSpec(ckpt, job.cfg.precision, job.cfg.guidance, job.cfg.autoguidance)
         if scheduler:
             try:
                 client = Client(scheduler, timeout="10s")

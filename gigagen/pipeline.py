@@ -151,12 +151,10 @@ def _setup_model(cfg: RunConfig) -> tuple[Any, Any, Any, int, list[LevelPlan]]:
 
 def with_autoguidance(cfg: RunConfig, bundle: Any) -> RunConfig:
     """The run's autoguidance weight made explicit (run.json and the resume fingerprint record the value
-    used): the model's default when not given; a weight other than 1 needs a model with a guide network."""
-    if cfg.autoguidance is None:
-        return replace(cfg, autoguidance=bundle.config.autoguidance if bundle.guide is not None else 1.0)
-    if cfg.autoguidance != 1.0 and bundle.guide is None:
-        raise UserError(f"--autoguidance {cfg.autoguidance:g} needs a model with a guide network; {bundle.identity} has none (use 1)")
-    return cfg
+    used), checked against the model before anything is written."""
+    from gigagen.models.denoiser import autoguidance_weight
+
+    return replace(cfg, autoguidance=autoguidance_weight(bundle, cfg.autoguidance))
 
 
 def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:

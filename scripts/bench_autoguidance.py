@@ -46,6 +46,7 @@ def main() -> int:
     args = p.parse_args()
     crops: list[tuple[str, object]] = []
     ckpts = [c for c in args.checkpoints.split(",") if c] or [""]
+    seeds = [int(s) for s in args.seeds.split(",")]
     print(f"| model | weight | seed | slide {args.size}^2 wall s | W1 H | W1 E | nuclei/mm2 | area med um2 | W1 area | HF energy "
           f"| FD randconv | NN-train NCC max | FD real-parent (own tiles / paired) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -55,10 +56,10 @@ def main() -> int:
             label = Path(c).stem if c else "embedded"
             for w in (float(s) for s in args.weights.split(",")):
                 rp = "-" if args.no_real_parent else real_parent_fd(ckpt, w)
-                for seed in (int(s) for s in args.seeds.split(",")):
-                    out = Path(tmp) / f"s{len(list(Path(tmp).iterdir()))}"
+                for seed in seeds:
+                    out = Path(tmp) / f"{label}-w{w:g}-s{seed}"
                     wall, g = slide_and_evaluate(out, args.size, seed, args.reference, ckpt, ["--autoguidance", str(w)])
-                    if args.crops and seed == int(args.seeds.split(",")[0]):
+                    if args.crops and seed == seeds[0]:
                         crops.append((f"{label}, autoguidance {w:g}, seed {seed}", read_crop(out, args.crop_box)))
                     print(f"| {label} | {w:g} | {seed} | {wall:.1f} | {g['W1_H']:.4f} | {g['W1_E']:.4f} | {g['nuclei_per_mm2']:.0f} | "
                           f"{g['nucleus_area_median_um2']:.1f} | {g['W1_nucleus_area_um2']:.2f} | {g['hf_energy']:.4f} | {g['FD_randconv']:.3f} | "

@@ -77,8 +77,7 @@ def main() -> int:
     p.add_argument("--crop", default=None, help="X0,X1: write only these columns of the band to --out, at half size (docs)")
     args = p.parse_args()
     bundle = load_bundle(args.checkpoint)
-    default = bundle.config.autoguidance if bundle.guide is not None else 1.0
-    weights = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [default]
+    weights = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [bundle.config.autoguidance]
     f, zoom, scale = bundle.config.ae.factor, level_factor(bundle.config.magnifications), bundle.config.latent_scale
     _, held = split_reference(args.reference, 0.2)
     m = f * zoom * 4
@@ -93,11 +92,10 @@ def main() -> int:
                               f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g})")
         rows.append(sampled)
     if args.out:
-        sheet = np.concatenate(rows, 0)
-        img = Image.fromarray(sheet)
+        img = Image.fromarray(np.concatenate(rows, 0))
         if args.crop:
             x0, x1 = (int(v) for v in args.crop.split(","))
-            img = Image.fromarray(sheet[:, x0:x1])
+            img = img.crop((x0, 0, min(x1, img.width), img.height))
             img = img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS)
         img.save(args.out, optimize=True)
         print(f"wrote {args.out}")

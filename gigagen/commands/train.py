@@ -120,11 +120,16 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     b = read_bundle_config(Path(args.init_from))
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
-    args.magnifications = _magnifications(args.magnifications or tuple(b.magnifications))
-    args.tile = b.tile
-    args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
+    _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)))
     unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications))
     return dataclasses.replace(_train_config(args, b.ae, unet), mpp0=b.mpp0)
+
+
+def _take_bundle_tiles(args: argparse.Namespace, b: Any, magnifications: tuple[float, ...]) -> None:
+    """A run on a bundle's latents uses its cascade and its tiles (the layout tile from its training record)."""
+    args.magnifications = magnifications
+    args.tile = b.tile
+    args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
 
 
 def _guide_config(args: argparse.Namespace) -> Any:
@@ -139,9 +144,7 @@ def _guide_config(args: argparse.Namespace) -> Any:
     b = read_bundle_config(Path(args.guide_of))
     if not b.trained:
         raise UserError(f"--guide-of: {args.guide_of} holds an untrained denoiser; there is nothing to guide")
-    args.magnifications = tuple(b.magnifications)
-    args.tile = b.tile
-    args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
+    _take_bundle_tiles(args, b, tuple(b.magnifications))
     args.decoder_every = 0  # the bundle's decoder is kept as it is
     if args.level_probs is None:  # by default the guide learns, and guides, the finest level only
         args.level_probs = (1.0,) + (0.0,) * (len(b.magnifications) - 1)

@@ -51,6 +51,16 @@ class Counters:
     guide_pixels: int = 0
 
 
+def autoguidance_weight(bundle: ModelBundle, requested: float | None) -> float:
+    """The weight a run uses: the bundle's default when none is asked for (1 for a bundle without a guide,
+    which validate_config enforces); a weight other than 1 needs a guide network."""
+    if requested is None:
+        return bundle.config.autoguidance
+    if requested != 1.0 and bundle.guide is None:
+        raise UserError(f"autoguidance {requested:g} needs a model with a guide network; {bundle.identity} has none (use 1)")
+    return requested
+
+
 @dataclass
 class BundleRunner:
     """Callables for the engine: model_fn(x, t, level, cond) -> (x0, eps) and decode_fn(z) -> pixels.
@@ -70,8 +80,7 @@ class BundleRunner:
     counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
-        if self.autoguidance != 1.0 and self.bundle.guide is None:
-            raise UserError(f"autoguidance {self.autoguidance:g} needs a bundle with a guide network; {self.bundle.identity} has none")
+        autoguidance_weight(self.bundle, self.autoguidance)  # refuses a weight the bundle cannot apply
         self.alphas_cumprod = cosine_alphas_cumprod(self.bundle.config.n_train_steps)
         # oneDNN's bf16 kernels give every sample the same bits whatever the batch size (tested in
         # tests/test_engine.py); fp32 CPU and cuDNN kernels change with batch size, so there the

@@ -25,7 +25,7 @@ import torch
 
 from gigagen.engine.condition import cond_for_region
 from gigagen.errors import UserError
-from gigagen.models.checkpoint import BundleConfig, save_bundle
+from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig
 from gigagen.sampling.schedules import cosine_alphas_cumprod
@@ -210,6 +210,11 @@ def new_state(cfg: TrainConfig, device: torch.device) -> State:
     )
 
 
+def _resolved(path: str | None) -> str:
+    """One file however it is named (relative, absolute, through links); '' for none."""
+    return str(Path(path).resolve()) if path else ""
+
+
 def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     if not path.is_file():
         raise UserError(f"--resume: no training state at {path}")
@@ -227,7 +232,7 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     st.ae_source = blob.get("ae_source", "")
     st.unet_source = blob.get("unet_source", "")
     st.guide_of = blob.get("guide_of", "")
-    if bool(st.guide_of) != bool(cfg.guide_of) or (cfg.guide_of and Path(st.guide_of).resolve() != Path(cfg.guide_of).resolve()):
+    if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
     return st
@@ -236,8 +241,6 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
 def init_autoencoder(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
     """Start from a bundle's (EMA) autoencoder; with `ae_source` set the autoencoder phase is skipped,
     so retraining a denoiser does not pay for the autoencoder again."""
-    from gigagen.models.checkpoint import load_bundle
-
     bundle = load_bundle(path, device)
     if bundle.config.ae != cfg.ae:
         raise UserError(f"--init-autoencoder: {path} has autoencoder {bundle.config.ae}, not the configured {cfg.ae}")
@@ -267,8 +270,6 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     start from the bundle's EMA weights and keep its latent scale, so its latents stay valid; with other
     magnifications the level embeddings are carried over by `level_map`. The optimizer is new (hence
     the LR warm-up) and the training record carries the bundle's step and minute counts on."""
-    from gigagen.models.checkpoint import load_bundle
-
     bundle = load_bundle(path, device)
     old_mags = tuple(bundle.config.magnifications)
     if bundle.config.ae != cfg.ae or dataclasses.replace(bundle.config.unet, n_levels=cfg.unet.n_levels) != cfg.unet:
@@ -287,12 +288,9 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     st.unet_source = path.name
 
 
-def init_guide(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
+def init_guide(st: State, bundle: Any, path: Path, cfg: TrainConfig) -> None:
     """--guide-of: the new (small) denoiser learns on the bundle's latents exactly: its autoencoder and its
     latent scale are taken and never trained, so the guide and the bundle's denoiser see the same inputs."""
-    from gigagen.models.checkpoint import load_bundle
-
-    bundle = load_bundle(path, device)
     c = bundle.config
     if c.ae != cfg.ae or tuple(c.magnifications) != tuple(cfg.magnifications) or c.mpp0 != cfg.mpp0 or c.tile != cfg.tile:
         raise UserError(f"--guide-of: {path} does not match the run's autoencoder, magnifications, mpp or tile")
@@ -327,13 +325,10 @@ def denoiser_lr(opt: torch.optim.Optimizer, base_lr: float, warmup_steps: int, s
     return lr
 
 
-def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any]) -> None:
+def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any], main: Any = None) -> None:
     """EMA weights + config as the safetensors bundle `gigagen slide --checkpoint` loads. A guide run
-    (--guide-of) writes the guided bundle whole, with this run's denoiser as its guide network."""
-    if st.guide_of:
-        from gigagen.models.checkpoint import load_bundle
-
-        main = load_bundle(Path(st.guide_of))
+    (--guide-of, `main` = that bundle) writes the guided bundle whole, with this run's denoiser as its guide."""
+    if main is not None:
         training = main.config.training | {"guide": guide_record(st, cfg) | {"guide_of": Path(st.guide_of).name}}
         levels = tuple(i for i, share in enumerate(cfg.level_probs) if share > 0)  # a guide guides what it learned
         gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, guide_levels=levels, training=training)
@@ -476,8 +471,10 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     st = load_state(run / "state.pt", cfg, device) if resume else new_state(cfg, device)
+    # a guide run's bundle, read once: every checkpoint writes it back with the guide beside its denoiser
+    guided = load_bundle(Path(cfg.guide_of), device) if cfg.guide_of else None  # load_state checked it is this run's
     if cfg.guide_of and not resume:
-        init_guide(st, Path(cfg.guide_of), cfg, device)
+        init_guide(st, guided, Path(cfg.guide_of), cfg)
     elif cfg.init_from and not resume:
         init_from_bundle(st, Path(cfg.init_from), cfg, device)
     elif cfg.init_autoencoder and not resume:
@@ -504,7 +501,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "ae_batch": cfg.ae_batch, "ae_crop": cfg.ae_crop, "unet_batch": cfg.unet_batch, "layout_tile": cfg.layout_tile,
             "level_probs": list(cfg.level_probs)}
         st.save(run / "state.pt", cfg)
-        export_bundle(run / "bundle.safetensors", cfg, st, rec)
+        export_bundle(run / "bundle.safetensors", cfg, st, rec, guided)
         logger.flush()
         last_ckpt = time.monotonic()
 
