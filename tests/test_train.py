@@ -332,3 +332,89 @@ def test_cli_guide_of_takes_cascade_and_tile_from_the_bundle(png: Path, tmp_path
     assert (g.ae, g.unet, g.tile, g.magnifications) == (a.ae, a.unet, a.tile, a.magnifications)
     assert g.guide is not None and g.guide.base_ch == 4 and g.autoguidance == 1.5 and g.training["guide"]["unet_step"] == 2
     assert g.guide_levels == (0,) and g.training["guide"]["level_probs"] == [1.0, 0.0, 0.0]  # by default the finest level only
+
+
+def test_decoder_of_finetunes_only_the_decoder_and_resumes(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gigagen.train import gan_decoder as G
+
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    a = load_bundle(first)
+    cfg = tiny_cfg(png, tmp_path / "d", decoder_of=str(first), gan_max_steps=3, gan_bank_seeds=1)
+    out = G.train_decoder(cfg, log=lambda s: None, progress=False)
+    d = load_bundle(out)
+    # the encoder and the denoiser are the bundle's bit for bit (its latents stay valid); the decoder changed
+    for mine, theirs in ((a.ae.encoder, d.ae.encoder), (a.unet, d.unet)):
+        for (name, pa), pb in zip(mine.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(pa, pb), name
+    assert any(not torch.equal(pa, pb) for pa, pb in zip(a.ae.decoder.state_dict().values(), d.ae.decoder.state_dict().values()))
+    assert d.config.latent_scale == a.config.latent_scale and d.config.training["unet_step"] == a.config.training["unet_step"]
+    rec = d.config.training["decoder_gan"]
+    assert rec["steps"] == 3 and rec["decoder_of"] == first.name and rec["adv_weight"] == 0.2
+    assert {r["phase"] for r in csv.DictReader(open(tmp_path / "d" / "loss.csv"))} == {"gan"}
+    assert (tmp_path / "d" / "loss.png").is_file()
+    # resumed, it carries on from its step count; a new run into the same directory is refused
+    G.train_decoder(dataclasses.replace(cfg, gan_max_steps=4), resume=True, log=lambda s: None, progress=False)
+    assert load_bundle(out).config.training["decoder_gan"]["steps"] == 4
+    G.train_decoder(dataclasses.replace(cfg, gan_max_steps=4, gan_mix=0.0, max_minutes=0.0), resume=True, log=lambda s: None, progress=False)
+    zero = load_bundle(out)  # no time for steps: the run only re-exports, with the original decoder
+    assert zero.config.training["decoder_gan"]["mix"] == 0.0
+    for (name, pa), pb in zip(a.ae.decoder.state_dict().items(), zero.ae.decoder.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    with pytest.raises(UserError, match="already holds"):
+        G.train_decoder(cfg, log=lambda s: None, progress=False)
+    # its state is not a denoiser run's, nor a fine-tune of another bundle
+    with pytest.raises(UserError, match="--decoder-of"):
+        L.train(tiny_cfg(png, tmp_path / "d"), resume=True, log=lambda s: None, progress=False)
+    with pytest.raises(UserError, match="--decoder-of"):
+        G.train_decoder(dataclasses.replace(cfg, decoder_of=str(out)), resume=True, log=lambda s: None, progress=False)
+    saved = first.read_bytes()  # the bundle changed under the run: resuming would mix with another original decoder
+    first.write_bytes(out.read_bytes())
+    with pytest.raises(UserError, match="is now"):
+        G.train_decoder(dataclasses.replace(cfg, gan_max_steps=5), resume=True, log=lambda s: None, progress=False)
+    first.write_bytes(saved)
+    # the CLI: one line and exit 2 for combinations, crop sizes and a corrupt state
+    base = ["train", str(png), "--mpp", "0.5", "--quiet", "--threads", "1"]
+    assert main(base + ["--out", str(tmp_path / "e"), "--decoder-of", str(first), "--guide-of", str(first)]) == 2
+    assert "--decoder-of" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "e"), "--decoder-of", str(first), "--ae-crop", "36"]) == 2
+    assert "--ae-crop" in capsys.readouterr().err
+    (tmp_path / "d" / "state.pt").write_bytes(b"not a checkpoint")
+    assert main(base + ["--out", str(tmp_path / "d"), "--decoder-of", str(first), "--resume", "--ae-crop", "32", "--ae-batch", "2"]) == 2
+    assert "not a readable" in capsys.readouterr().err
+
+
+def test_decoder_bank_samples_every_orientation_deterministically(png: Path, tmp_path: Path) -> None:
+    from gigagen.train import gan_decoder as G
+
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    b = load_bundle(first)
+    cfg = tiny_cfg(png, tmp_path / "d", decoder_of=str(first))
+    levels = L.load_training_levels(cfg)
+    one = G.build_bank(b, levels, 2, torch.device("cpu"), lambda s: None, False)
+    two = G.build_bank(b, levels, 2, torch.device("cpu"), lambda s: None, False)
+    assert len(one.sampled) == 16  # 8 orientations x 2 seeds of the one training image
+    f = b.config.ae.factor
+    for img, real, s in zip(one.images, one.real, one.sampled):
+        assert s.shape == real.shape == (b.config.ae.latent_ch, img.shape[0] // f, img.shape[1] // f)
+    assert all(np.array_equal(p, q) for p, q in zip(one.sampled, two.sampled))  # a function of the seeds
+    assert not np.array_equal(one.sampled[0], one.sampled[1])  # two seeds, two samples
+    assert not np.allclose(one.sampled[0], one.real[0])  # sampled from noise, not the real latent
+
+
+def test_decoder_gan_step_follows_the_discriminator(png: Path, tmp_path: Path) -> None:
+    """The adversarial term reaches the decoder: the same step with and without it gives different decoders."""
+    from gigagen.train import gan_decoder as G
+
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    b = load_bundle(first)
+    f = b.config.ae.factor
+    batch = (torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 2, 32 // f, 32 // f), torch.randn(2, 2, 32 // f, 32 // f))
+    outs = []
+    for adv in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(png, tmp_path / "d", decoder_of=str(first), gan_adv=adv)
+        st = G.new_gan_state(b, cfg, str(first))
+        parts = G.gan_step(st, b.ae.decoder, batch, cfg, f)
+        assert parts["anchor"] == pytest.approx(0.0, abs=1e-6)  # starts as the anchor decoder
+        outs.append(st.decoder.state_dict())
+    assert any(not torch.equal(p, q) for p, q in zip(outs[0].values(), outs[1].values()))

@@ -44,6 +44,18 @@ def add_parser(subparsers: Any) -> None:
                         "trained on (--level-probs; default the finest level only)")
     p.add_argument("--autoguidance", type=float, default=1.5,
                    help="with --guide-of: the autoguidance weight the bundle records as its default (default 1.5)")
+    p.add_argument("--decoder-of", metavar="BUNDLE", default=None,
+                   help="fine-tune this bundle's decoder adversarially on latents its own denoiser samples (PatchGAN); "
+                        "the run's bundle is that bundle with the new decoder (--ae-batch and --ae-crop size the crops)")
+    p.add_argument("--gan-adv", type=float, default=0.2, help="with --decoder-of: weight of the adversarial loss (default 0.2)")
+    p.add_argument("--gan-anchor-px", type=int, default=16,
+                   help="with --decoder-of: decoded samples keep the original decoder's means over blocks of this many px (default 16)")
+    p.add_argument("--gan-bank-seeds", type=int, default=2,
+                   help="with --decoder-of: sampled latents per training image and orientation (default 2)")
+    p.add_argument("--gan-max-steps", type=int, default=None, help="with --decoder-of: stop after this many steps in all")
+    p.add_argument("--gan-mix", type=float, default=0.5,
+                   help="with --decoder-of: the exported decoder is (1 - M) original + M fine-tuned, weight by weight "
+                        "(1 = the fine-tuned decoder; resume at the step limit to re-export with another M) (default 0.5)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
@@ -94,6 +106,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.unet_lr <= 0 or args.decoder_every < 0 or args.lr_decay_minutes < 0:
         raise UserError("--unet-lr must be positive, --decoder-every and --lr-decay-minutes >= 0")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
+    if args.decoder_of:
+        return _decoder_config(args)
     if args.guide_of:
         return _guide_config(args)
     if args.init_from:
@@ -156,6 +170,26 @@ def _guide_config(args: argparse.Namespace) -> Any:
     return dataclasses.replace(cfg, mpp0=b.mpp0, guide_of=args.guide_of, autoguidance=args.autoguidance)
 
 
+def _decoder_config(args: argparse.Namespace) -> Any:
+    """--decoder-of: the bundle fixes every network, the cascade and the pixel size; only its decoder trains."""
+    from gigagen.models.checkpoint import read_bundle_config
+
+    if args.init_from or args.init_autoencoder or args.guide_of:
+        raise UserError("--decoder-of fine-tunes a bundle's decoder; it cannot be combined with --init-from, --init-autoencoder or --guide-of")
+    if args.gan_adv < 0 or args.gan_bank_seeds < 1 or (args.gan_max_steps is not None and args.gan_max_steps < 1):
+        raise UserError("--gan-adv must be >= 0, --gan-bank-seeds and --gan-max-steps >= 1")
+    if not 0.0 <= args.gan_mix <= 1.0:
+        raise UserError("--gan-mix must be in [0, 1]")
+    b = read_bundle_config(Path(args.decoder_of))
+    f = b.ae.factor
+    if args.ae_crop % f or args.gan_anchor_px < 1 or args.ae_crop % args.gan_anchor_px:
+        raise UserError(f"--decoder-of: --ae-crop must be a multiple of the autoencoder factor {f} and of --gan-anchor-px")
+    _take_bundle_tiles(args, b, tuple(b.magnifications))
+    cfg = _train_config(args, b.ae, b.unet)
+    return dataclasses.replace(cfg, mpp0=b.mpp0, decoder_of=args.decoder_of, gan_adv=args.gan_adv, gan_anchor_pool=args.gan_anchor_px,
+                               gan_bank_seeds=args.gan_bank_seeds, gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix)
+
+
 def _magnifications(mags: tuple[float, ...]) -> tuple[float, ...]:
     """--magnifications (default 20x/5x/1.25x, or the --init-from bundle's), checked as the cascade checks them."""
     from gigagen.train.loop import level_factor
@@ -195,6 +229,11 @@ def run(args: argparse.Namespace) -> int:
     from gigagen.train.loop import train
 
     cfg = config_from_args(args)
-    path = train(cfg, resume=args.resume, progress=not args.quiet)
+    if cfg.decoder_of:
+        from gigagen.train.gan_decoder import train_decoder
+
+        path = train_decoder(cfg, resume=args.resume, progress=not args.quiet)
+    else:
+        path = train(cfg, resume=args.resume, progress=not args.quiet)
     print(path)
     return 0

@@ -73,6 +73,13 @@ class TrainConfig:
     autoguidance: float = 1.5  # with guide_of: the autoguidance weight recorded as the bundle's default
     warmup_steps: int = 200  # linear LR warm-up of a fresh denoiser optimizer (new runs and --init-from)
     lr_decay_minutes: float = 0.0  # the denoiser LR falls linearly to 10% over this run's last minutes (0 = constant)
+    decoder_of: str | None = None  # fine-tune this bundle's decoder adversarially (gigagen.train.gan_decoder)
+    gan_adv: float = 0.2  # weight of the adversarial loss against reconstruction (1) and anchor (1)
+    gan_anchor_pool: int = 16  # px: decoded samples keep the original decoder's block means at this scale
+    gan_lr: float = 1e-4  # decoder LR (the discriminator's is twice this)
+    gan_bank_seeds: int = 2  # sampled latents per training image and orientation
+    gan_max_steps: int | None = None
+    gan_mix: float = 0.5  # exported decoder = (1 - mix) original + mix fine-tuned (WiSE-FT)
 
 
 def _device(name: str) -> torch.device:
@@ -157,8 +164,9 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = list(csv.DictReader(open(csv_path)))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, phase in zip(axes, ("ae", "unet")):
+    phases = [p for p in ("ae", "unet", "gan") if any(r["phase"] == p for r in rows)] or ["ae", "unet"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(4.5 * len(phases), 3.2), squeeze=False)
+    for ax, phase in zip(axes[0], phases):
         ys = np.array([float(r["loss"]) for r in rows if r["phase"] == phase])
         if len(ys):
             k = max(1, len(ys) // 50)
@@ -219,6 +227,8 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     if not path.is_file():
         raise UserError(f"--resume: no training state at {path}")
     blob = torch.load(path, map_location=device, weights_only=False)
+    if blob.get("decoder_of"):
+        raise UserError(f"--resume: {path} belongs to a --decoder-of {blob['decoder_of']} run; resume it with that option")
     st = new_state(cfg, device)
     # a denoiser that has not trained yet may be resized on resume (the autoencoder is kept)
     keys = ("ae", "ae_ema", "opt_ae") + (("unet", "unet_ema", "opt_unet") if blob["unet_step"] else ())

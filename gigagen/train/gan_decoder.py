@@ -1,0 +1,292 @@
+"""Adversarial decoder fine-tune (`gigagen train --decoder-of BUNDLE`): teach a bundle's decoder to render
+the latents its own denoiser samples as tissue.
+
+Why: the decoder was trained to reconstruct latents of real tissue (L1 + SSIM + FFT). The denoiser's
+samples are not such latents: a small, briefly trained denoiser regresses towards the mean where it is
+unsure, and the reconstruction decoder renders those latents as granular mush. Latent-diffusion
+autoencoders are normally trained with a patch discriminator for exactly this crispness (Esser et al.
+2021, "Taming transformers"; Rombach et al. 2022); ours had none. Here the decoder learns, from the
+bundle's own samples, to draw what a PatchGAN discriminator cannot tell from real training crops:
+
+- a bank: at the finest level, every training image in its 8 orientations is sampled from pure noise
+  conditioned on the real latent of its parent level, exactly as `gigagen slide` samples (grid-shift
+  DDIM, the bundle's autoguidance), so the decoder sees the latents it will see at inference;
+- adversarial (hinge) loss: decoded samples and decoded real latents against real crops;
+- anchor: the decoded sample's `gan_anchor_pool`-px block means stay those of the original decoder, so
+  the layout and stain the latent says are kept and only finer detail is redrawn;
+- reconstruction: the original L1 + SSIM + FFT loss on real latents keeps the autoencoder faithful.
+
+The encoder, the denoiser, the guide and the latent scale are the bundle's, untouched: only the decoder
+changes, so inference costs exactly what it did.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from gigagen.engine.grid import Tiling
+from gigagen.engine.store import LevelSpec, MemoryStore
+from gigagen.engine.tiler import denoise_level, step_plans
+from gigagen.errors import UserError
+from gigagen.models.checkpoint import ModelBundle, load_bundle, save_bundle
+from gigagen.models.denoiser import BundleRunner
+from gigagen.sampling.schedules import ddim_timesteps
+from gigagen.train import data as D
+from gigagen.train.losses import ae_loss
+from gigagen.train.loop import Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, encode_image, level_factor, load_training_levels
+
+BANK_STEPS = 20  # DDIM steps of the bank's samples: gigagen slide's default
+ANCHOR_WEIGHT = 1.0
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (Isola et al. 2017) with spectral norm (Miyato et al. 2018): one real/fake logit per
+    ~46-px patch, so it judges texture (nuclei, fibres), not layout."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        w = width
+        self.net = nn.Sequential(
+            sn(nn.Conv2d(3, w, 4, 2, 1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(w, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(4 * w, 4 * w, 3, 1, 1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(4 * w, 1, 3, 1, 1)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class Bank:
+    """Per training image and orientation: the 20x pixels, the real latent and a sampled latent (scaled)."""
+
+    images: list[np.ndarray]  # (H, W, 3) uint8
+    real: list[np.ndarray]  # (C, H/f, W/f)
+    sampled: list[np.ndarray]  # (C, H/f, W/f)
+    masks: list[np.ndarray]  # (H/f, W/f) bool tissue
+
+
+def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """The finest level over `shape` latent pixels sampled from noise given a parent latent, as gigagen slide does."""
+    c = runner.bundle.config
+    store = MemoryStore(LevelSpec(0, shape, c.ae.latent_ch, seed, Tiling(tile=c.tile, divisor=c.unet.divisor)))
+    steps = step_plans(runner.alphas_cumprod, ddim_timesteps(c.n_train_steps, BANK_STEPS))
+    denoise_level(store, parent=parent, factor=level_factor(c.magnifications), model_fn=runner.model_fn, steps=steps, eta=0.0)
+    return store.canvas.astype(np.float32)
+
+
+def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, device: torch.device,
+               log: Callable[[str], None], progress: bool) -> Bank:
+    """Sample the finest level of every training image, orientation and seed (the slow part: one full
+    denoising per entry)."""
+    from tqdm import tqdm
+
+    c = bundle.config
+    f, scale = c.ae.factor, c.latent_scale
+    runner = BundleRunner(bundle, device, torch.bfloat16, 1.0, c.autoguidance)
+    bank = Bank([], [], [], [])
+    bar = tqdm(total=len(levels) * 8 * seeds, desc="sampling the decoder's bank", unit="image", disable=not progress)
+    for i, li in enumerate(levels):
+        for k in range(8):
+            img = np.ascontiguousarray(D.dihedral(li.images[0], k))
+            real = encode_image(bundle.ae, img, device, torch.bfloat16) * scale
+            parent = encode_image(bundle.ae, np.ascontiguousarray(D.dihedral(li.images[1], k)), device, torch.bfloat16) * scale
+            mask = D.dihedral(li.masks[0], k)[f // 2 :: f, f // 2 :: f]
+            for s in range(seeds):
+                bank.images.append(img)
+                bank.real.append(real)
+                bank.masks.append(mask)
+                bank.sampled.append(sample_finest(runner, parent, real.shape[1:], seed=(i * 8 + k) * seeds + s))
+                bar.update(1)
+    bar.close()
+    log(f"decoder bank: {len(bank.images)} sampled images")
+    return bank
+
+
+def bank_batch(bank: Bank, cfg: TrainConfig, f: int, scale: float, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    """(real crops, their sampled latents, their real latents); crops of cfg.ae_crop px, mostly tissue."""
+    t = cfg.ae_crop // f
+    xs, ss, zs = [], [], []
+    for _ in range(cfg.ae_batch):
+        i = int(rng.integers(len(bank.images)))
+        y, x = D.sample_crop(bank.masks[i][..., None], bank.masks[i], t, rng, cfg.min_tissue if rng.random() < 0.8 else 0.0)
+        xs.append(bank.images[i][y * f : (y + t) * f, x * f : (x + t) * f])
+        ss.append(bank.sampled[i][:, y : y + t, x : x + t])
+        zs.append(bank.real[i][:, y : y + t, x : x + t])
+    cl = torch.channels_last
+    return (torch.from_numpy(D.to_tensor_range(np.stack(xs))).contiguous(memory_format=cl),
+            (torch.from_numpy(np.stack(ss)) / scale).contiguous(memory_format=cl),
+            (torch.from_numpy(np.stack(zs)) / scale).contiguous(memory_format=cl))
+
+
+@dataclass
+class GanState:
+    decoder: nn.Module
+    decoder_ema: nn.Module
+    disc: PatchDiscriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    step: int = 0
+    seconds: float = 0.0
+    decoder_of: str = ""
+    identity: str = ""  # of the decoder_of bundle: a resumed run must mix with the same original decoder
+
+    def save(self, path: Path, cfg: TrainConfig) -> None:
+        blob = {k: getattr(self, k).state_dict() for k in ("decoder", "decoder_ema", "disc", "opt_g", "opt_d")}
+        blob |= {"step": self.step, "seconds": self.seconds, "decoder_of": self.decoder_of, "identity": self.identity,
+                 "config": dataclasses.asdict(cfg)}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+
+
+def new_gan_state(bundle: ModelBundle, cfg: TrainConfig, path: str) -> GanState:
+    decoder = copy.deepcopy(bundle.ae.decoder).float().train().requires_grad_(True)
+    disc = PatchDiscriminator()
+    return GanState(
+        decoder, copy.deepcopy(decoder).eval().requires_grad_(False), disc,
+        torch.optim.Adam(decoder.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.9)),
+        torch.optim.Adam(disc.parameters(), lr=2 * cfg.gan_lr, betas=(0.5, 0.9)),
+        decoder_of=path, identity=bundle.identity,
+    )
+
+
+def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanState:
+    if not path.is_file():
+        raise UserError(f"--resume: no training state at {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if _resolved(blob.get("decoder_of", "")) != _resolved(cfg.decoder_of):
+            raise UserError(f"--resume: {path} is not a --decoder-of {cfg.decoder_of} run; resume it with its own options")
+        if blob.get("identity", bundle.identity) != bundle.identity:
+            raise UserError(f"--resume: --decoder-of {cfg.decoder_of} is now {bundle.identity}, not the {blob['identity']} this run started from")
+        st = new_gan_state(bundle, cfg, cfg.decoder_of or "")
+        for k in ("decoder", "decoder_ema", "disc", "opt_g", "opt_d"):
+            getattr(st, k).load_state_dict(blob[k])
+    except UserError:
+        raise
+    except Exception as exc:  # a truncated or foreign file: one line, not a traceback
+        raise UserError(f"--resume: {path} is not a readable decoder fine-tune state ({str(exc).splitlines()[0]})") from None
+    st.step, st.seconds = int(blob["step"]), float(blob["seconds"])
+    return st
+
+
+def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor, ...], cfg: TrainConfig, f: int) -> dict[str, float]:
+    """One discriminator step, then one decoder step (hinge losses, Lim & Ye 2017)."""
+    x, s, z = batch
+    gs, gz = st.decoder(s), st.decoder(z)
+    fake = torch.cat([gs, gz])
+    st.disc.requires_grad_(True)
+    loss_d = F.relu(1 - st.disc(x)).mean() + F.relu(1 + st.disc(fake.detach())).mean()
+    st.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    st.opt_d.step()
+    st.disc.requires_grad_(False)  # the decoder's step needs gradients through D, not into it
+    rec, parts = ae_loss(x, gz, z, w_lat=0.0)
+    with torch.no_grad():
+        target = F.avg_pool2d(anchor_decoder(s), cfg.gan_anchor_pool)
+    anchor = (F.avg_pool2d(gs, cfg.gan_anchor_pool) - target).abs().mean()
+    adv = -st.disc(fake).mean()
+    loss = rec + ANCHOR_WEIGHT * anchor + cfg.gan_adv * adv
+    st.opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(st.decoder.parameters(), 1.0)
+    st.opt_g.step()
+    st.step += 1
+    with torch.no_grad():
+        for e, p in zip(st.decoder_ema.parameters(), st.decoder.parameters()):
+            e.lerp_(p, 1.0 - min(cfg.ema, (1 + st.step) / (10 + st.step)))
+    return {"loss": loss.item(), "d": loss_d.item(), "rec": rec.item(), "ssim": parts["ssim"], "anchor": anchor.item(), "adv": adv.item()}
+
+
+def mixed_decoder(original: nn.Module, tuned: nn.Module, mix: float) -> dict[str, torch.Tensor]:
+    """(1 - mix) original + mix tuned, weight by weight (WiSE-FT, Wortsman et al. 2022): interpolating a
+    fine-tune towards its start keeps most of its gain with less of its drift (measured: the fully tuned
+    decoder over-sharpens, see the model card)."""
+    tuned_sd = tuned.state_dict()
+    return {k: torch.lerp(v.float(), tuned_sd[k].float(), mix).to(v.dtype) for k, v in original.state_dict().items()}
+
+
+def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> None:
+    """The bundle whole, with the fine-tuned (EMA) decoder mixed by cfg.gan_mix and the fine-tune's record."""
+    ae = copy.deepcopy(bundle.ae)
+    ae.decoder.load_state_dict(mixed_decoder(bundle.ae.decoder, st.decoder_ema, cfg.gan_mix))
+    rec = {"steps": st.step, "minutes": round(st.seconds / 60, 1), "decoder_of": Path(st.decoder_of).name, "batch": cfg.ae_batch,
+           "crop": cfg.ae_crop, "adv_weight": cfg.gan_adv, "anchor_pool": cfg.gan_anchor_pool, "lr": cfg.gan_lr,
+           "bank_seeds": cfg.gan_bank_seeds, "mix": cfg.gan_mix, "seed": cfg.seed}
+    save_bundle(path, dataclasses.replace(bundle.config, training=bundle.config.training | {"decoder_gan": rec}), ae, bundle.unet, bundle.guide)
+
+
+def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> Path:
+    """Fine-tune cfg.decoder_of's decoder (or continue doing so); returns the exported bundle path."""
+    from tqdm import tqdm
+
+    assert cfg.decoder_of
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    run = Path(cfg.out)
+    if not resume and (run / "state.pt").exists():
+        raise UserError(f"{run} already holds a training run; pass --resume to continue it or choose another --out")
+    bundle = load_bundle(Path(cfg.decoder_of), device)
+    if not bundle.config.trained:
+        raise UserError(f"--decoder-of: {cfg.decoder_of} holds an untrained denoiser; its samples would teach the decoder noise")
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    st = load_gan_state(run / "state.pt", bundle, cfg) if resume else new_gan_state(bundle, cfg, cfg.decoder_of)
+    anchor_decoder = copy.deepcopy(bundle.ae.decoder).float().eval().requires_grad_(False)
+    for m in (st.decoder, st.decoder_ema, anchor_decoder):
+        m.to(device=device, memory_format=torch.channels_last)
+    st.disc.to(device)
+    deadline = time.monotonic() + cfg.max_minutes * 60  # the bank's sampling counts against the limit too
+    _sigterm_as_interrupt()
+
+    def steps_left() -> bool:
+        return time.monotonic() < deadline and (cfg.gan_max_steps is None or st.step < cfg.gan_max_steps)
+
+    # a run resumed at its step limit only re-exports (e.g. with another --gan-mix): no bank needed
+    bank = build_bank(bundle, load_training_levels(cfg), cfg.gan_bank_seeds, device, log, progress) if steps_left() else None
+    f, scale = bundle.config.ae.factor, bundle.config.latent_scale
+    rng = np.random.default_rng([cfg.seed, st.step])
+    logger = Logger(run)
+    last_ckpt = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal last_ckpt
+        st.save(run / "state.pt", cfg)
+        export(run / "bundle.safetensors", bundle, st, cfg)
+        logger.flush()
+        last_ckpt = time.monotonic()
+
+    bar = tqdm(desc="decoder (adversarial)", unit="step", disable=not progress, initial=st.step)
+    try:
+        while bank is not None and steps_left():
+            t0 = time.monotonic()
+            batch = tuple(a.to(device) for a in bank_batch(bank, cfg, f, scale, rng))
+            parts = gan_step(st, anchor_decoder, batch, cfg, f)
+            st.seconds += time.monotonic() - t0
+            logger.row(st.seconds, "gan", st.step, parts.pop("loss"), parts)
+            bar.update(1)
+            bar.set_postfix(d=f"{parts['d']:.3f}", ssim=f"{parts['ssim']:.3f}")
+            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                checkpoint()
+    except KeyboardInterrupt:
+        log("interrupted: saving a checkpoint")
+        checkpoint()
+        raise
+    bar.close()
+    checkpoint()
+    return run / "bundle.safetensors"
