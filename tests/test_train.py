@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import dataclasses
 from pathlib import Path
 
@@ -334,10 +335,24 @@ def test_cli_guide_of_takes_cascade_and_tile_from_the_bundle(png: Path, tmp_path
     assert g.guide_levels == (0,) and g.training["guide"]["level_probs"] == [1.0, 0.0, 0.0]  # by default the finest level only
 
 
-def test_decoder_of_finetunes_only_the_decoder_and_resumes(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small training image and a tiny bundle trained on it: the decoder fine-tune samples its whole
+    training image in 8 orientations, so the image is small to keep these tests fast."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("gan")
+    p = d / "he.png"
+    Image.fromarray(fake_he(160, 128)).save(p)  # 128 x 128 px to train on after the held-out band
+    return p, L.train(tiny_cfg(p, d / "a"), log=lambda s: None, progress=False)
+
+
+def test_decoder_of_finetunes_only_the_decoder_and_resumes(small_bundle: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from gigagen.train import gan_decoder as G
 
-    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    png, first = small_bundle
+    first = Path(shutil.copy(first, tmp_path / "a.safetensors"))  # this test overwrites it
     a = load_bundle(first)
     cfg = tiny_cfg(png, tmp_path / "d", decoder_of=str(first), gan_max_steps=3, gan_bank_seeds=1)
     out = G.train_decoder(cfg, log=lambda s: None, progress=False)
@@ -353,8 +368,10 @@ def test_decoder_of_finetunes_only_the_decoder_and_resumes(png: Path, tmp_path: 
     assert {r["phase"] for r in csv.DictReader(open(tmp_path / "d" / "loss.csv"))} == {"gan"}
     assert (tmp_path / "d" / "loss.png").is_file()
     # resumed, it carries on from its step count; a new run into the same directory is refused
-    G.train_decoder(dataclasses.replace(cfg, gan_max_steps=4), resume=True, log=lambda s: None, progress=False)
+    logs: list[str] = []
+    G.train_decoder(dataclasses.replace(cfg, gan_max_steps=4), resume=True, log=logs.append, progress=False)
     assert load_bundle(out).config.training["decoder_gan"]["steps"] == 4
+    assert any("read from" in m for m in logs)  # the resumed run reads its sampled bank back
     G.train_decoder(dataclasses.replace(cfg, gan_max_steps=4, gan_mix=0.0, max_minutes=0.0), resume=True, log=lambda s: None, progress=False)
     zero = load_bundle(out)  # no time for steps: the run only re-exports, with the original decoder
     assert zero.config.training["decoder_gan"]["mix"] == 0.0
@@ -383,15 +400,20 @@ def test_decoder_of_finetunes_only_the_decoder_and_resumes(png: Path, tmp_path: 
     assert "not a readable" in capsys.readouterr().err
 
 
-def test_decoder_bank_samples_every_orientation_deterministically(png: Path, tmp_path: Path) -> None:
+def test_decoder_bank_samples_every_orientation_deterministically(small_bundle: tuple[Path, Path], tmp_path: Path) -> None:
     from gigagen.train import gan_decoder as G
 
-    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    png, first = small_bundle
     b = load_bundle(first)
     cfg = tiny_cfg(png, tmp_path / "d", decoder_of=str(first))
     levels = L.load_training_levels(cfg)
     one = G.build_bank(b, levels, 2, torch.device("cpu"), lambda s: None, False)
-    two = G.build_bank(b, levels, 2, torch.device("cpu"), lambda s: None, False)
+    two = G.build_bank(b, levels, 2, torch.device("cpu"), lambda s: None, False, cache=tmp_path / "bank.npz")
+    logs: list[str] = []
+    three = G.build_bank(b, levels, 2, torch.device("cpu"), logs.append, False, cache=tmp_path / "bank.npz")
+    assert "read from" in logs[0] and all(np.array_equal(p, q) for p, q in zip(two.sampled, three.sampled))
+    (tmp_path / "bank.npz").write_bytes(b"damaged")  # a damaged cache is sampled again, not an error
+    assert len(G.build_bank(b, levels, 1, torch.device("cpu"), lambda s: None, False, cache=tmp_path / "bank.npz").sampled) == 8
     assert len(one.sampled) == 16  # 8 orientations x 2 seeds of the one training image
     f = b.config.ae.factor
     for img, real, s in zip(one.images, one.real, one.sampled):
@@ -401,11 +423,11 @@ def test_decoder_bank_samples_every_orientation_deterministically(png: Path, tmp
     assert not np.allclose(one.sampled[0], one.real[0])  # sampled from noise, not the real latent
 
 
-def test_decoder_gan_step_follows_the_discriminator(png: Path, tmp_path: Path) -> None:
+def test_decoder_gan_step_follows_the_discriminator(small_bundle: tuple[Path, Path], tmp_path: Path) -> None:
     """The adversarial term reaches the decoder: the same step with and without it gives different decoders."""
     from gigagen.train import gan_decoder as G
 
-    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    png, first = small_bundle
     b = load_bundle(first)
     f = b.config.ae.factor
     batch = (torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 2, 32 // f, 32 // f), torch.randn(2, 2, 32 // f, 32 // f))
@@ -414,7 +436,7 @@ def test_decoder_gan_step_follows_the_discriminator(png: Path, tmp_path: Path) -
         torch.manual_seed(0)
         cfg = tiny_cfg(png, tmp_path / "d", decoder_of=str(first), gan_adv=adv)
         st = G.new_gan_state(b, cfg, str(first))
-        parts = G.gan_step(st, b.ae.decoder, batch, cfg, f)
+        parts = G.gan_step(st, b.ae.decoder, batch, cfg)
         assert parts["anchor"] == pytest.approx(0.0, abs=1e-6)  # starts as the anchor decoder
         outs.append(st.decoder.state_dict())
     assert any(not torch.equal(p, q) for p, q in zip(outs[0].values(), outs[1].values()))

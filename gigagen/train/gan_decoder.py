@@ -27,7 +27,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -89,16 +89,26 @@ def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, in
 
 
 def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, device: torch.device,
-               log: Callable[[str], None], progress: bool) -> Bank:
+               log: Callable[[str], None], progress: bool, cache: Path | None = None) -> Bank:
     """Sample the finest level of every training image, orientation and seed (the slow part: one full
-    denoising per entry)."""
+    denoising per entry). With `cache`, samples of the same bundle and seeds are read back from there
+    (a resumed run does not sample again) and new ones are written to it."""
     from tqdm import tqdm
 
     c = bundle.config
     f, scale = c.ae.factor, c.latent_scale
+    key = f"{bundle.identity} seeds={seeds} images={[li.images[0].shape for li in levels]}"
+    cached: list[np.ndarray] = []
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache) as z:
+                if str(z["key"]) == key:
+                    cached = [z[f"s{i}"] for i in range(len(z.files) - 1)]
+        except Exception:  # a damaged cache only costs the time to sample again
+            cached = []
     runner = BundleRunner(bundle, device, torch.bfloat16, 1.0, c.autoguidance)
     bank = Bank([], [], [], [])
-    bar = tqdm(total=len(levels) * 8 * seeds, desc="sampling the decoder's bank", unit="image", disable=not progress)
+    bar = tqdm(total=len(levels) * 8 * seeds, desc="sampling the decoder's bank", unit="image", disable=not progress or bool(cached))
     for i, li in enumerate(levels):
         for k in range(8):
             img = np.ascontiguousarray(D.dihedral(li.images[0], k))
@@ -106,13 +116,18 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
             parent = encode_image(bundle.ae, np.ascontiguousarray(D.dihedral(li.images[1], k)), device, torch.bfloat16) * scale
             mask = D.dihedral(li.masks[0], k)[f // 2 :: f, f // 2 :: f]
             for s in range(seeds):
+                n = len(bank.sampled)
                 bank.images.append(img)
                 bank.real.append(real)
                 bank.masks.append(mask)
-                bank.sampled.append(sample_finest(runner, parent, real.shape[1:], seed=(i * 8 + k) * seeds + s))
+                bank.sampled.append(cached[n] if cached else sample_finest(runner, parent, real.shape[1:], seed=(i * 8 + k) * seeds + s))
                 bar.update(1)
     bar.close()
-    log(f"decoder bank: {len(bank.images)} sampled images")
+    if cache is not None and not cached:
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, key=np.array(key), **{f"s{i}": a for i, a in enumerate(bank.sampled)})
+        tmp.replace(cache)
+    log(f"decoder bank: {len(bank.images)} sampled images" + (f" (read from {cache})" if cached else ""))
     return bank
 
 
@@ -122,6 +137,7 @@ def bank_batch(bank: Bank, cfg: TrainConfig, f: int, scale: float, rng: np.rando
     xs, ss, zs = [], [], []
     for _ in range(cfg.ae_batch):
         i = int(rng.integers(len(bank.images)))
+        # crop positions in latent pixels (the mask is at latent resolution; its shape stands in for an image's)
         y, x = D.sample_crop(bank.masks[i][..., None], bank.masks[i], t, rng, cfg.min_tissue if rng.random() < 0.8 else 0.0)
         xs.append(bank.images[i][y * f : (y + t) * f, x * f : (x + t) * f])
         ss.append(bank.sampled[i][:, y : y + t, x : x + t])
@@ -184,7 +200,7 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
     return st
 
 
-def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor, ...], cfg: TrainConfig, f: int) -> dict[str, float]:
+def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor, ...], cfg: TrainConfig) -> dict[str, float]:
     """One discriminator step, then one decoder step (hinge losses, Lim & Ye 2017)."""
     x, s, z = batch
     gs, gz = st.decoder(s), st.decoder(z)
@@ -258,7 +274,8 @@ def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], N
         return time.monotonic() < deadline and (cfg.gan_max_steps is None or st.step < cfg.gan_max_steps)
 
     # a run resumed at its step limit only re-exports (e.g. with another --gan-mix): no bank needed
-    bank = build_bank(bundle, load_training_levels(cfg), cfg.gan_bank_seeds, device, log, progress) if steps_left() else None
+    levels = load_training_levels(cfg) if steps_left() else []
+    bank = build_bank(bundle, levels, cfg.gan_bank_seeds, device, log, progress, run / "bank.npz") if levels else None
     f, scale = bundle.config.ae.factor, bundle.config.latent_scale
     rng = np.random.default_rng([cfg.seed, st.step])
     logger = Logger(run)
@@ -276,7 +293,7 @@ def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], N
         while bank is not None and steps_left():
             t0 = time.monotonic()
             batch = tuple(a.to(device) for a in bank_batch(bank, cfg, f, scale, rng))
-            parts = gan_step(st, anchor_decoder, batch, cfg, f)
+            parts = gan_step(st, anchor_decoder, batch, cfg)
             st.seconds += time.monotonic() - t0
             logger.row(st.seconds, "gan", st.step, parts.pop("loss"), parts)
             bar.update(1)
