@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Decoder fine-tune (`gigagen train --decoder-of`): how far to mix the fine-tuned decoder in.
+
+For each mix m, the decoder (1 - m) original + m fine-tuned (the run's EMA weights) decodes
+- the 20x level of the held-out band sampled from pure noise given its real 5x parent, as
+  `scripts/sample_real_parent.py` samples it (same seed, one sampling for every m): FD randconv against the
+  real band at its tissue positions ("paired") and high-frequency energy;
+- the real 20x latent of the held-out band: reconstruction PSNR at the same positions.
+
+    .venv/bin/python scripts/bench_decoder_mix.py --run runs/gan-default [--original BUNDLE] [--mixes 0,0.5,1] [--seed 1]
+
+--original is the bundle the run fine-tuned (default: the run's --decoder-of, checked by identity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gigagen.engine.decode import to_uint8  # noqa: E402
+from gigagen.models.checkpoint import load_bundle  # noqa: E402
+from gigagen.models.denoiser import BundleRunner  # noqa: E402
+from gigagen.train import data as D  # noqa: E402
+from gigagen.train import metrics as M  # noqa: E402
+from gigagen.train.evaluate import split_reference  # noqa: E402
+from gigagen.train.gan_decoder import mixed_decoder, sample_finest  # noqa: E402
+from gigagen.train.loop import encode_image, level_factor  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="run directory of a gigagen train --decoder-of run (its state.pt)")
+    p.add_argument("--original", default=None, help="the bundle that run fine-tuned (default: its --decoder-of)")
+    p.add_argument("--mixes", default="0,0.35,0.5,0.65,0.8,1")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
+    args = p.parse_args()
+    blob = torch.load(Path(args.run) / "state.pt", map_location="cpu", weights_only=False)
+    bundle = load_bundle(args.original or blob["decoder_of"])
+    if blob.get("identity") and blob["identity"] != bundle.identity:
+        print(f"bench_decoder_mix: the run fine-tuned {blob['identity']}, not {bundle.identity}; pass --original", file=sys.stderr)
+        return 2
+    c = bundle.config
+    f, zoom, scale, cpu = c.ae.factor, level_factor(c.magnifications), c.latent_scale, torch.device("cpu")
+    _, held = split_reference(args.reference, 0.2)
+    m = f * zoom * 4  # as sample_real_parent.py crops the band
+    held = np.ascontiguousarray(held[: held.shape[0] // m * m, : held.shape[1] // m * m])
+    parent = encode_image(bundle.ae, D.downsample(held, zoom), cpu, torch.bfloat16) * scale
+    real = encode_image(bundle.ae, held, cpu, torch.bfloat16) * scale
+    sampled = sample_finest(BundleRunner(bundle, cpu, torch.bfloat16, 1.0, c.autoguidance), parent, real.shape[1:], args.seed)
+    real_tiles, pos = M.grid_tiles(held, 256, 128, 0.5)
+    real_feats = M.random_conv_features(real_tiles)
+    tuned = copy.deepcopy(bundle.ae.decoder)
+    tuned.load_state_dict(blob["decoder_ema"])
+    print(f"decoder fine-tune {args.run}: {blob['step']} steps; real-parent sample seed {args.seed}, {len(pos)} held-out tissue tiles")
+    print("| mix | paired FD randconv | HF energy (real %.4f) | reconstruction PSNR dB |" % M.high_freq_energy(real_tiles).mean())
+    print("|---|---|---|---|")
+    for mix in (float(v) for v in args.mixes.split(",")):
+        b = copy.copy(bundle)
+        b.ae = copy.deepcopy(bundle.ae)
+        b.ae.decoder.load_state_dict(mixed_decoder(bundle.ae.decoder, tuned, mix))
+        runner = BundleRunner(b, cpu, torch.bfloat16, 1.0, c.autoguidance)
+        gen = to_uint8(runner.decode_fn(sampled[None])[0].transpose(1, 2, 0))
+        rec = to_uint8(runner.decode_fn(real[None])[0].transpose(1, 2, 0))
+        gen_t = np.stack([gen[y : y + 256, x : x + 256] for y, x in pos])
+        rec_t = np.stack([rec[y : y + 256, x : x + 256] for y, x in pos])
+        fd = M.frechet_distance(M.random_conv_features(gen_t), real_feats)
+        psnr = 10 * np.log10(255.0**2 / ((rec_t.astype(np.float32) - real_tiles) ** 2).mean())
+        print(f"| {mix:g} | {fd:.4f} | {M.high_freq_energy(gen_t).mean():.4f} | {psnr:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
