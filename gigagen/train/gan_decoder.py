@@ -43,7 +43,8 @@ from gigagen.models.denoiser import BundleRunner
 from gigagen.sampling.schedules import ddim_timesteps
 from gigagen.train import data as D
 from gigagen.train.losses import ae_loss
-from gigagen.train.loop import Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, encode_image, level_factor, load_training_levels
+from gigagen.train.loop import (Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, ema_update, encode_image,
+                                level_factor, load_training_levels)
 
 BANK_STEPS = 20  # DDIM steps of the bank's samples: gigagen slide's default
 ANCHOR_WEIGHT = 1.0
@@ -222,9 +223,7 @@ def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor,
     torch.nn.utils.clip_grad_norm_(st.decoder.parameters(), 1.0)
     st.opt_g.step()
     st.step += 1
-    with torch.no_grad():
-        for e, p in zip(st.decoder_ema.parameters(), st.decoder.parameters()):
-            e.lerp_(p, 1.0 - min(cfg.ema, (1 + st.step) / (10 + st.step)))
+    ema_update(st.decoder_ema, st.decoder, min(cfg.ema, (1 + st.step) / (10 + st.step)))
     return {"loss": loss.item(), "d": loss_d.item(), "rec": rec.item(), "ssim": parts["ssim"], "anchor": anchor.item(), "adv": adv.item()}
 
 
