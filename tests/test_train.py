@@ -440,3 +440,13 @@ def test_decoder_gan_step_follows_the_discriminator(small_bundle: tuple[Path, Pa
         assert parts["anchor"] == pytest.approx(0.0, abs=1e-6)  # starts as the anchor decoder
         outs.append(st.decoder.state_dict())
     assert any(not torch.equal(p, q) for p, q in zip(outs[0].values(), outs[1].values()))
+
+
+def test_ae_batch_keeps_a_coarse_level_smaller_than_8_px(tmp_path: Path) -> None:
+    """A 1.25x level of a small image (6 x 8 px) is padded into the crop, not replaced by a white one."""
+    li = D.build_levels(np.full((96, 128, 3), (90, 50, 140), np.uint8), 3, 4, 2)
+    assert li.images[2].shape[:2] == (6, 8)
+    cfg = tiny_cfg(tmp_path / "x.png", tmp_path / "r", level_probs=(0.0, 0.0, 1.0), jitter=0.0)
+    x = L.ae_batch([li], cfg, np.random.default_rng(0))
+    assert x.shape == (2, 3, 32, 32)
+    assert (x[:, :, :6, :6] < 0.5).all() and (x[:, :, 8:, 8:] == 1).all()  # purple tissue top-left, white padding

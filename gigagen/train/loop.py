@@ -359,7 +359,7 @@ def ae_batch(levels: list[D.LevelImages], cfg: TrainConfig, rng: np.random.Gener
         li = levels[int(rng.integers(len(levels)))]
         k = int(rng.choice(len(li.images), p=np.array(cfg.level_probs) / sum(cfg.level_probs)))
         img, mask = li.images[k], li.masks[k]
-        size = min(cfg.ae_crop, img.shape[0], img.shape[1]) // 8 * 8
+        size = min(cfg.ae_crop, img.shape[0], img.shape[1])  # a smaller coarse level is padded to the crop below
         y, x = D.sample_crop(img, mask, size, rng, cfg.min_tissue if rng.random() < 0.8 else 0.0)
         crop = D.stain_jitter(D.dihedral(img[y : y + size, x : x + size], int(rng.integers(8))), rng, cfg.jitter)
         if size < cfg.ae_crop:  # coarse levels smaller than a crop: pad with background white
