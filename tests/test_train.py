@@ -395,6 +395,8 @@ def test_decoder_of_finetunes_only_the_decoder_and_resumes(small_bundle: tuple[P
     assert "--decoder-of" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "e"), "--decoder-of", str(first), "--ae-crop", "36"]) == 2
     assert "--ae-crop" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "e"), "--decoder-of", str(first), "--ae-crop", "256"]) == 2
+    assert "smaller than --ae-crop 256" in capsys.readouterr().err
     (tmp_path / "d" / "state.pt").write_bytes(b"not a checkpoint")
     assert main(base + ["--out", str(tmp_path / "d"), "--decoder-of", str(first), "--resume", "--ae-crop", "32", "--ae-batch", "2"]) == 2
     assert "not a readable" in capsys.readouterr().err

@@ -274,6 +274,9 @@ def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], N
 
     # a run resumed at its step limit only re-exports (e.g. with another --gan-mix): no bank needed
     levels = load_training_levels(cfg) if steps_left() else []
+    small = [li.images[0].shape for li in levels if min(li.images[0].shape[:2]) < cfg.ae_crop]
+    if small:
+        raise UserError(f"--decoder-of: a {small[0][1]}x{small[0][0]} px training image is smaller than --ae-crop {cfg.ae_crop}")
     bank = build_bank(bundle, levels, cfg.gan_bank_seeds, device, log, progress, run / "bank.npz") if levels else None
     f, scale = bundle.config.ae.factor, bundle.config.latent_scale
     rng = np.random.default_rng([cfg.seed, st.step])
