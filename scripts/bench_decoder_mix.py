@@ -28,11 +28,10 @@ sys.path.insert(0, str(ROOT))
 from gigagen.engine.decode import to_uint8  # noqa: E402
 from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
-from gigagen.train import data as D  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
-from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.gan_decoder import mixed_decoder, sample_finest  # noqa: E402
-from gigagen.train.loop import encode_image, level_factor  # noqa: E402
+from gigagen.train.loop import encode_image  # noqa: E402
+from sample_real_parent import held_band  # noqa: E402
 
 
 def main() -> int:
@@ -48,13 +47,10 @@ def main() -> int:
     if blob.get("identity") and blob["identity"] != bundle.identity:
         print(f"bench_decoder_mix: the run fine-tuned {blob['identity']}, not {bundle.identity}; pass --original", file=sys.stderr)
         return 2
-    c = bundle.config
-    f, zoom, scale, cpu = c.ae.factor, level_factor(c.magnifications), c.latent_scale, torch.device("cpu")
-    _, held = split_reference(args.reference, 0.2)
-    m = f * zoom * 4  # as sample_real_parent.py crops the band
-    held = np.ascontiguousarray(held[: held.shape[0] // m * m, : held.shape[1] // m * m])
-    parent = encode_image(bundle.ae, D.downsample(held, zoom), cpu, torch.bfloat16) * scale
-    real = encode_image(bundle.ae, held, cpu, torch.bfloat16) * scale
+    c, cpu = bundle.config, torch.device("cpu")
+    held, parent = held_band(bundle, args.reference)  # the band and parent sample_real_parent.py samples
+    held = np.ascontiguousarray(held)
+    real = encode_image(bundle.ae, held, cpu, torch.bfloat16) * c.latent_scale
     sampled = sample_finest(BundleRunner(bundle, cpu, torch.bfloat16, 1.0, c.autoguidance), parent, real.shape[1:], args.seed)
     real_tiles, pos = M.grid_tiles(held, 256, 128, 0.5)
     real_feats = M.random_conv_features(real_tiles)

@@ -24,27 +24,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.engine.decode import to_uint8  # noqa: E402
-from gigagen.engine.grid import Tiling  # noqa: E402
-from gigagen.engine.store import LevelSpec, MemoryStore  # noqa: E402
-from gigagen.engine.tiler import denoise_level, step_plans  # noqa: E402
-from gigagen.models.checkpoint import load_bundle  # noqa: E402
+from gigagen.models.checkpoint import ModelBundle, load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
-from gigagen.sampling.schedules import ddim_timesteps  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
+from gigagen.train.gan_decoder import sample_finest  # noqa: E402
 from gigagen.train.loop import level_factor  # noqa: E402
 
 
-def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], zoom: int, args: argparse.Namespace) -> np.ndarray:
+def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out band (cut to whole parent tiles, at most `width` px wide) and its real parent latent (scaled)."""
+    f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
+    _, held = split_reference(reference, 0.2)
+    m = f * zoom * 4
+    held = held[: held.shape[0] // m * m, : min(width, held.shape[1]) // m * m]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        parent = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(held, zoom)[None]))).float()[0].numpy()
+    return held, parent * bundle.config.latent_scale
+
+
+def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], args: argparse.Namespace) -> np.ndarray:
     """The 20x level of a band of `shape` pixels sampled from pure noise, conditioned on the real parent."""
-    c = runner.bundle.config
-    f = c.ae.factor
-    spec = LevelSpec(0, (shape[0] // f, shape[1] // f), c.ae.latent_ch, args.seed, Tiling(tile=args.tile or c.tile, divisor=c.unet.divisor))
-    store = MemoryStore(spec)
-    steps = step_plans(runner.alphas_cumprod, ddim_timesteps(c.n_train_steps, args.steps))
-    denoise_level(store, parent=parent, factor=zoom, model_fn=runner.model_fn, steps=steps, eta=args.eta)
-    return to_uint8(runner.decode_fn(store.canvas[None])[0].transpose(1, 2, 0))
+    f = runner.bundle.config.ae.factor
+    z = sample_finest(runner, parent, (shape[0] // f, shape[1] // f), args.seed, args.steps, args.eta, args.tile)
+    return to_uint8(runner.decode_fn(z[None])[0].transpose(1, 2, 0))
 
 
 def report(held: np.ndarray, sampled: np.ndarray, what: str) -> None:
@@ -78,16 +82,11 @@ def main() -> int:
     args = p.parse_args()
     bundle = load_bundle(args.checkpoint)
     weights = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [bundle.config.autoguidance]
-    f, zoom, scale = bundle.config.ae.factor, level_factor(bundle.config.magnifications), bundle.config.latent_scale
-    _, held = split_reference(args.reference, 0.2)
-    m = f * zoom * 4
-    held = held[: held.shape[0] // m * m, : min(args.width, held.shape[1]) // m * m]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        parent = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(held, zoom)[None]))).float()[0].numpy() * scale
+    held, parent = held_band(bundle, args.reference, args.width)
     rows = [held]
     for ag in weights:
         runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32, 1.0, ag)
-        sampled = sample(runner, parent, held.shape, zoom, args)
+        sampled = sample(runner, parent, held.shape, args)
         report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the real {bundle.config.magnifications[1]:g}x parent "
                               f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g})")
         rows.append(sampled)

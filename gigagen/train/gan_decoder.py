@@ -44,7 +44,7 @@ from gigagen.sampling.schedules import ddim_timesteps
 from gigagen.train import data as D
 from gigagen.train.losses import ae_loss
 from gigagen.train.loop import (Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, ema_update, encode_image,
-                                level_factor, load_training_levels)
+                                level_factor, load_training_levels, save_atomic)
 
 BANK_STEPS = 20  # DDIM steps of the bank's samples: gigagen slide's default
 ANCHOR_WEIGHT = 1.0
@@ -80,12 +80,14 @@ class Bank:
     masks: list[np.ndarray]  # (H/f, W/f) bool tissue
 
 
-def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, int], seed: int) -> np.ndarray:
-    """The finest level over `shape` latent pixels sampled from noise given a parent latent, as gigagen slide does."""
+def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, int], seed: int,
+                  steps: int = BANK_STEPS, eta: float = 0.0, tile: int | None = None) -> np.ndarray:
+    """The finest level over `shape` latent pixels sampled from noise given a parent latent, as gigagen slide
+    does (default: its 20 DDIM steps, eta 0 and the bundle's tile)."""
     c = runner.bundle.config
-    store = MemoryStore(LevelSpec(0, shape, c.ae.latent_ch, seed, Tiling(tile=c.tile, divisor=c.unet.divisor)))
-    steps = step_plans(runner.alphas_cumprod, ddim_timesteps(c.n_train_steps, BANK_STEPS))
-    denoise_level(store, parent=parent, factor=level_factor(c.magnifications), model_fn=runner.model_fn, steps=steps, eta=0.0)
+    store = MemoryStore(LevelSpec(0, shape, c.ae.latent_ch, seed, Tiling(tile=tile or c.tile, divisor=c.unet.divisor)))
+    plans = step_plans(runner.alphas_cumprod, ddim_timesteps(c.n_train_steps, steps))
+    denoise_level(store, parent=parent, factor=level_factor(c.magnifications), model_fn=runner.model_fn, steps=plans, eta=eta)
     return store.canvas.astype(np.float32)
 
 
@@ -165,9 +167,7 @@ class GanState:
         blob = {k: getattr(self, k).state_dict() for k in ("decoder", "decoder_ema", "disc", "opt_g", "opt_d")}
         blob |= {"step": self.step, "seconds": self.seconds, "decoder_of": self.decoder_of, "identity": self.identity,
                  "config": dataclasses.asdict(cfg)}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        save_atomic(blob, path)
 
 
 def new_gan_state(bundle: ModelBundle, cfg: TrainConfig, path: str) -> GanState:
@@ -190,7 +190,7 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
             raise UserError(f"--resume: {path} is not a --decoder-of {cfg.decoder_of} run; resume it with its own options")
         if blob.get("identity", bundle.identity) != bundle.identity:
             raise UserError(f"--resume: --decoder-of {cfg.decoder_of} is now {bundle.identity}, not the {blob['identity']} this run started from")
-        st = new_gan_state(bundle, cfg, cfg.decoder_of or "")
+        st = new_gan_state(bundle, cfg, str(cfg.decoder_of))
         for k in ("decoder", "decoder_ema", "disc", "opt_g", "opt_d"):
             getattr(st, k).load_state_dict(blob[k])
     except UserError:

@@ -204,9 +204,14 @@ class State:
         blob = {k: getattr(self, k).state_dict() for k in ("ae", "ae_ema", "unet", "unet_ema", "opt_ae", "opt_unet")}
         blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source", "unet_source", "guide_of")}
         blob["config"] = dataclasses.asdict(cfg)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        save_atomic(blob, path)
+
+
+def save_atomic(blob: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash mid-write never leaves a half state."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
 
 
 def new_state(cfg: TrainConfig, device: torch.device) -> State:
