@@ -323,6 +323,42 @@ def test_guide_of_trains_a_small_guide_and_exports_the_bundle_with_it(png: Path,
     assert "not found" in capsys.readouterr().err
 
 
+def test_init_from_carries_the_bundles_guide_and_decoder_record(png: Path, tmp_path: Path) -> None:
+    """Continuing a guided bundle's denoiser keeps its guide (same latents, same levels, same weight) and
+    its fine-tuned decoder's record, until a decoder step retrains that decoder or the cascade changes."""
+    from gigagen.models.checkpoint import save_bundle
+
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    small = UNetConfig(latent_ch=2, base_ch=4, ch_mult=(1, 2), attn_lowest=False)
+    g = load_bundle(L.train(tiny_cfg(png, tmp_path / "g", unet=small, guide_of=str(first), autoguidance=2.5,
+                                     level_probs=(1.0, 0.0, 0.0), unet_max_steps=2), log=lambda s: None, progress=False))
+    guided = tmp_path / "guided.safetensors"  # as a --decoder-of run leaves it: with a decoder_gan record
+    save_bundle(guided, dataclasses.replace(g.config, training=g.config.training | {"decoder_gan": {"steps": 7}}), g.ae, g.unet, g.guide)
+
+    def same(x: torch.nn.Module, y: torch.nn.Module) -> bool:
+        return all(torch.equal(p, q) for p, q in zip(x.state_dict().values(), y.state_dict().values()))
+
+    cfg = tiny_cfg(png, tmp_path / "b", init_from=str(guided), unet_max_steps=5, decoder_every=0)
+    b = load_bundle(L.train(cfg, log=lambda s: None, progress=False))
+    assert not same(b.unet, g.unet) and same(b.ae, g.ae)  # the denoiser trained on, the autoencoder did not
+    assert b.guide is not None and same(b.guide, g.guide)
+    assert (b.config.guide, b.config.autoguidance, b.config.guide_levels) == (small, 2.5, (0,))
+    rec = b.config.training
+    assert rec["decoder_gan"] == {"steps": 7} and rec["unet_step"] == 5
+    assert rec["guide"]["carried_from"] == guided.name and rec["guide"]["unet_step"] == 2
+    b = load_bundle(L.train(dataclasses.replace(cfg, unet_max_steps=6), resume=True, log=lambda s: None, progress=False))
+    assert same(b.guide, g.guide) and b.config.training["decoder_gan"] == {"steps": 7}  # kept across --resume
+    # decoder steps retrain the tuned decoder: its record goes, the guide stays
+    b = load_bundle(L.train(dataclasses.replace(cfg, unet_max_steps=8, decoder_every=1), resume=True, log=lambda s: None, progress=False))
+    assert "decoder_gan" not in b.config.training and same(b.guide, g.guide) and not same(b.ae.decoder, g.ae.decoder)
+    # another cascade: the guide's levels no longer exist as they were, so no guide
+    unet5 = UNetConfig(latent_ch=2, base_ch=8, ch_mult=(1, 2), attn_lowest=False, n_levels=5)
+    five = tiny_cfg(png, tmp_path / "c", init_from=str(guided), unet=unet5, magnifications=(20.0, 10.0, 5.0, 2.5, 1.25),
+                    level_probs=(0.4, 0.15, 0.15, 0.15, 0.15), unet_max_steps=3, decoder_every=0)
+    c = load_bundle(L.train(five, log=lambda s: None, progress=False))
+    assert c.guide is None and c.config.autoguidance == 1.0 and "guide" not in c.config.training
+
+
 def test_cli_guide_of_takes_cascade_and_tile_from_the_bundle(png: Path, tmp_path: Path) -> None:
     first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
     out = tmp_path / "g"

@@ -37,7 +37,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--init-autoencoder", metavar="BUNDLE", default=None,
                    help="reuse this bundle's autoencoder (its configuration replaces --ae-* and --latent-ch); train only the denoiser")
     p.add_argument("--init-from", metavar="BUNDLE", default=None,
-                   help="continue training this bundle's denoiser (fine-tune; its autoencoder and model configuration are kept)")
+                   help="continue training this bundle's denoiser (fine-tune; its autoencoder and model configuration are kept, "
+                        "and so is its autoguidance network unless --magnifications changes the cascade)")
     p.add_argument("--guide-of", metavar="BUNDLE", default=None,
                    help="train a small guide denoiser for this bundle (autoguidance; size it with --unet-*) on its autoencoder, "
                         "cascade and tile; the run's bundle is that bundle plus the guide, which guides the levels it "

@@ -199,10 +199,13 @@ class State:
     ae_source: str = ""  # bundle the autoencoder came from (--init-autoencoder), kept across resumes
     unet_source: str = ""  # bundle the denoiser continued from (--init-from), kept across resumes
     guide_of: str = ""  # bundle this run trains a guide for (--guide-of), kept across resumes
+    # what an --init-from run keeps of its bundle beyond the two networks: "guide" (its autoguidance
+    # network, config and weight) and "record" (training-record entries that stay true), see carry_over
+    carried: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         blob = {k: getattr(self, k).state_dict() for k in ("ae", "ae_ema", "unet", "unet_ema", "opt_ae", "opt_unet")}
-        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source", "unet_source", "guide_of")}
+        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source", "unet_source", "guide_of", "carried")}
         blob["config"] = dataclasses.asdict(cfg)
         save_atomic(blob, path)
 
@@ -247,6 +250,7 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     st.ae_source = blob.get("ae_source", "")
     st.unet_source = blob.get("unet_source", "")
     st.guide_of = blob.get("guide_of", "")
+    st.carried = blob.get("carried", {})
     if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
@@ -301,6 +305,34 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     st.unet_seconds = float(rec.get("unet_minutes", 0.0)) * 60
     st.latent_scale = float(bundle.config.latent_scale)
     st.unet_source = path.name
+    st.carried = carry_over(bundle, path.name, cfg)
+
+
+def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
+    """What of an --init-from bundle stays valid beside its continued denoiser. Its guide: a guide learns
+    on the same latents (encoder and latent scale, both kept) and does not depend on the main denoiser, so
+    it goes on guiding the same levels with the same weight, unless the cascade changes. Its fine-tuned
+    decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder."""
+    c, rec = bundle.config, bundle.config.training
+    out: dict[str, Any] = {"record": {}}
+    if "decoder_gan" in rec:
+        out["record"]["decoder_gan"] = rec["decoder_gan"]
+    if bundle.guide is not None and tuple(c.magnifications) == tuple(cfg.magnifications):
+        out["guide"] = {"config": dataclasses.asdict(c.guide), "autoguidance": c.autoguidance,
+                        "levels": list(c.guide_levels), "weights": bundle.guide.state_dict()}
+        out["record"]["guide"] = rec.get("guide", {}) | {"carried_from": name}
+    return out
+
+
+def carried_guide(st: State) -> tuple[UNetConfig | None, UNet | None]:
+    """The guide an --init-from run carries (see carry_over), rebuilt for export; (None, None) if none."""
+    g = st.carried.get("guide")
+    if not g:
+        return None, None
+    gcfg = UNetConfig(**g["config"])  # asdict kept its tuples (torch.save pickles, no JSON)
+    guide = UNet(gcfg)
+    guide.load_state_dict(g["weights"])
+    return gcfg, guide
 
 
 def init_guide(st: State, bundle: Any, path: Path, cfg: TrainConfig) -> None:
@@ -349,12 +381,16 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, guide_levels=levels, training=training)
         save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema)
         return
+    gcfg, guide = carried_guide(st)
     bcfg = BundleConfig(
         name=cfg.name, ae=cfg.ae, unet=cfg.unet, prediction="v", latent_scale=float(st.latent_scale or 1.0),
         magnifications=tuple(cfg.magnifications), mpp0=cfg.mpp0, tile=cfg.tile, trained=st.unet_step > 0,
-        training=record,
+        training=record | st.carried.get("record", {}),
     )
-    save_bundle(path, bcfg, st.ae_ema, st.unet_ema)
+    if guide is not None:
+        g = st.carried["guide"]
+        bcfg = dataclasses.replace(bcfg, guide=gcfg, autoguidance=g["autoguidance"], guide_levels=tuple(g["levels"]))
+    save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide)
 
 
 def ae_batch(levels: list[D.LevelImages], cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
@@ -454,6 +490,7 @@ def decoder_step(st: State, levels: list[D.LevelImages], cfg: TrainConfig, rng: 
     torch.nn.utils.clip_grad_norm_(st.ae.decoder.parameters(), 1.0)
     st.opt_ae.step()
     st.ae_step += 1
+    st.carried.get("record", {}).pop("decoder_gan", None)  # the adversarially tuned decoder is being retrained
     ema_update(st.ae_ema.decoder, st.ae.decoder, min(cfg.ema, 0.995))  # few steps: a shorter average
     return loss.item()
 
