@@ -9,12 +9,14 @@
 # OpenMP threads wait passively (measured 7% slower alone, but no 10x stalls when other jobs share
 # the cores); THREADS=1 is another option on a busy machine.
 # INIT_AE=BUNDLE reuses that bundle's autoencoder and trains only the denoiser (TOTAL minutes).
-# INIT_FROM=BUNDLE continues that bundle's denoiser (fine-tune, fresh optimizer with warm-up).
+# INIT_FROM=BUNDLE continues that bundle's denoiser (fine-tune, fresh optimizer with warm-up); it keeps the
+# bundle's guide (and, with DECODER_EVERY=0, its fine-tuned decoder), so GUIDE_MINUTES=0 and DECODER_MINUTES=0
+# skip those stages and ship the continued bundle with them.
 # MAGS sets the cascade (default 20,5,1.25; e.g. 20,10,5,2.5,1.25), LEVEL_PROBS the share of training
 # crops per level, DECODER_EVERY (default 4) how often a decoder-only step runs; LR_DECAY (default 20) the minutes at the
 # end of the run over which the denoiser's learning rate anneals to 10%.
 # Writes runs/default/, runs/default-guide/ and runs/default-decoder/ (state, loss.csv/png, bundle) and copies the final EMA
-# bundle to gigagen/weights/default.safetensors when all three are done (not when stopped: RESUME=1 finishes it).
+# bundle to gigagen/weights/default.safetensors when all stages are done (not when stopped: RESUME=1 finishes it).
 # Continue a stopped run with RESUME=1.
 set -euo pipefail
 { # read whole before running: editing this file during a run must not change that run
@@ -28,6 +30,7 @@ GAN_STEPS=${GAN_STEPS:-1882}
 MAIN=$(( TOTAL - GUIDE_MINUTES - DECODER_MINUTES ))
 need=$AE  # the autoencoder's minutes, unless a bundle provides the autoencoder
 [[ -n "${INIT_FROM:-}${INIT_AE:-}" ]] && need=0
+(( GUIDE_MINUTES >= 0 && DECODER_MINUTES >= 0 )) || { echo "train_default.sh: GUIDE_MINUTES and DECODER_MINUTES must be >= 0 (0 skips the stage)" >&2; exit 2; }
 (( MAIN > need )) || { echo "train_default.sh: TOTAL_MINUTES must exceed GUIDE_MINUTES ($GUIDE_MINUTES) + DECODER_MINUTES ($DECODER_MINUTES) + the autoencoder's minutes ($need)" >&2; exit 2; }
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 PY=${PY:-.venv/bin/python}
@@ -50,22 +53,29 @@ nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default --name gigage
     --precision fp32 --unet-precision bf16 --threads "${THREADS:-2}" --seed "${SEED:-0}" "${extra[@]}"
 # Autoguidance (Karras et al. 2024): a 4x smaller denoiser (b32), trained on the same latents at 20x only,
 # that `gigagen slide` runs beside the main one at 20x to steer away from a weaker model's errors.
+bundle=runs/default/bundle.safetensors
+if (( GUIDE_MINUTES > 0 )); then
 guide=()
 [[ "${RESUME:-0}" == 1 && -f runs/default-guide/state.pt ]] && guide+=(--resume)
 nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-guide --name gigagen-cmu-default \
-    --guide-of runs/default/bundle.safetensors --autoguidance "${AUTOGUIDANCE:-1.5}" \
+    --guide-of "$bundle" --autoguidance "${AUTOGUIDANCE:-1.5}" \
     --unet-base 32 --unet-mult 1,2,2 --unet-blocks 1 --unet-batch 16 \
     --unet-max-steps "$GUIDE_STEPS" --max-minutes "$GUIDE_MINUTES" --holdout-frac 0.2 \
     --unet-precision bf16 --threads "${THREADS:-2}" --seed "${SEED:-0}" "${guide[@]}"
+bundle=runs/default-guide/bundle.safetensors
+fi
 # The decoder learns to render the latents this bundle's denoiser samples (PatchGAN, anchored to the
 # original decoder at 16-px scale); encoder, denoiser and guide are kept bit for bit.
+if (( DECODER_MINUTES > 0 )); then
 dec=()
 [[ "${RESUME:-0}" == 1 && -f runs/default-decoder/state.pt ]] && dec+=(--resume)
 nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-decoder --name gigagen-cmu-default \
-    --decoder-of runs/default-guide/bundle.safetensors --gan-max-steps "$GAN_STEPS" --max-minutes "$DECODER_MINUTES" \
+    --decoder-of "$bundle" --gan-max-steps "$GAN_STEPS" --max-minutes "$DECODER_MINUTES" \
     --holdout-frac 0.2 --threads "${THREADS:-2}" --seed "${SEED:-0}" "${dec[@]}"
+bundle=runs/default-decoder/bundle.safetensors
+fi
 # only runs that finished replace the shipped weights (set -e stops here otherwise)
-cp runs/default-decoder/bundle.safetensors gigagen/weights/default.safetensors
+cp "$bundle" gigagen/weights/default.safetensors
 echo "default model: gigagen/weights/default.safetensors"
 exit
 }
