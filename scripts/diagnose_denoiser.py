@@ -57,19 +57,17 @@ def main() -> int:
     torch.manual_seed(0)
     bundle = load_bundle(args.checkpoint)
     ae, unet, scale = bundle.ae, bundle.unet, bundle.config.latent_scale
-    train, held = split_reference(args.reference, 0.2)
-    if args.split == "train":
-        held = train  # the same measurement on tiles the model was trained on
+    band = split_reference(args.reference, 0.2)[0 if args.split == "train" else 1]  # (training part, held-out band)
     f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
     m = f * zoom
-    held = held[: held.shape[0] // m * m, : held.shape[1] // m * m]
-    tiles, pos = grid_tiles(held, 256, 256, 0.8)
+    band = band[: band.shape[0] // m * m, : band.shape[1] // m * m]
+    tiles, pos = grid_tiles(band, 256, 256, 0.8)
     pick = np.linspace(0, len(tiles) - 1, args.tiles).round().astype(int)
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
     rows, errs = [], {(t, c): [] for t in REPORT_TIMES for c in ("parent", "none", "parent only")}
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        parent = ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(held, zoom)[None]))).float()[0].numpy() * scale
+        parent = ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(band, zoom)[None]))).float()[0].numpy() * scale
         for i in pick:
             tile, (y, x) = tiles[i], pos[i]
             z = ae.encode(torch.from_numpy(D.to_tensor_range(tile[None]))).float() * scale

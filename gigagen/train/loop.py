@@ -324,15 +324,16 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def carried_guide(st: State) -> tuple[UNetConfig | None, UNet | None]:
-    """The guide an --init-from run carries (see carry_over), rebuilt for export; (None, None) if none."""
+def carried_guide(st: State) -> tuple[UNet | None, dict[str, Any]]:
+    """The guide an --init-from run carries (see carry_over), rebuilt for export, and the BundleConfig
+    fields that name it; (None, {}) if none."""
     g = st.carried.get("guide")
     if not g:
-        return None, None
+        return None, {}
     gcfg = UNetConfig(**g["config"])  # asdict kept its tuples (torch.save pickles, no JSON)
     guide = UNet(gcfg)
     guide.load_state_dict(g["weights"])
-    return gcfg, guide
+    return guide, {"guide": gcfg, "autoguidance": g["autoguidance"], "guide_levels": tuple(g["levels"])}
 
 
 def init_guide(st: State, bundle: Any, path: Path, cfg: TrainConfig) -> None:
@@ -381,15 +382,12 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, guide_levels=levels, training=training)
         save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema)
         return
-    gcfg, guide = carried_guide(st)
+    guide, guide_fields = carried_guide(st)
     bcfg = BundleConfig(
         name=cfg.name, ae=cfg.ae, unet=cfg.unet, prediction="v", latent_scale=float(st.latent_scale or 1.0),
         magnifications=tuple(cfg.magnifications), mpp0=cfg.mpp0, tile=cfg.tile, trained=st.unet_step > 0,
-        training=record | st.carried.get("record", {}),
+        training=record | st.carried.get("record", {}), **guide_fields,
     )
-    if guide is not None:
-        g = st.carried["guide"]
-        bcfg = dataclasses.replace(bcfg, guide=gcfg, autoguidance=g["autoguidance"], guide_levels=tuple(g["levels"]))
     save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide)
 
 
