@@ -14,7 +14,11 @@
 # skip those stages and ship the continued bundle with them.
 # MAGS sets the cascade (default 20,5,1.25; e.g. 20,10,5,2.5,1.25), LEVEL_PROBS the share of training
 # crops per level, DECODER_EVERY (default 4) how often a decoder-only step runs; LR_DECAY (default 20) the minutes at the
-# end of the run over which the denoiser's learning rate anneals to 10%.
+# end of the run over which the denoiser's learning rate anneals to 10%; UNET_LR (default 4e-4) its peak.
+# Against fitting the one region: DROPOUT (default 0) the denoiser's dropout while it trains, SCALE_AUG (e.g.
+# 0.87,1.15) extra resampling factors of the training image, EARLY_STOP (default 0 = off) validations without a
+# better held-out loss before the denoiser stops. The denoiser stage hands on its best held-out checkpoint
+# (runs/default/bundle-best.safetensors, validated at every checkpoint) to the later stages, not its last.
 # Writes runs/default/, runs/default-guide/ and runs/default-decoder/ (state, loss.csv/png, bundle) and copies the final EMA
 # bundle to gigagen/weights/default.safetensors when all stages are done (not when stopped: RESUME=1 finishes it).
 # Continue a stopped run with RESUME=1.
@@ -41,6 +45,7 @@ extra=()
 [[ -n "${INIT_FROM:-}" ]] && extra+=(--init-from "$INIT_FROM")
 [[ -n "${MAGS:-}" ]] && extra+=(--magnifications "$MAGS")
 [[ -n "${LEVEL_PROBS:-}" ]] && extra+=(--level-probs "$LEVEL_PROBS")
+[[ -n "${SCALE_AUG:-}" ]] && extra+=(--scale-aug "$SCALE_AUG")
 # Autoencoder in fp32 (measured 1.7x faster than bf16 autocast for its backward pass on this CPU),
 # denoiser in bf16 autocast (measured 2.4x faster than fp32); fp16 is never used.
 nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default --name gigagen-cmu-default \
@@ -49,11 +54,13 @@ nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default --name gigage
     --unet-base 64 --unet-mult 1,2,2 --unet-blocks 1 \
     --ae-batch 8 --ae-crop 128 --unet-batch 16 --tile 32 --layout-tile 16 \
     --decoder-every "${DECODER_EVERY:-4}" \
-    --lr-decay-minutes "${LR_DECAY:-20}" \
+    --lr-decay-minutes "${LR_DECAY:-20}" --unet-lr "${UNET_LR:-4e-4}" \
+    --unet-dropout "${DROPOUT:-0}" --early-stop "${EARLY_STOP:-0}" \
     --precision fp32 --unet-precision bf16 --threads "${THREADS:-2}" --seed "${SEED:-0}" "${extra[@]}"
 # Autoguidance (Karras et al. 2024): a 4x smaller denoiser (b32), trained on the same latents at 20x only,
 # that `gigagen slide` runs beside the main one at 20x to steer away from a weaker model's errors.
-bundle=runs/default/bundle.safetensors
+bundle=runs/default/bundle-best.safetensors  # the lowest held-out validation loss of the denoiser stage
+[[ -f "$bundle" ]] || bundle=runs/default/bundle.safetensors  # (no held-out band: no validation)
 if (( GUIDE_MINUTES > 0 )); then
 guide=()
 [[ "${RESUME:-0}" == 1 && -f runs/default-guide/state.pt ]] && guide+=(--resume)

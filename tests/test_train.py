@@ -128,7 +128,7 @@ def test_train_writes_a_loadable_trained_bundle_and_resumes(png: Path, tmp_path:
     assert bundle.config.trained and bundle.config.latent_scale > 0
     assert bundle.config.training["unet_step"] > 0 and bundle.config.training["holdout_frac"] == 0.2
     rows = list(csv.DictReader(open(run / "loss.csv")))
-    assert {r["phase"] for r in rows} == {"ae", "unet"}
+    assert {r["phase"] for r in rows} == {"ae", "unet", "val_held", "val_train"}
     assert (run / "loss.png").stat().st_size > 0
     steps = bundle.config.training["unet_step"]
     with pytest.raises(UserError, match="--resume"):
@@ -188,7 +188,7 @@ def test_init_autoencoder_reuses_a_bundle_and_trains_only_the_denoiser(png: Path
     a, b = load_bundle(first), load_bundle(second)
     for (name, pa), pb in zip(a.ae.state_dict().items(), b.ae.state_dict().values()):
         assert torch.equal(pa, pb), name
-    assert {r["phase"] for r in csv.DictReader(open(tmp_path / "b" / "loss.csv"))} == {"unet"}
+    assert {r["phase"] for r in csv.DictReader(open(tmp_path / "b" / "loss.csv"))} == {"unet", "val_held", "val_train"}
     assert b.config.training["autoencoder_from"] == first.name and b.config.training["ae_step"] == 3
     L.train(tiny_cfg(png, tmp_path / "b", unet_max_steps=4, decoder_every=0), resume=True, log=lambda s: None, progress=False)
     assert load_bundle(second).config.training["autoencoder_from"] == first.name  # kept across --resume
@@ -210,7 +210,8 @@ def test_init_from_continues_a_bundles_denoiser_with_its_record(png: Path, tmp_p
         assert torch.equal(pa, pb), name  # the autoencoder, hence the latents, are the bundle's
     assert b.config.latent_scale == a.config.latent_scale
     rows = list(csv.DictReader(open(tmp_path / "b" / "loss.csv")))
-    assert {r["phase"] for r in rows} == {"unet"} and [int(r["step"]) for r in rows] == [4, 5]  # 3 steps carried on
+    assert {r["phase"] for r in rows} == {"unet", "val_held", "val_train"}
+    assert [int(r["step"]) for r in rows if r["phase"] == "unet"] == [4, 5]  # 3 steps carried on
     rec = b.config.training
     assert rec["denoiser_from"] == first.name and rec["unet_step"] == 5 and rec["ae_step"] == 3
     # the denoiser moved from the bundle's weights, but little (it started there, with warm-up)
@@ -261,7 +262,7 @@ def test_init_from_moves_a_bundle_to_a_finer_cascade(png: Path, tmp_path: Path) 
     a = load_bundle(first)
     assert b.config.magnifications == mags and b.config.unet.n_levels == 5
     rows = list(csv.DictReader(open(tmp_path / "b" / "loss.csv")))
-    assert rows == []  # unet_max_steps reached by the carried-on count: the weights are the bundle's
+    assert [r for r in rows if r["phase"] == "unet"] == []  # unet_max_steps reached by the carried-on count: the weights are the bundle's
     torch.testing.assert_close(b.unet.level_emb.weight, a.unet.level_emb.weight[[0, 0, 1, 1, 2]])
     out = tmp_path / "slide"
     assert main(["slide", "--size", "64", "--steps", "2", "--checkpoint", str(tmp_path / "b" / "bundle.safetensors"),
@@ -272,7 +273,7 @@ def test_init_from_moves_a_bundle_to_a_finer_cascade(png: Path, tmp_path: Path) 
     assert [k for k in timings if k.startswith("level")] == ["level4_1.25x", "level3_2.5x", "level2_5x", "level1_10x", "level0_20x"]
     L.train(dataclasses.replace(cfg, unet_max_steps=12), resume=True, log=lambda s: None, progress=False)
     rows = list(csv.DictReader(open(tmp_path / "b" / "loss.csv")))
-    assert [int(r["step"]) for r in rows] == list(range(4, 13))  # the five-level run trains
+    assert [int(r["step"]) for r in rows if r["phase"] == "unet"] == list(range(4, 13))  # the five-level run trains
 
 
 def test_cli_magnifications_are_checked(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -309,7 +310,7 @@ def test_guide_of_trains_a_small_guide_and_exports_the_bundle_with_it(png: Path,
     assert g.config.latent_scale == a.config.latent_scale and g.config.unet == a.config.unet
     assert g.config.training["guide"]["unet_step"] == 4 and g.config.training["guide"]["guide_of"] == first.name
     assert g.config.training["unet_step"] == a.config.training["unet_step"]  # the main record is the bundle's
-    assert {r["phase"] for r in csv.DictReader(open(tmp_path / "g" / "loss.csv"))} == {"unet"}  # no autoencoder or decoder steps
+    assert {r["phase"] for r in csv.DictReader(open(tmp_path / "g" / "loss.csv"))} == {"unet", "val_held", "val_train"}  # no autoencoder or decoder steps
     # resumed with the same --guide-of it carries on; without it, it is refused
     L.train(dataclasses.replace(cfg, unet_max_steps=5), resume=True, log=lambda s: None, progress=False)
     assert load_bundle(out).config.training["guide"]["unet_step"] == 5

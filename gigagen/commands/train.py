@@ -63,6 +63,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--unet-base", type=int, default=64, help="UNet base width (default 64)")
     p.add_argument("--unet-mult", type=_ints, default=(1, 2, 2), help="UNet width multipliers (default 1,2,2)")
     p.add_argument("--unet-blocks", type=int, default=1, help="UNet residual blocks per resolution (default 1)")
+    p.add_argument("--unet-dropout", type=float, default=0.0,
+                   help="dropout in the denoiser's residual blocks while it trains, against fitting a small training set "
+                        "(inference never drops; with --init-from the rate may differ from the bundle's) (default 0)")
+    p.add_argument("--scale-aug", type=_floats, default=(),
+                   help="also train the denoiser on the inputs resampled by these factors, e.g. 0.87,1.15 "
+                        "(tissue drawn 13%% smaller and 15%% larger, as scanners' pixel sizes differ) (default none)")
+    p.add_argument("--early-stop", type=int, default=0, metavar="N",
+                   help="stop the denoiser after N validations in a row (one per checkpoint) without a lower held-out "
+                        "loss; the best is always kept as bundle-best.safetensors (default 0: never stop early)")
     p.add_argument("--ae-batch", type=int, default=8)
     p.add_argument("--ae-crop", type=int, default=128)
     p.add_argument("--unet-batch", type=int, default=16)
@@ -106,6 +115,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--unet-max-steps must be >= 1")
     if args.unet_lr <= 0 or args.decoder_every < 0 or args.lr_decay_minutes < 0:
         raise UserError("--unet-lr must be positive, --decoder-every and --lr-decay-minutes >= 0")
+    if not 0.0 <= args.unet_dropout < 1.0 or args.early_stop < 0:
+        raise UserError("--unet-dropout must be in [0, 1) and --early-stop >= 0")
+    if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in args.scale_aug):
+        raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
     if args.decoder_of:
         return _decoder_config(args)
@@ -120,7 +133,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if args.resume:
             raise UserError("--init-autoencoder starts a new run; --resume continues one (the run already has its autoencoder)")
         ae = read_bundle_config(Path(args.init_autoencoder)).ae
-    unet = UNetConfig(latent_ch=ae.latent_ch, n_levels=len(args.magnifications), base_ch=args.unet_base, ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
+    unet = UNetConfig(latent_ch=ae.latent_ch, n_levels=len(args.magnifications), base_ch=args.unet_base, ch_mult=args.unet_mult,
+                      num_res_blocks=args.unet_blocks, dropout=args.unet_dropout)
     if args.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
     return _train_config(args, ae, unet)
@@ -136,7 +150,7 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
     _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)))
-    unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications))
+    unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications), dropout=args.unet_dropout)
     return dataclasses.replace(_train_config(args, b.ae, unet), mpp0=b.mpp0)
 
 
@@ -164,7 +178,7 @@ def _guide_config(args: argparse.Namespace) -> Any:
     if args.level_probs is None:  # by default the guide learns, and guides, the finest level only
         args.level_probs = (1.0,) + (0.0,) * (len(b.magnifications) - 1)
     unet = UNetConfig(latent_ch=b.ae.latent_ch, n_levels=len(b.magnifications), base_ch=args.unet_base,
-                      ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks)
+                      ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks, dropout=args.unet_dropout)
     if b.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--guide-of: the bundle's tiles ({b.tile}, {args.layout_tile}) are not multiples of the guide's divisor {unet.divisor}")
     cfg = _train_config(args, b.ae, unet)
@@ -223,6 +237,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         unet_lr=args.unet_lr, unet_max_steps=args.unet_max_steps, lr_decay_minutes=args.lr_decay_minutes, decoder_every=args.decoder_every,
         magnifications=tuple(args.magnifications), level_probs=_level_probs(args.level_probs, len(args.magnifications)),
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
+        scale_aug=tuple(args.scale_aug), early_stop=args.early_stop,
     )
 
 

@@ -80,6 +80,8 @@ class TrainConfig:
     gan_bank_seeds: int = 2  # sampled latents per training image and orientation
     gan_max_steps: int | None = None
     gan_mix: float = 0.5  # exported decoder = (1 - mix) original + mix fine-tuned (WiSE-FT)
+    scale_aug: tuple[float, ...] = ()  # extra pixel-size scales at which the denoiser's latents are encoded
+    early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
 
 
 def _device(name: str) -> torch.device:
@@ -107,18 +109,25 @@ def level_factor(magnifications: tuple[float, ...]) -> int:
     return f
 
 
-def load_training_levels(cfg: TrainConfig) -> list[D.LevelImages]:
+def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0) -> list[D.LevelImages]:
     """Every input at mpp0, its held-out band removed, as aligned magnification levels.
 
     Levels are downsampled by the cascade's zoom factor (4 for 20x/5x/1.25x), the same factor the
     conditioning uses; the autoencoder's factor only sets the alignment (whole latent pixels).
+    `scale` resamples the input first (scale augmentation: 1.15 draws the tissue 15% larger, as a
+    scanner with a smaller pixel would); `part` 1 gives the held-out bands instead, skipping inputs
+    whose band is too small for the cascade.
     """
     out = []
     for path in cfg.inputs:
         rgb, mpp = D.read_image(path, cfg.mpp)
-        rgb = D.resize(rgb, mpp / cfg.mpp0)
-        train, _ = D.split_holdout(rgb, cfg.holdout_frac)
-        out.append(D.build_levels(train, len(cfg.magnifications), level_factor(cfg.magnifications), cfg.ae.factor))
+        rgb = D.resize(rgb, mpp / cfg.mpp0 * scale)
+        img = D.split_holdout(rgb, cfg.holdout_frac)[part]
+        try:
+            out.append(D.build_levels(img, len(cfg.magnifications), level_factor(cfg.magnifications), cfg.ae.factor))
+        except UserError:
+            if part == 0:
+                raise
     return out
 
 
@@ -165,7 +174,10 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
 
     rows = list(csv.DictReader(open(csv_path)))
     phases = [p for p in ("ae", "unet", "gan") if any(r["phase"] == p for r in rows)] or ["ae", "unet"]
-    fig, axes = plt.subplots(1, len(phases), figsize=(4.5 * len(phases), 3.2), squeeze=False)
+    val = [r for r in rows if r["phase"].startswith("val_")]
+    fig, axes = plt.subplots(1, len(phases) + bool(val), figsize=(4.5 * (len(phases) + bool(val)), 3.2), squeeze=False)
+    if val:
+        plot_validation(axes[0][-1], val)
     for ax, phase in zip(axes[0], phases):
         ys = np.array([float(r["loss"]) for r in rows if r["phase"] == phase])
         if len(ys):
@@ -179,6 +191,19 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=80)
     plt.close(fig)
+
+
+def plot_validation(ax: Any, rows: list[dict[str, str]]) -> None:
+    """Held-out (solid) and training (dashed) validation v-loss per level against the step."""
+    curves: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for r in rows:
+        curves.setdefault((r["phase"][4:], int(json.loads(r["extra"])["level"])), []).append((int(r["step"]), float(r["loss"])))
+    for (split, level), pts in sorted(curves.items()):
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, "-" if split == "held" else "--", marker=".", label=f"{split}, level {level}", color=f"C{level}")
+    ax.set_title("validation v-loss (EMA)")
+    ax.set_xlabel("denoiser step")
+    ax.legend(fontsize=7)
 
 
 @dataclass
@@ -202,10 +227,16 @@ class State:
     # what an --init-from run keeps of its bundle beyond the two networks: "guide" (its autoguidance
     # network, config and weight) and "record" (training-record entries that stay true), see carry_over
     carried: dict[str, Any] = field(default_factory=dict)
+    # held-out validation: the best score so far, its step, and validations since it (early stopping)
+    val_best: float = math.inf
+    val_best_step: int = 0
+    val_stale: int = 0
+    val_last_step: int = -1
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         blob = {k: getattr(self, k).state_dict() for k in ("ae", "ae_ema", "unet", "unet_ema", "opt_ae", "opt_unet")}
         blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source", "unet_source", "guide_of", "carried")}
+        blob |= {k: getattr(self, k) for k in ("val_best", "val_best_step", "val_stale", "val_last_step")}
         blob["config"] = dataclasses.asdict(cfg)
         save_atomic(blob, path)
 
@@ -251,6 +282,8 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     st.unet_source = blob.get("unet_source", "")
     st.guide_of = blob.get("guide_of", "")
     st.carried = blob.get("carried", {})
+    for k, default in (("val_best", math.inf), ("val_best_step", 0), ("val_stale", 0), ("val_last_step", -1)):
+        setattr(st, k, blob.get(k, default))
     if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
@@ -291,7 +324,8 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     the LR warm-up) and the training record carries the bundle's step and minute counts on."""
     bundle = load_bundle(path, device)
     old_mags = tuple(bundle.config.magnifications)
-    if bundle.config.ae != cfg.ae or dataclasses.replace(bundle.config.unet, n_levels=cfg.unet.n_levels) != cfg.unet:
+    # dropout has no weights: a continued denoiser may train with another rate
+    if bundle.config.ae != cfg.ae or dataclasses.replace(bundle.config.unet, n_levels=cfg.unet.n_levels, dropout=cfg.unet.dropout) != cfg.unet:
         raise UserError(f"--init-from: {path} has models {bundle.config.ae}, {bundle.config.unet}, not the configured ones")
     if bundle.config.mpp0 != cfg.mpp0 or old_mags[0] != cfg.magnifications[0]:
         raise UserError(f"--init-from: {path} was trained at {old_mags[0]}x / {bundle.config.mpp0} um/px, not {cfg.magnifications[0]}x / {cfg.mpp0}")
@@ -435,12 +469,15 @@ class LatentSet:
     masks: list[list[np.ndarray]]  # [variant][level] -> (h_k, w_k) bool
 
 
-def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log: Callable[[str], None]) -> LatentSet:
+def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
+               log: Callable[[str], None], orientations: int = 8) -> LatentSet:
+    """Every image in its first `orientations` dihedral orientations (the first unjittered, the others
+    stain-jittered); variant i is image i // orientations in orientation i % orientations."""
     f = ae.cfg.factor
     lats, masks = [], []
     rng = np.random.default_rng(cfg.seed + 1)
     for li in levels:
-        for k in range(8):
+        for k in range(orientations):
             seed = int(rng.integers(2**31))  # the same stain jitter at every level of one variant
             vl, vm = [], []
             for img, mask in zip(li.images, li.masks):
@@ -453,15 +490,25 @@ def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, d
     return LatentSet(lats, masks)
 
 
-def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x0, cond, cond_mask) for one level: latent crops and their parent conditioning (scaled latents)."""
+def crop_side(ls: LatentSet, cfg: TrainConfig, level: int) -> int:
+    """A level's latent crop side: its tile (the layout tile at the last level), or less when even the
+    largest variant is smaller, in whole UNet divisors."""
+    tile = cfg.tile if level < len(cfg.magnifications) - 1 else cfg.layout_tile
+    return min(tile, max(min(v[level].shape[1:]) for v in ls.latents)) // cfg.unet.divisor * cfg.unet.divisor
+
+
+def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Generator, side: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x0, cond, cond_mask) for one level: latent crops of one side (`crop_side` unless given) and their
+    parent conditioning (scaled latents). Variants too small for that side (a scale-augmented image
+    below its level's tile) are not drawn at that level."""
     n_levels = len(cfg.magnifications)
     factor = level_factor(cfg.magnifications)
+    t = side or crop_side(ls, cfg, level)
+    fits = [v for v, lat in enumerate(ls.latents) if min(lat[level].shape[1:]) >= t]
     xs, cs, ms = [], [], []
     for _ in range(cfg.unet_batch):
-        v = int(rng.integers(len(ls.latents)))
+        v = fits[int(rng.integers(len(fits)))]
         lat, mask = ls.latents[v][level], ls.masks[v][level]
-        t = min(cfg.tile if level < n_levels - 1 else cfg.layout_tile, lat.shape[1], lat.shape[2]) // cfg.unet.divisor * cfg.unet.divisor
         y, x = D.sample_crop(lat.transpose(1, 2, 0), mask, t, rng, cfg.min_tissue if rng.random() < 0.8 else 0.0)
         xs.append(lat[:, y : y + t, x : x + t])
         if level < n_levels - 1:
@@ -471,6 +518,94 @@ def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Gener
             cs.append(np.zeros_like(xs[-1]))
             ms.append(0.0)
     return np.stack(xs), np.stack(cs), np.array(ms, np.float32)
+
+
+def validation_latents(cfg: TrainConfig, st: State, latents: LatentSet, device: torch.device, log: Callable[[str], None]) -> dict[str, LatentSet]:
+    """The scaled latents validation measures: "held", the held-out bands (encoded here, unrotated and
+    unjittered; none with --holdout-frac 0), and "train", the training images as they are (variant 0 of
+    each input at scale 1 in `latents`)."""
+    n = len(cfg.inputs)
+    splits = {"train": LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])}
+    held = load_training_levels(cfg, part=1) if cfg.holdout_frac > 0 else []
+    if held:
+        ls = encode_all(held, st.ae_ema, cfg, device, torch.bfloat16, lambda _: None, orientations=1)
+        splits["held"] = LatentSet([[z * st.latent_scale for z in v] for v in ls.latents], ls.masks)
+    else:
+        log("no held-out band large enough for validation: no bundle-best.safetensors, no early stopping")
+    return splits
+
+
+VAL_TIMES = (100, 300, 500, 700, 900)  # every validation crop is noised at each of these timesteps
+VAL_CROPS = 16  # crops per (split, level)
+VAL_SEED = 12345
+
+
+@dataclass
+class ValSet:
+    """Fixed noised latent crops on which the EMA denoiser is measured at every validation: the same
+    crops, timesteps and noise each time, so the numbers move only when the denoiser does."""
+
+    sides: dict[int, int]  # level -> crop side, the same for both splits
+
+    batches: dict[tuple[str, int], tuple[torch.Tensor, ...]]  # (split, level) -> (x0, cond, mask, t, eps)
+
+
+def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.device) -> ValSet:
+    """VAL_CROPS crops per split ("held": the held-out bands, "train": the training images, both
+    unjittered and unrotated) at every level the run trains, each at every VAL_TIMES timestep. Both
+    splits use one crop side per level, the smaller split's (CMU's 5x held-out band is 16 latent pixels
+    high, so 16 rather than the training tile 32: the numbers compare checkpoints and splits, not
+    training losses); a level where that is under two UNet divisors is left out (CMU's 1.25x band: 4)."""
+    vcfg = dataclasses.replace(cfg, unet_batch=VAL_CROPS, cfg_dropout=0.0)
+    rng = np.random.default_rng(VAL_SEED)  # not the run's seed: runs on the same data validate alike
+    gen = torch.Generator().manual_seed(VAL_SEED)
+    times = torch.tensor(VAL_TIMES).repeat_interleave(VAL_CROPS)
+    sides = {level: min(crop_side(ls, cfg, level) for ls in splits.values())
+             for level, share in enumerate(cfg.level_probs) if share > 0}
+    sides = {level: side for level, side in sides.items() if side >= 2 * cfg.unet.divisor}
+    out: dict[tuple[str, int], tuple[torch.Tensor, ...]] = {}
+    for split, ls in splits.items():
+        for level, side in sides.items():
+            x0, cond, mask = (torch.from_numpy(a).repeat(len(VAL_TIMES), *([1] * (a.ndim - 1)))
+                              for a in unet_batch(ls, vcfg, level, rng, side))
+            eps = torch.randn(x0.shape, generator=gen)
+            out[(split, level)] = tuple(a.to(device) for a in (x0, cond, mask, times, eps))
+    return ValSet(sides, out)
+
+
+@torch.no_grad()
+def val_losses(unet: UNet, vs: ValSet, abar: torch.Tensor, dtype: torch.dtype, batch: int = 40) -> dict[tuple[str, int], float]:
+    """Mean v-loss (the training loss) of `unet`, in eval mode (no dropout), on each fixed validation batch."""
+    was_training = unet.training
+    unet.eval()
+    out = {}
+    for (split, level), (x0, cond, mask, t, eps) in vs.batches.items():
+        total = 0.0
+        for i in range(0, len(x0), batch):
+            sl = slice(i, i + batch)
+            a, s = abar[t[sl]].sqrt()[:, None, None, None], (1 - abar[t[sl]]).sqrt()[:, None, None, None]
+            xt = (a * x0[sl] + s * eps[sl]).contiguous(memory_format=torch.channels_last)
+            lv = torch.full((len(xt),), level, dtype=torch.long, device=xt.device)
+            with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                v = unet(xt, t[sl].float(), lv, cond[sl].contiguous(memory_format=torch.channels_last), mask[sl])
+            total += (v.float() - (a * eps[sl] - s * x0[sl])).pow(2).sum().item()
+        out[(split, level)] = total / x0.numel()
+    unet.train(was_training)
+    return out
+
+
+def val_score(losses: dict[tuple[str, int], float], level_probs: tuple[float, ...]) -> float | None:
+    """The held-out losses averaged with the run's level shares (the training objective's weights);
+    None without held-out data."""
+    held = {lv: v for (split, lv), v in losses.items() if split == "held"}
+    if not held:
+        return None
+    return sum(level_probs[lv] * v for lv, v in held.items()) / sum(level_probs[lv] for lv in held)
+
+
+def improved(score: float, best: float) -> bool:
+    """A new best is at least 0.1% below the old one (noise-level wiggles do not reset early stopping)."""
+    return score < best * (1 - 1e-3)
 
 
 def decoder_step(st: State, levels: list[D.LevelImages], cfg: TrainConfig, rng: np.random.Generator,
@@ -544,16 +679,44 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     if st.unet_source:
         record["denoiser_from"] = st.unet_source
 
-    def checkpoint() -> None:
-        nonlocal last_ckpt
+    if cfg.scale_aug:
+        record["scale_aug"] = list(cfg.scale_aug)
+    if cfg.unet.dropout:
+        record["unet_dropout"] = cfg.unet.dropout
+
+    def current_record() -> dict[str, Any]:
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
             "ae_minutes": round(st.ae_seconds / 60, 1), "unet_minutes": round(st.unet_seconds / 60, 1),
             "ae_batch": cfg.ae_batch, "ae_crop": cfg.ae_crop, "unet_batch": cfg.unet_batch, "layout_tile": cfg.layout_tile,
             "level_probs": list(cfg.level_probs)}
+        if math.isfinite(st.val_best):
+            rec["validation"] = {"best_held_v_loss": round(st.val_best, 5), "best_step": st.val_best_step, "times": list(VAL_TIMES)}
+        return rec
+
+    def checkpoint() -> None:
+        nonlocal last_ckpt
         st.save(run / "state.pt", cfg)
-        export_bundle(run / "bundle.safetensors", cfg, st, rec, guided)
+        export_bundle(run / "bundle.safetensors", cfg, st, current_record(), guided)
         logger.flush()
         last_ckpt = time.monotonic()
+
+    def validate() -> None:
+        """Measure the EMA denoiser on the fixed held-out and training crops; a new held-out best is
+        exported as bundle-best.safetensors."""
+        losses = val_losses(st.unet_ema, valset, abar, udtype)
+        st.val_last_step = st.unet_step
+        for (split, lv), v in losses.items():
+            logger.row(st.unet_seconds, f"val_{split}", st.unet_step, v, {"level": lv})
+        score = val_score(losses, cfg.level_probs)
+        if score is None:
+            return
+        if improved(score, st.val_best):
+            st.val_best, st.val_best_step, st.val_stale = score, st.unet_step, 0
+            export_bundle(run / "bundle-best.safetensors", cfg, st, current_record(), guided)
+        else:
+            st.val_stale += 1
+        text = ", ".join(f"{split} {cfg.magnifications[lv]:g}x {v:.4f}" for (split, lv), v in losses.items())
+        log(f"validation at step {st.unet_step}: {text}; best held-out {st.val_best:.4f} at step {st.val_best_step}")
 
     try:
         # ---- phase 1: autoencoder
@@ -584,7 +747,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
         # ---- phase 2: denoiser on all levels
         st.ae_ema.eval()
-        latents = encode_all(levels, st.ae_ema, cfg, device, torch.bfloat16, log)
+        scaled = [li for scale in cfg.scale_aug for li in load_training_levels(cfg, scale)]
+        latents = encode_all(levels + scaled, st.ae_ema, cfg, device, torch.bfloat16, log)
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
             log(f"latent_scale = {st.latent_scale:.4f}")
@@ -594,9 +758,19 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=device)
         probs = np.array(cfg.level_probs) / sum(cfg.level_probs)
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
+        valset = build_valset(validation_latents(cfg, st, latents, device, log), cfg, device)
+        if st.val_last_step != st.unet_step:
+            validate()  # where this run starts (a new denoiser or an --init-from bundle's)
         bar = tqdm(desc="denoiser", unit="step", disable=not progress, initial=st.unet_step)
         st.unet.train()
-        while time.monotonic() < deadline and (cfg.unet_max_steps is None or st.unet_step < cfg.unet_max_steps):
+
+        def stop_early() -> bool:
+            if cfg.early_stop and st.val_stale >= cfg.early_stop:
+                log(f"early stop: {st.val_stale} validations without a better held-out loss than step {st.val_best_step}'s")
+                return True
+            return False
+
+        while time.monotonic() < deadline and (cfg.unet_max_steps is None or st.unet_step < cfg.unet_max_steps) and not stop_early():
             t0 = time.monotonic()
             level = int(rng.choice(len(probs), p=probs))
             x0, cond, mask = (torch.from_numpy(a).to(device) for a in unet_batch(latents, cfg, level, rng))
@@ -621,8 +795,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             if cfg.decoder_every and not st.guide_of and st.unet_step % cfg.decoder_every == 0:
                 decoder_step(st, levels, cfg, rng, device, dtype)
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                validate()
                 checkpoint()
         bar.close()
+        if st.val_last_step != st.unet_step:
+            validate()
     except KeyboardInterrupt:
         log("interrupted: saving a checkpoint")
         checkpoint()
