@@ -520,16 +520,16 @@ def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Gener
     return np.stack(xs), np.stack(cs), np.array(ms, np.float32)
 
 
-def validation_latents(cfg: TrainConfig, st: State, latents: LatentSet, device: torch.device, log: Callable[[str], None]) -> dict[str, LatentSet]:
-    """The scaled latents validation measures: "held", the held-out bands (encoded here, unrotated and
-    unjittered; none with --holdout-frac 0), and "train", the training images as they are (variant 0 of
-    each input at scale 1 in `latents`)."""
-    n = len(cfg.inputs)
-    splits = {"train": LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])}
+def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float, train: LatentSet, device: torch.device,
+                       log: Callable[[str], None]) -> dict[str, LatentSet]:
+    """The scaled latents validation measures: "train", the training images as they are (unrotated,
+    unjittered, scale 1: `train`), and "held", the held-out bands, encoded here the same way (none with
+    --holdout-frac 0)."""
+    splits = {"train": train}
     held = load_training_levels(cfg, part=1) if cfg.holdout_frac > 0 else []
     if held:
-        ls = encode_all(held, st.ae_ema, cfg, device, torch.bfloat16, lambda _: None, orientations=1)
-        splits["held"] = LatentSet([[z * st.latent_scale for z in v] for v in ls.latents], ls.masks)
+        ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1)
+        splits["held"] = LatentSet([[z * latent_scale for z in v] for v in ls.latents], ls.masks)
     else:
         log("no held-out band large enough for validation: no bundle-best.safetensors, no early stopping")
     return splits
@@ -758,7 +758,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=device)
         probs = np.array(cfg.level_probs) / sum(cfg.level_probs)
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
-        valset = build_valset(validation_latents(cfg, st, latents, device, log), cfg, device)
+        n = len(cfg.inputs)  # variant 8 i is input i unrotated and unjittered at scale 1 (encode_all)
+        unrotated = LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])
+        valset = build_valset(validation_latents(cfg, st.ae_ema, st.latent_scale, unrotated, device, log), cfg, device)
         if st.val_last_step != st.unet_step:
             validate()  # where this run starts (a new denoiser or an --init-from bundle's)
         bar = tqdm(desc="denoiser", unit="step", disable=not progress, initial=st.unet_step)

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Held-out and training validation v-loss of model bundles, as `gigagen train` measures it at every checkpoint.
+
+The same fixed crops, timesteps and noise (gigagen.train.loop.build_valset) for every bundle, so bundles
+trained on the same region compare directly: a denoiser whose training loss falls while its held-out loss
+does not is fitting the region. Each bundle encodes the region with its own autoencoder, so compare
+bundles that share one (an --init-from chain does).
+
+    .venv/bin/python scripts/validate_bundle.py BUNDLE [BUNDLE ...] [--reference data/cmu_small_region.svs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gigagen.models.checkpoint import load_bundle  # noqa: E402
+from gigagen.sampling.schedules import cosine_alphas_cumprod  # noqa: E402
+from gigagen.train import loop as L  # noqa: E402
+
+
+def bundle_losses(path: str, reference: str, holdout_frac: float) -> dict[tuple[str, int], float]:
+    """The validation losses of one bundle's EMA denoiser on `reference` split as its training split it."""
+    bundle = load_bundle(path)
+    c = bundle.config
+    cfg = L.TrainConfig(inputs=[reference], out="", holdout_frac=holdout_frac, ae=c.ae, unet=c.unet,
+                        magnifications=tuple(c.magnifications), mpp0=c.mpp0, tile=c.tile,
+                        layout_tile=int(c.training.get("layout_tile", 16)),
+                        level_probs=tuple(c.training.get("level_probs", L.default_level_probs(len(c.magnifications)))))
+    cpu = torch.device("cpu")
+    train = L.encode_all(L.load_training_levels(cfg), bundle.ae, cfg, cpu, torch.bfloat16, lambda _: None, orientations=1)
+    train = L.LatentSet([[z * c.latent_scale for z in v] for v in train.latents], train.masks)
+    splits = L.validation_latents(cfg, bundle.ae, c.latent_scale, train, cpu, print)
+    abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
+    # every level the bundle has, whatever shares it trained with
+    vs = L.build_valset(splits, dataclasses.replace(cfg, level_probs=(1.0,) * len(cfg.magnifications)), cpu)
+    return L.val_losses(bundle.unet, vs, abar, torch.bfloat16)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundles", nargs="+")
+    p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
+    p.add_argument("--holdout-frac", type=float, default=0.2)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    rows = [(b, bundle_losses(b, args.reference, args.holdout_frac)) for b in args.bundles]
+    keys = sorted({k for _, losses in rows for k in losses}, key=lambda k: (k[1], k[0] != "held"))
+    print("validation v-loss (EMA denoiser, fixed crops / timesteps / noise; lower is better)")
+    print(f"{'bundle':<48}" + "".join(f"{split + ' L' + str(lv):>12}" for split, lv in keys) + f"{'gap L0':>9}")
+    for b, losses in rows:
+        gap = losses.get(("held", 0), float("nan")) / losses.get(("train", 0), float("nan"))
+        print(f"{b[-48:]:<48}" + "".join(f"{losses.get(k, float('nan')):>12.4f}" for k in keys) + f"{gap:>9.2f}")
+    print("L0 = 20x, L1 = 5x, ...; gap = held-out / training loss at 20x (crops of one side for both splits)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
