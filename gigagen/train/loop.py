@@ -546,7 +546,6 @@ class ValSet:
     crops, timesteps and noise each time, so the numbers move only when the denoiser does."""
 
     sides: dict[int, int]  # level -> crop side, the same for both splits
-
     batches: dict[tuple[str, int], tuple[torch.Tensor, ...]]  # (split, level) -> (x0, cond, mask, t, eps)
 
 
