@@ -35,8 +35,7 @@ def bundle_losses(path: str, reference: str, holdout_frac: float) -> dict[tuple[
                         layout_tile=int(c.training.get("layout_tile", 16)),
                         level_probs=tuple(c.training.get("level_probs", L.default_level_probs(len(c.magnifications)))))
     cpu = torch.device("cpu")
-    train = L.encode_all(L.load_training_levels(cfg), bundle.ae, cfg, cpu, torch.bfloat16, lambda _: None, orientations=1)
-    train = L.LatentSet([[z * c.latent_scale for z in v] for v in train.latents], train.masks)
+    train = L.encode_all(L.load_training_levels(cfg), bundle.ae, cfg, cpu, torch.bfloat16, lambda _: None, orientations=1).scaled(c.latent_scale)
     splits = L.validation_latents(cfg, bundle.ae, c.latent_scale, train, cpu, print)
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
     # every level the bundle has, whatever shares it trained with

@@ -468,6 +468,10 @@ class LatentSet:
     latents: list[list[np.ndarray]]  # [variant][level] -> (C, h_k, w_k)
     masks: list[list[np.ndarray]]  # [variant][level] -> (h_k, w_k) bool
 
+    def scaled(self, scale: float) -> "LatentSet":
+        """The same latents times the bundle's latent scale (the units the denoiser works in)."""
+        return LatentSet([[z * scale for z in v] for v in self.latents], self.masks)
+
 
 def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
                log: Callable[[str], None], orientations: int = 8) -> LatentSet:
@@ -529,7 +533,7 @@ def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float, t
     held = load_training_levels(cfg, part=1) if cfg.holdout_frac > 0 else []
     if held:
         ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1)
-        splits["held"] = LatentSet([[z * latent_scale for z in v] for v in ls.latents], ls.masks)
+        splits["held"] = ls.scaled(latent_scale)
     else:
         log("no held-out band large enough for validation: no bundle-best.safetensors, no early stopping")
     return splits
