@@ -1,5 +1,5 @@
 """gigagen train against fitting one region: held-out validation, the best checkpoint, early stopping,
-denoiser dropout and scale augmentation."""
+denoiser dropout, scale and elastic augmentation."""
 
 from __future__ import annotations
 
@@ -116,15 +116,58 @@ def test_unet_batch_draws_only_variants_that_hold_the_crop() -> None:
     assert x0.shape == (12, 1, 8, 8) and 0 < (x0[:, 0, 0, 0] == 1).sum() < 12  # both hold 8: both drawn
 
 
-def test_scale_aug_and_dropout_reach_the_training(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_elastic_field_is_smooth_with_the_documented_strain() -> None:
+    rms = []
+    for seed in range(4):
+        dy, dx = D.elastic_field((1024, 1280), np.random.default_rng(seed))
+        rms.append(np.sqrt(np.mean(dy**2 + dx**2) / 2))
+        strain = np.concatenate([np.gradient(dy, axis=0).ravel(), np.gradient(dx, axis=1).ravel(),
+                                 np.gradient(dy, axis=1).ravel()])
+        assert 0.07 < strain.std() < 0.13 and np.percentile(np.abs(strain), 99) < 0.35  # as data.elastic_warp says
+    assert 9 < np.mean(rms) < 14  # about 11 px
+    dy, dx = D.elastic_field((1024, 1280), np.random.default_rng(0))
+    again = D.elastic_field((1024, 1280), np.random.default_rng(0))
+    assert np.array_equal(again[0], dy) and not np.allclose(D.elastic_field((1024, 1280), np.random.default_rng(1))[0], dy)
+
+
+def test_elastic_warp_resamples_through_its_field() -> None:
+    h, w = 300, 256
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[..., 0] = np.arange(w, dtype=np.uint8)[None, :]  # red = x, green = y: the warp shows where it sampled
+    rgb[..., 1] = np.minimum(np.arange(h), 255).astype(np.uint8)[:, None]
+    out = D.elastic_warp(rgb, np.random.default_rng(3))
+    dy, dx = D.elastic_field((h, w), np.random.default_rng(3))
+    xs = np.arange(w)[None, :] + dx
+    ys = np.arange(h)[:, None] + dy
+    inside = (xs > 2) & (xs < w - 3) & (ys > 2) & (ys < 250)  # away from the mirrored borders and the clipped rows
+    assert inside.mean() > 0.7
+    assert np.abs(out[..., 0][inside] - xs[inside]).max() <= 1.0
+    assert np.abs(out[..., 1][inside] - ys[inside]).max() <= 1.0
+    assert D.elastic_warp(rgb, np.random.default_rng(3), strain=0.0) is rgb
+
+
+def test_elastic_variants_are_warped_training_parts(png: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(png, tmp_path / "r", holdout_frac=0.25)
+    (plain,) = L.load_training_levels(cfg)
+    (w1,) = L.load_training_levels(cfg, warp=1)
+    (w2,) = L.load_training_levels(cfg, warp=2)
+    assert [a.shape for a in w1.images] == [a.shape for a in plain.images]
+    assert not np.array_equal(w1.images[0], plain.images[0]) and not np.array_equal(w1.images[0], w2.images[0])
+    np.testing.assert_array_equal(L.load_training_levels(cfg, warp=1)[0].images[0], w1.images[0])  # seeded
+    np.testing.assert_array_equal(w1.images[1], D.downsample(w1.images[0], 4))  # coarser levels are the warped image's
+    assert abs(float(w1.images[0].mean()) - float(plain.images[0].mean())) < 3  # the same tissue, moved
+
+
+def test_scale_and_elastic_aug_and_dropout_reach_the_training(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = L.train(tiny_cfg(png, tmp_path / "a"), **quiet)
     logs: list[str] = []
-    out = L.train(tiny_cfg(png, tmp_path / "b", init_from=str(first), decoder_every=0, scale_aug=(0.8, 1.25),
+    out = L.train(tiny_cfg(png, tmp_path / "b", init_from=str(first), decoder_every=0, scale_aug=(0.8, 1.25), elastic_aug=2,
                            unet=L.UNetConfig(latent_ch=2, base_ch=8, ch_mult=(1, 2), attn_lowest=False, dropout=0.3),
                            unet_max_steps=5), log=logs.append, progress=False)
-    assert "encoded 24 image orientations at 3 levels" in logs  # 8 orientations at scales 1, 0.8 and 1.25
+    assert "encoded 40 image orientations at 3 levels" in logs  # 8 orientations at scales 1, 0.8, 1.25 and 2 warps
     b = load_bundle(out)
     assert b.config.unet.dropout == 0.3 and b.config.training["scale_aug"] == [0.8, 1.25]
+    assert b.config.training["elastic_aug"] == 2
     assert b.config.training["unet_dropout"] == 0.3 and not b.unet.training
     x = torch.randn(1, 2, 8, 8)
     args = (x, torch.tensor([500.0]), torch.tensor([0]), torch.zeros_like(x), torch.tensor([0.0]))
@@ -135,7 +178,8 @@ def test_scale_aug_and_dropout_reach_the_training(png: Path, tmp_path: Path, cap
     capsys.readouterr()
     assert read_bundle_config(tmp_path / "c" / "bundle.safetensors").unet.dropout == 0.2
     for flags, word in ((["--unet-dropout", "1"], "--unet-dropout"), (["--scale-aug", "1"], "--scale-aug"),
-                        (["--scale-aug", "3"], "--scale-aug"), (["--early-stop", "-1"], "--early-stop")):
+                        (["--scale-aug", "3"], "--scale-aug"), (["--early-stop", "-1"], "--early-stop"),
+                        (["--elastic-aug", "-1"], "--elastic-aug")):
         assert main(["train", str(png), "--out", str(tmp_path / "d"), *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert word in err and len(err.splitlines()) == 1

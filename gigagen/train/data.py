@@ -152,6 +152,49 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.
     return np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
 
 
+ELASTIC_SPACINGS = (64, 256)  # px at the finest level: control-point spacings of the two deformation scales
+ELASTIC_STRAIN = 0.05  # control-point displacement std as a fraction of its spacing, at each scale
+
+
+def elastic_field(shape: tuple[int, int], rng: np.random.Generator, spacings: tuple[int, ...] = ELASTIC_SPACINGS,
+                  strain: float = ELASTIC_STRAIN) -> tuple[np.ndarray, np.ndarray]:
+    """(dy, dx) displacement in px of a smooth random deformation of an (H, W) image: at each spacing s,
+    control points every s px move by N(0, (strain * s)^2) px, cubic-interpolated in between (the
+    B-spline-like field of Simard et al. 2003 and torchio's RandomElasticDeformation)."""
+    from scipy import ndimage
+
+    h, w = shape
+    field = [np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)]
+    for s in spacings:
+        gh, gw = h // s + 2, w // s + 2
+        for d in field:
+            ctrl = rng.normal(0.0, strain * s, size=(gh, gw)).astype(np.float32)
+            d += ndimage.zoom(ctrl, ((h + s) / gh, (w + s) / gw), order=3, mode="nearest")[:h, :w]
+    return field[0], field[1]
+
+
+def elastic_warp(rgb: np.ndarray, rng: np.random.Generator, spacings: tuple[int, ...] = ELASTIC_SPACINGS,
+                 strain: float = ELASTIC_STRAIN) -> np.ndarray:
+    """(H, W, 3) uint8 resampled through `elastic_field` (cubic, mirrored at the borders): new tissue
+    geometry from the same tissue. The default scales bend collagen bundles (64 px = 32 um at 20x) and
+    the tissue's outline (256 px): displacements of about 11 px (std), local strain std 0.10 and under
+    0.35 at the 99th percentile (tests/test_validation.py), within the shape variation of nuclei and of
+    sectioned, stretched tissue. strain 0 returns the input."""
+    from scipy import ndimage
+
+    if strain <= 0:
+        return rgb
+    h, w = rgb.shape[:2]
+    dy, dx = elastic_field((h, w), rng, spacings, strain)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    coords = (yy + dy, xx + dx)
+    out = np.empty_like(rgb)
+    for c in range(rgb.shape[2]):  # cubic: bilinear resampling would blur away the fine texture it should teach
+        v = ndimage.map_coordinates(rgb[..., c].astype(np.float32), coords, order=3, mode="mirror")
+        out[..., c] = np.clip(np.rint(v), 0, 255)
+    return out
+
+
 @dataclass
 class LevelImages:
     """One training image at every cascade magnification (finest first), aligned on a common grid."""

@@ -81,6 +81,7 @@ class TrainConfig:
     gan_max_steps: int | None = None
     gan_mix: float = 0.5  # exported decoder = (1 - mix) original + mix fine-tuned (WiSE-FT)
     scale_aug: tuple[float, ...] = ()  # extra pixel-size scales at which the denoiser's latents are encoded
+    elastic_aug: int = 0  # elastically deformed copies of each training part the denoiser also learns from
     early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
 
 
@@ -109,20 +110,24 @@ def level_factor(magnifications: tuple[float, ...]) -> int:
     return f
 
 
-def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0) -> list[D.LevelImages]:
+def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, warp: int = 0) -> list[D.LevelImages]:
     """Every input at mpp0, its held-out band removed, as aligned magnification levels.
 
     Levels are downsampled by the cascade's zoom factor (4 for 20x/5x/1.25x), the same factor the
     conditioning uses; the autoencoder's factor only sets the alignment (whole latent pixels).
     `scale` resamples the input first (scale augmentation: 1.15 draws the tissue 15% larger, as a
     scanner with a smaller pixel would); `part` 1 gives the held-out bands instead, skipping inputs
-    whose band is too small for the cascade.
+    whose band is too small for the cascade. `warp` k > 0 deforms each training part elastically
+    (D.elastic_warp, drawn from the run's seed, the input and k) before the levels are built, so the
+    coarser levels stay the warped image's own.
     """
     out = []
-    for path in cfg.inputs:
+    for i, path in enumerate(cfg.inputs):
         rgb, mpp = D.read_image(path, cfg.mpp)
         rgb = D.resize(rgb, mpp / cfg.mpp0 * scale)
         img = D.split_holdout(rgb, cfg.holdout_frac)[part]
+        if warp:
+            img = D.elastic_warp(img, np.random.default_rng([cfg.seed, 0xE1A5, i, warp]))
         try:
             out.append(D.build_levels(img, len(cfg.magnifications), level_factor(cfg.magnifications), cfg.ae.factor))
         except UserError:
@@ -684,6 +689,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
     if cfg.scale_aug:
         record["scale_aug"] = list(cfg.scale_aug)
+    if cfg.elastic_aug:
+        record["elastic_aug"] = cfg.elastic_aug
     if cfg.unet.dropout:
         record["unet_dropout"] = cfg.unet.dropout
 
@@ -751,7 +758,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         # ---- phase 2: denoiser on all levels
         st.ae_ema.eval()
         scaled = [li for scale in cfg.scale_aug for li in load_training_levels(cfg, scale)]
-        latents = encode_all(levels + scaled, st.ae_ema, cfg, device, torch.bfloat16, log)
+        warped = [li for k in range(1, cfg.elastic_aug + 1) for li in load_training_levels(cfg, warp=k)]
+        latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log)
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
             log(f"latent_scale = {st.latent_scale:.4f}")
