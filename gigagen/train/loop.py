@@ -110,7 +110,16 @@ def level_factor(magnifications: tuple[float, ...]) -> int:
     return f
 
 
-def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, warp: int = 0) -> list[D.LevelImages]:
+Reads = list[tuple[np.ndarray, float]]  # each input as read: (RGB, its pixel size in um)
+
+
+def read_inputs(cfg: TrainConfig) -> Reads:
+    """Every input read once (a run builds several variants of each from these)."""
+    return [D.read_image(path, cfg.mpp) for path in cfg.inputs]
+
+
+def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, warp: int = 0,
+                         reads: Reads | None = None) -> list[D.LevelImages]:
     """Every input at mpp0, its held-out band removed, as aligned magnification levels.
 
     Levels are downsampled by the cascade's zoom factor (4 for 20x/5x/1.25x), the same factor the
@@ -119,12 +128,11 @@ def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, wa
     scanner with a smaller pixel would); `part` 1 gives the held-out bands instead, skipping inputs
     whose band is too small for the cascade. `warp` k > 0 deforms each training part elastically
     (D.elastic_warp, drawn from the run's seed, the input and k) before the levels are built, so the
-    coarser levels stay the warped image's own.
+    coarser levels stay the warped image's own. `reads` are the inputs already read (`read_inputs`).
     """
     out = []
-    for i, path in enumerate(cfg.inputs):
-        rgb, mpp = D.read_image(path, cfg.mpp)
-        rgb = D.resize(rgb, mpp / cfg.mpp0 * scale)
+    for i, (rgb, mpp) in enumerate(reads if reads is not None else read_inputs(cfg)):
+        rgb = D.resize(rgb, mpp / cfg.mpp0 * scale)  # one resampling per variant, scale included
         img = D.split_holdout(rgb, cfg.holdout_frac)[part]
         if warp:
             img = D.elastic_warp(img, np.random.default_rng([cfg.seed, 0xE1A5, i, warp]))
@@ -530,12 +538,12 @@ def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Gener
 
 
 def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float, train: LatentSet, device: torch.device,
-                       log: Callable[[str], None]) -> dict[str, LatentSet]:
+                       log: Callable[[str], None], reads: Reads | None = None) -> dict[str, LatentSet]:
     """The scaled latents validation measures: "train", the training images as they are (unrotated,
     unjittered, scale 1: `train`), and "held", the held-out bands, encoded here the same way (none with
     --holdout-frac 0)."""
     splits = {"train": train}
-    held = load_training_levels(cfg, part=1) if cfg.holdout_frac > 0 else []
+    held = load_training_levels(cfg, part=1, reads=reads) if cfg.holdout_frac > 0 else []
     if held:
         ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1)
         splits["held"] = ls.scaled(latent_scale)
@@ -675,7 +683,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     for m in (st.ae, st.ae_ema, st.unet, st.unet_ema):
         m.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout
     rng = np.random.default_rng([cfg.seed, st.ae_step, st.unet_step])
-    levels = load_training_levels(cfg)
+    reads = read_inputs(cfg)
+    levels = load_training_levels(cfg, reads=reads)
     logger = Logger(run)
     _sigterm_as_interrupt()
     t_start = time.monotonic()
@@ -757,8 +766,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
         # ---- phase 2: denoiser on all levels
         st.ae_ema.eval()
-        scaled = [li for scale in cfg.scale_aug for li in load_training_levels(cfg, scale)]
-        warped = [li for k in range(1, cfg.elastic_aug + 1) for li in load_training_levels(cfg, warp=k)]
+        scaled = [li for scale in cfg.scale_aug for li in load_training_levels(cfg, scale, reads=reads)]
+        warped = [li for k in range(1, cfg.elastic_aug + 1) for li in load_training_levels(cfg, warp=k, reads=reads)]
         latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log)
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
@@ -771,7 +780,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
         n = len(cfg.inputs)  # variant 8 i is input i unrotated and unjittered at scale 1 (encode_all)
         unrotated = LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])
-        valset = build_valset(validation_latents(cfg, st.ae_ema, st.latent_scale, unrotated, device, log), cfg, device)
+        valset = build_valset(validation_latents(cfg, st.ae_ema, st.latent_scale, unrotated, device, log, reads), cfg, device)
+        del reads  # every variant is built; the levels hold what the decoder steps need
         if st.val_last_step != st.unet_step:
             validate()  # where this run starts (a new denoiser or an --init-from bundle's)
         bar = tqdm(desc="denoiser", unit="step", disable=not progress, initial=st.unet_step)
