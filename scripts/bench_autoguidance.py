@@ -51,13 +51,13 @@ def main() -> int:
           f"| FD randconv | NN-train NCC max | FD real-parent (own tiles / paired) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for c in ckpts:
+        for i, c in enumerate(ckpts):
             ckpt = ["--checkpoint", c] if c else []
-            label = Path(c).stem if c else "embedded"
+            label = c or "embedded"  # the path as given: runs/a/bundle and runs/b/bundle share a stem
             for w in (float(s) for s in args.weights.split(",")):
                 rp = "-" if args.no_real_parent else real_parent_fd(ckpt, w)
                 for seed in seeds:
-                    out = Path(tmp) / f"{label}-w{w:g}-s{seed}"
+                    out = Path(tmp) / f"model{i}-w{w:g}-s{seed}"
                     wall, g = slide_and_evaluate(out, args.size, seed, args.reference, ckpt, ["--autoguidance", str(w)])
                     if args.crops and seed == seeds[0]:
                         crops.append((f"{label}, autoguidance {w:g}, seed {seed}", read_crop(out, args.crop_box)))
