@@ -178,8 +178,7 @@ def elastic_warp(rgb: np.ndarray, rng: np.random.Generator, spacings: tuple[int,
     """(H, W, 3) uint8 resampled through `elastic_field` (cubic, mirrored at the borders): new tissue
     geometry from the same tissue. The default scales bend collagen bundles (64 px = 32 um at 20x) and
     the tissue's outline (256 px): displacements of about 11 px (std), local strain std 0.10 and under
-    0.35 at the 99th percentile (tests/test_validation.py), within the shape variation of nuclei and of
-    sectioned, stretched tissue. strain 0 returns the input."""
+    0.35 at the 99th percentile (tests/test_validation.py). strain 0 returns the input."""
     from scipy import ndimage
 
     if strain <= 0:
