@@ -35,8 +35,10 @@ def bundle_losses(path: str, reference: str, holdout_frac: float) -> dict[tuple[
                         layout_tile=int(c.training.get("layout_tile", 16)),
                         level_probs=tuple(c.training.get("level_probs", L.default_level_probs(len(c.magnifications)))))
     cpu = torch.device("cpu")
-    train = L.encode_all(L.load_training_levels(cfg), bundle.ae, cfg, cpu, torch.bfloat16, lambda _: None, orientations=1).scaled(c.latent_scale)
-    splits = L.validation_latents(cfg, bundle.ae, c.latent_scale, train, cpu, print)
+    reads = L.read_inputs(cfg)  # one read for both splits
+    train = L.encode_all(L.load_training_levels(cfg, reads=reads), bundle.ae, cfg, cpu, torch.bfloat16, lambda _: None,
+                         orientations=1).scaled(c.latent_scale)
+    splits = L.validation_latents(cfg, bundle.ae, c.latent_scale, train, cpu, print, reads)
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
     # every level the bundle has, whatever shares it trained with
     vs = L.build_valset(splits, dataclasses.replace(cfg, level_probs=(1.0,) * len(cfg.magnifications)), cpu)

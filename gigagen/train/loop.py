@@ -772,9 +772,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
             log(f"latent_scale = {st.latent_scale:.4f}")
-        for v in latents.latents:
-            for k in range(len(v)):
-                v[k] = v[k] * st.latent_scale
+        latents = latents.scaled(st.latent_scale)
         abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=device)
         probs = np.array(cfg.level_probs) / sum(cfg.level_probs)
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
