@@ -4,6 +4,7 @@ denoiser dropout, scale and elastic augmentation."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -156,6 +157,24 @@ def test_elastic_variants_are_warped_training_parts(png: Path, tmp_path: Path) -
     np.testing.assert_array_equal(L.load_training_levels(cfg, warp=1)[0].images[0], w1.images[0])  # seeded
     np.testing.assert_array_equal(w1.images[1], D.downsample(w1.images[0], 4))  # coarser levels are the warped image's
     assert abs(float(w1.images[0].mean()) - float(plain.images[0].mean())) < 3  # the same tissue, moved
+    (strong,) = L.load_training_levels(dataclasses.replace(cfg, elastic_strain=0.15), warp=1)  # --elastic-strain
+
+    def moved(v: D.LevelImages) -> float:
+        return float(np.abs(v.images[0].astype(np.int16) - plain.images[0]).mean())
+    assert moved(strong) > 1.3 * moved(w1)
+
+
+def test_elastic_strain_scales_the_field_and_folds_nothing_up_to_its_cap() -> None:
+    """The field is linear in --elastic-strain, and the CLI's cap (0.2) is where folding begins: the
+    deformation's Jacobian determinant stays positive at 0.1 and turns negative in a few pixels at 0.2."""
+    def folded(strain: float) -> float:
+        dy, dx = D.elastic_field((1024, 1280), np.random.default_rng(0), strain=strain)
+        (gyy, gyx), (gxy, gxx) = np.gradient(dy), np.gradient(dx)
+        return float(((1 + gyy) * (1 + gxx) - gyx * gxy <= 0).mean())
+    base = D.elastic_field((512, 512), np.random.default_rng(5))
+    double = D.elastic_field((512, 512), np.random.default_rng(5), strain=2 * D.ELASTIC_STRAIN)
+    np.testing.assert_allclose(double[0], 2 * base[0], atol=1e-3)
+    assert folded(0.1) == 0.0 and 0.0 < folded(0.2) < 0.05
 
 
 def test_scale_and_elastic_aug_and_dropout_reach_the_training(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,7 +186,7 @@ def test_scale_and_elastic_aug_and_dropout_reach_the_training(png: Path, tmp_pat
     assert "encoded 40 image orientations at 3 levels" in logs  # 8 orientations at scales 1, 0.8, 1.25 and 2 warps
     b = load_bundle(out)
     assert b.config.unet.dropout == 0.3 and b.config.training["scale_aug"] == [0.8, 1.25]
-    assert b.config.training["elastic_aug"] == 2
+    assert b.config.training["elastic_aug"] == 2 and b.config.training["elastic_strain"] == D.ELASTIC_STRAIN
     assert b.config.training["unet_dropout"] == 0.3 and not b.unet.training
     x = torch.randn(1, 2, 8, 8)
     args = (x, torch.tensor([500.0]), torch.tensor([0]), torch.zeros_like(x), torch.tensor([0.0]))
@@ -179,7 +198,8 @@ def test_scale_and_elastic_aug_and_dropout_reach_the_training(png: Path, tmp_pat
     assert read_bundle_config(tmp_path / "c" / "bundle.safetensors").unet.dropout == 0.2
     for flags, word in ((["--unet-dropout", "1"], "--unet-dropout"), (["--scale-aug", "1"], "--scale-aug"),
                         (["--scale-aug", "3"], "--scale-aug"), (["--early-stop", "-1"], "--early-stop"),
-                        (["--elastic-aug", "-1"], "--elastic-aug")):
+                        (["--elastic-aug", "-1"], "--elastic-aug"), (["--elastic-strain", "0.3"], "--elastic-strain"),
+                        (["--elastic-strain", "0"], "--elastic-strain")):
         assert main(["train", str(png), "--out", str(tmp_path / "d"), *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert word in err and len(err.splitlines()) == 1

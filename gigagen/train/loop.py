@@ -82,6 +82,7 @@ class TrainConfig:
     gan_mix: float = 0.5  # exported decoder = (1 - mix) original + mix fine-tuned (WiSE-FT)
     scale_aug: tuple[float, ...] = ()  # extra pixel-size scales at which the denoiser's latents are encoded
     elastic_aug: int = 0  # elastically deformed copies of each training part the denoiser also learns from
+    elastic_strain: float = D.ELASTIC_STRAIN  # their control-point displacement std per spacing (data.elastic_field)
     early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
 
 
@@ -135,7 +136,7 @@ def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, wa
         rgb = D.resize(rgb, mpp / cfg.mpp0 * scale)  # one resampling per variant, scale included
         img = D.split_holdout(rgb, cfg.holdout_frac)[part]
         if warp:
-            img = D.elastic_warp(img, np.random.default_rng([cfg.seed, 0xE1A5, i, warp]))
+            img = D.elastic_warp(img, np.random.default_rng([cfg.seed, 0xE1A5, i, warp]), strain=cfg.elastic_strain)
         try:
             out.append(D.build_levels(img, len(cfg.magnifications), level_factor(cfg.magnifications), cfg.ae.factor))
         except UserError:
@@ -700,6 +701,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["scale_aug"] = list(cfg.scale_aug)
     if cfg.elastic_aug:
         record["elastic_aug"] = cfg.elastic_aug
+        record["elastic_strain"] = cfg.elastic_strain
     if cfg.unet.dropout:
         record["unet_dropout"] = cfg.unet.dropout
 
