@@ -131,8 +131,10 @@ def replacing(out: Path, active: bool) -> Iterator[None]:
         shutil.rmtree(backup)
 
 
-def _setup_model(cfg: RunConfig) -> tuple[Any, Any, Any, int, list[LevelPlan]]:
-    """Device, dtype, model bundle, latent tile side and cascade plan; UserError for what the model rules out."""
+def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPlan]]:
+    """The run's config with the model's defaults made explicit (tile, autoguidance: run.json and the
+    resume fingerprint record the values used), device, dtype, model bundle and cascade plan; UserError
+    for what the model rules out."""
     from gigagen.models.checkpoint import load_bundle
     from gigagen.models.denoiser import pick_device, pick_dtype
 
@@ -142,11 +144,11 @@ def _setup_model(cfg: RunConfig) -> tuple[Any, Any, Any, int, list[LevelPlan]]:
     mc = bundle.config
     if cfg.steps > mc.n_train_steps:
         raise UserError(f"steps must be at most {mc.n_train_steps} for this model")
-    tile = cfg.tile or mc.tile
+    tile = cfg.tile or mc.sampling_tile
     if tile % mc.unet.divisor:
         raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
     plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
-    return device, dtype, bundle, tile, plans
+    return replace(with_autoguidance(cfg, bundle), tile=tile), device, dtype, bundle, plans
 
 
 def with_autoguidance(cfg: RunConfig, bundle: Any) -> RunConfig:
@@ -170,10 +172,9 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
             return done
     else:
         check_output(out, cfg.overwrite)
-    device, dtype, bundle, tile, plans = _setup_model(cfg)
-    cfg = with_autoguidance(cfg, bundle)
+    cfg, device, dtype, bundle, plans = _setup_model(cfg)
     mc = bundle.config
-    tiling = Tiling(tile=tile, mode=cfg.blend, divisor=mc.unet.divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
+    tiling = Tiling(tile=cfg.tile, mode=cfg.blend, divisor=mc.unet.divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
     precision = str(dtype).replace("torch.", "")
     fp = fingerprint(cfg, bundle.identity, precision, device.type)
     root = cfg.state_store or default_state_root(out.resolve())
@@ -369,14 +370,13 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     from gigagen.plan import calibrate, evaluations, predict_seconds
 
     validate(cfg)
-    device, dtype, bundle, tile, plans = _setup_model(cfg)
-    cfg = with_autoguidance(cfg, bundle)
+    cfg, device, dtype, bundle, plans = _setup_model(cfg)
     mc = bundle.config
     kind = choose_store(cfg, plans, mc.ae.latent_ch)
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
-    evals = evaluations(cfg, plans, tile, mc.unet.divisor, mc.guide_levels)
+    evals = evaluations(cfg, plans, cfg.tile, mc.unet.divisor, mc.guide_levels)
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance)
-    calib = calibrate(runner, tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
+    calib = calibrate(runner, cfg.tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
     seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor)
     if cfg.workers:
         seconds = {k: v / cfg.workers if k != "pyramid_and_export" else v for k, v in seconds.items()}

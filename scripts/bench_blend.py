@@ -71,7 +71,7 @@ def main() -> None:
             record = generate(cfg)
             wall = time.perf_counter() - t0
             ne = record["network_evaluations"]
-            seam = seam_score(Path(cfg.out), cfg, mc.ae.factor, mc.unet.divisor, mc.tile, args.steps)
+            seam = seam_score(Path(cfg.out), cfg, mc.ae.factor, mc.unet.divisor, record["config"]["tile"], args.steps)
             rows.append((mode, ne["unet_tiles"], ne["per_latent_pixel_per_step"], wall, seam))
     print(f"model: {mc.name} (trained: {mc.trained}); {args.size}x{args.size}, {args.steps} steps, seed {args.seed}")
     print(f"{'blend':<10} {'UNet tiles':>10} {'evals/latent px/step':>21} {'wall s':>8} {'seam ratio':>11}")

@@ -75,6 +75,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--elastic-strain", type=float, default=0.05, metavar="S",
                    help="strength of those deformations: control points 64 and 256 px apart move by S times their spacing "
                         "(std); 0.05 gives displacements of about 11 px and local strain about 10%% (default 0.05)")
+    p.add_argument("--sample-tile", type=int, default=None, metavar="N",
+                   help="latent tile side `gigagen slide` samples this model with by default, recorded in the bundle "
+                        "(default: the --init-from or --guide-of bundle's, else the training tile --tile)")
     p.add_argument("--early-stop", type=int, default=0, metavar="N",
                    help="stop the denoiser after N validations in a row (one per checkpoint) without a lower held-out "
                         "loss; the best is always kept as bundle-best.safetensors (default 0: never stop early)")
@@ -131,6 +134,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
     if args.decoder_of:
+        if args.sample_tile is not None:
+            raise UserError("--sample-tile: a --decoder-of run keeps its bundle's sampling tile (its bank is sampled with it); "
+                            "set it on the denoiser or guide run")
         return _decoder_config(args)
     if args.guide_of:
         return _guide_config(args)
@@ -189,8 +195,10 @@ def _guide_config(args: argparse.Namespace) -> Any:
         args.level_probs = (1.0,) + (0.0,) * (len(b.magnifications) - 1)
     unet = UNetConfig(latent_ch=b.ae.latent_ch, n_levels=len(b.magnifications), base_ch=args.unet_base,
                       ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks, dropout=args.unet_dropout)
-    if b.tile % unet.divisor or args.layout_tile % unet.divisor:
-        raise UserError(f"--guide-of: the bundle's tiles ({b.tile}, {args.layout_tile}) are not multiples of the guide's divisor {unet.divisor}")
+    if b.tile % unet.divisor or args.layout_tile % unet.divisor or (b.sample_tile or 0) % unet.divisor:
+        raise UserError(f"--guide-of: the bundle's tiles ({b.tile}, {args.layout_tile}, sampling {b.sampling_tile}) "
+                        f"are not multiples of the guide's divisor {unet.divisor}")
+    _check_sample_tile(args.sample_tile, b.unet)
     cfg = _train_config(args, b.ae, unet)
     return dataclasses.replace(cfg, mpp0=b.mpp0, guide_of=args.guide_of, autoguidance=args.autoguidance)
 
@@ -235,9 +243,15 @@ def _level_probs(probs: tuple[float, ...] | None, n: int) -> tuple[float, ...]:
     return probs
 
 
+def _check_sample_tile(tile: int | None, unet: Any) -> None:
+    if tile is not None and (tile < 1 or tile % unet.divisor):
+        raise UserError(f"--sample-tile must be a positive multiple of {unet.divisor} for this UNet, not {tile}")
+
+
 def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
     from gigagen.train.loop import TrainConfig
 
+    _check_sample_tile(args.sample_tile, unet)
     return TrainConfig(
         inputs=list(args.inputs), out=args.out, mpp=args.mpp, name=args.name, holdout_frac=args.holdout_frac,
         max_minutes=args.max_minutes, ae_minutes=args.ae_minutes,
@@ -248,6 +262,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         magnifications=tuple(args.magnifications), level_probs=_level_probs(args.level_probs, len(args.magnifications)),
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
         scale_aug=tuple(args.scale_aug), elastic_aug=args.elastic_aug, elastic_strain=args.elastic_strain, early_stop=args.early_stop,
+        sample_tile=args.sample_tile,
     )
 
 

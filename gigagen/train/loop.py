@@ -83,6 +83,7 @@ class TrainConfig:
     scale_aug: tuple[float, ...] = ()  # extra pixel-size scales at which the denoiser's latents are encoded
     elastic_aug: int = 0  # elastically deformed copies of each training part the denoiser also learns from
     elastic_strain: float = D.ELASTIC_STRAIN  # their control-point displacement std per spacing (data.elastic_field)
+    sample_tile: int | None = None  # recorded as the bundle's default sampling tile (None: carried, else `tile`)
     early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
 
 
@@ -360,9 +361,10 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     """What of an --init-from bundle stays valid beside its continued denoiser. Its guide: a guide learns
     on the same latents (encoder and latent scale, both kept) and does not depend on the main denoiser, so
     it goes on guiding the same levels with the same weight, unless the cascade changes. Its fine-tuned
-    decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder."""
+    decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder. Its
+    sampling tile, measured on the network that now trains on (--sample-tile replaces it)."""
     c, rec = bundle.config, bundle.config.training
-    out: dict[str, Any] = {"record": {}}
+    out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile}  # the tile it samples best with
     if "decoder_gan" in rec:
         out["record"]["decoder_gan"] = rec["decoder_gan"]
     if bundle.guide is not None and tuple(c.magnifications) == tuple(cfg.magnifications):
@@ -427,14 +429,15 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
     if main is not None:
         training = main.config.training | {"guide": guide_record(st, cfg) | {"guide_of": Path(st.guide_of).name}}
         levels = tuple(i for i, share in enumerate(cfg.level_probs) if share > 0)  # a guide guides what it learned
-        gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, guide_levels=levels, training=training)
+        gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, guide_levels=levels, training=training,
+                                   sample_tile=cfg.sample_tile or main.config.sample_tile)
         save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema)
         return
     guide, guide_fields = carried_guide(st)
     bcfg = BundleConfig(
         name=cfg.name, ae=cfg.ae, unet=cfg.unet, prediction="v", latent_scale=float(st.latent_scale or 1.0),
         magnifications=tuple(cfg.magnifications), mpp0=cfg.mpp0, tile=cfg.tile, trained=st.unet_step > 0,
-        training=record | st.carried.get("record", {}), **guide_fields,
+        sample_tile=cfg.sample_tile or st.carried.get("sample_tile"), training=record | st.carried.get("record", {}), **guide_fields,
     )
     save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide)
 

@@ -1,0 +1,79 @@
+"""A bundle's sampling tile: the latent tile side `gigagen slide` uses by default when the model samples
+better with more context than its training crops had; recorded by `gigagen train --sample-tile`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from gigagen.cli import main
+from gigagen.models.checkpoint import load_bundle, read_bundle_config, save_bundle
+from gigagen.train import loop as L
+
+from conftest import make_bundle, tiny_config
+from test_train import png, tiny_cfg  # noqa: F401 - the fixture is used by name
+
+
+def _slide(bundle: Path, out: Path, *extra: str) -> dict:
+    assert main(["slide", "--checkpoint", str(bundle), "--steps", "3", "--quiet", "--formats", "none", "--size", "256",
+                 "--seed", "2", "--out", str(out), *extra]) == 0
+    return json.loads((out / "run.json").read_text())
+
+
+def _pixels(out: Path) -> np.ndarray:
+    return zarr.open_group(str(out / "slide.ome.zarr"), mode="r")["0"][:]
+
+
+def test_slide_samples_with_the_bundles_tile_and_records_it(tmp_path: Path) -> None:
+    plain = make_bundle(tmp_path / "plain.safetensors", seed=3)  # training tile 8, no sampling tile
+    wide = make_bundle(tmp_path / "wide.safetensors", seed=3, sample_tile=16)  # the same weights
+    r_plain, r_wide = _slide(plain, tmp_path / "p"), _slide(wide, tmp_path / "w")
+    r_told = _slide(plain, tmp_path / "t", "--tile", "16")
+    assert r_plain["config"]["tile"] == 8 and r_wide["config"]["tile"] == 16  # run.json names the tile used
+    assert r_wide["network_evaluations"]["unet_tiles"] < r_plain["network_evaluations"]["unet_tiles"]
+    assert r_wide["network_evaluations"]["unet_tiles"] == r_told["network_evaluations"]["unet_tiles"]
+    np.testing.assert_array_equal(_pixels(tmp_path / "w"), _pixels(tmp_path / "t"))  # as if told --tile 16
+    assert not np.array_equal(_pixels(tmp_path / "w"), _pixels(tmp_path / "p"))
+    assert _slide(wide, tmp_path / "o", "--tile", "8")["config"]["tile"] == 8  # --tile still decides
+    np.testing.assert_array_equal(_pixels(tmp_path / "o"), _pixels(tmp_path / "p"))
+
+
+def test_bundle_refuses_a_sampling_tile_the_unet_cannot_take(tmp_path: Path) -> None:
+    assert read_bundle_config(make_bundle(tmp_path / "a.safetensors", sample_tile=24)).sampling_tile == 24
+    assert tiny_config().sampling_tile == 8  # none given: the training tile
+    b = load_bundle(make_bundle(tmp_path / "b.safetensors"))
+    assert b.config.unet.divisor == 2
+    for bad in (7, 0, -4):
+        with pytest.raises(ValueError, match="sample_tile"):
+            save_bundle(tmp_path / "c.safetensors", dataclasses.replace(b.config, sample_tile=bad), b.ae, b.unet)
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_train_records_carries_and_checks_the_sampling_tile(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = L.train(tiny_cfg(png, tmp_path / "a", sample_tile=16), log=lambda s: None, progress=False)
+    assert read_bundle_config(first).sample_tile == 16 and read_bundle_config(first).tile == 8
+    # --init-from carries it (the same network trains on); --sample-tile replaces it
+    args = ["train", str(png), "--mpp", "0.5", "--init-from", str(first), "--unet-max-steps", "4", "--decoder-every", "0",
+            "--unet-batch", "2", "--threads", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert read_bundle_config(tmp_path / "b" / "bundle.safetensors").sample_tile == 16
+    assert main([*args, "--out", str(tmp_path / "c"), "--sample-tile", "32"]) == 0
+    assert read_bundle_config(tmp_path / "c" / "bundle.safetensors").sample_tile == 32
+    # a guide run keeps the bundle's, or records a new one
+    guide = ["train", str(png), "--mpp", "0.5", "--guide-of", str(first), "--unet-base", "4", "--unet-mult", "1,2",
+             "--unet-max-steps", "2", "--unet-batch", "2", "--threads", "1", "--quiet"]
+    assert main([*guide, "--out", str(tmp_path / "g")]) == 0
+    assert read_bundle_config(tmp_path / "g" / "bundle.safetensors").sample_tile == 16
+    assert main([*guide, "--out", str(tmp_path / "h"), "--sample-tile", "24"]) == 0
+    assert read_bundle_config(tmp_path / "h" / "bundle.safetensors").sample_tile == 24
+    capsys.readouterr()
+    for flags in (["--sample-tile", "7"], ["--sample-tile", "0"], ["--decoder-of", str(first), "--sample-tile", "16"]):
+        assert main(["train", str(png), "--mpp", "0.5", "--out", str(tmp_path / "x"), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--sample-tile" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
