@@ -16,21 +16,11 @@ held-out band, FD against that band). One table row each; weight 1 is the model 
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _slide_eval import ROOT, slide_and_evaluate
-
-
-def real_parent_fd(ckpt: list[str], weight: float) -> str:
-    """FD randconv of the real-parent sample against its real band, as sample_real_parent.py prints it."""
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample_real_parent.py"), "--autoguidance", str(weight)] + ckpt,
-                         check=True, cwd=ROOT, capture_output=True, text=True).stdout
-    m = re.search(r"FD randconv to the same real band ([0-9.]+), at the real tissue positions \(\d+ tiles\) ([0-9.]+)", out)
-    return f"{m.group(1)} / {m.group(2)}" if m else "?"
+from _slide_eval import ROOT, ROW_HEADER, real_parent_fd, row_cells, slide_and_evaluate
 
 
 def main() -> int:
@@ -47,23 +37,20 @@ def main() -> int:
     crops: list[tuple[str, object]] = []
     ckpts = [c for c in args.checkpoints.split(",") if c] or [""]
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"| model | weight | seed | slide {args.size}^2 wall s | W1 H | W1 E | nuclei/mm2 | area med um2 | W1 area | HF energy "
-          f"| FD randconv | NN-train NCC max | FD real-parent (own tiles / paired) |")
+    print(f"| model | weight | seed | slide {args.size}^2 wall s | {ROW_HEADER} | FD real-parent (own tiles / paired) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for i, c in enumerate(ckpts):
             ckpt = ["--checkpoint", c] if c else []
             label = c or "embedded"  # the path as given: runs/a/bundle and runs/b/bundle share a stem
             for w in (float(s) for s in args.weights.split(",")):
-                rp = "-" if args.no_real_parent else real_parent_fd(ckpt, w)
+                rp = "-" if args.no_real_parent else "%.3f / %.3f" % real_parent_fd(ckpt, ["--autoguidance", str(w)])
                 for seed in seeds:
                     out = Path(tmp) / f"model{i}-w{w:g}-s{seed}"
                     wall, g = slide_and_evaluate(out, args.size, seed, args.reference, ckpt, ["--autoguidance", str(w)])
                     if args.crops and seed == seeds[0]:
                         crops.append((f"{label}, autoguidance {w:g}, seed {seed}", read_crop(out, args.crop_box)))
-                    print(f"| {label} | {w:g} | {seed} | {wall:.1f} | {g['W1_H']:.4f} | {g['W1_E']:.4f} | {g['nuclei_per_mm2']:.0f} | "
-                          f"{g['nucleus_area_median_um2']:.1f} | {g['W1_nucleus_area_um2']:.2f} | {g['hf_energy']:.4f} | {g['FD_randconv']:.3f} | "
-                          f"{g['nn_train_ncc_max']:.3f} | {rp} |", flush=True)
+                    print(f"| {label} | {w:g} | {seed} | {wall:.1f} | {row_cells(g)} | {rp} |", flush=True)
     if args.crops:
         save_stack(crops, args.crops)
         print(f"wrote {args.crops}")
