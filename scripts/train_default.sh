@@ -18,7 +18,8 @@
 # Against fitting the one region: DROPOUT (default 0) the denoiser's dropout while it trains, SCALE_AUG (e.g.
 # 0.87,1.15) extra resampling factors of the training image, ELASTIC_AUG (e.g. 3) elastically deformed copies
 # of it, ELASTIC_STRAIN (default 0.05) their strength, EARLY_STOP (default 0 = off) validations without a
-# better held-out loss before the denoiser stops. The denoiser stage hands on its best held-out checkpoint
+# better held-out loss before the denoiser stops. SAMPLE_TILE the latent tile `gigagen slide` samples the
+# model with by default (recorded in the bundle; unset: the training tile 32; the shipped model: 128). The denoiser stage hands on its best held-out checkpoint
 # (runs/default/bundle-best.safetensors, validated at every checkpoint) to the later stages, not its last.
 # Writes runs/default/, runs/default-guide/ and runs/default-decoder/ (state, loss.csv/png, bundle) and copies the final EMA
 # bundle to gigagen/weights/default.safetensors when all stages are done (not when stopped: RESUME=1 finishes it).
@@ -49,6 +50,7 @@ extra=()
 [[ -n "${SCALE_AUG:-}" ]] && extra+=(--scale-aug "$SCALE_AUG")
 [[ -n "${ELASTIC_AUG:-}" ]] && extra+=(--elastic-aug "$ELASTIC_AUG")
 [[ -n "${ELASTIC_STRAIN:-}" ]] && extra+=(--elastic-strain "$ELASTIC_STRAIN")
+[[ -n "${SAMPLE_TILE:-}" ]] && extra+=(--sample-tile "$SAMPLE_TILE")
 # Autoencoder in fp32 (measured 1.7x faster than bf16 autocast for its backward pass on this CPU),
 # denoiser in bf16 autocast (measured 2.4x faster than fp32); fp16 is never used.
 nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default --name gigagen-cmu-default \

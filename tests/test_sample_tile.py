@@ -77,3 +77,20 @@ def test_train_records_carries_and_checks_the_sampling_tile(png: Path, tmp_path:
         err = capsys.readouterr().err.strip()
         assert "--sample-tile" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_the_decoder_bank_samples_with_the_bundles_tile(tmp_path: Path) -> None:
+    """gigagen train --decoder-of teaches the decoder on latents sampled as gigagen slide samples them."""
+    import torch
+
+    from gigagen.models.denoiser import BundleRunner
+    from gigagen.train.gan_decoder import sample_finest
+
+    def finest(path: Path, tile: int | None) -> np.ndarray:
+        runner = BundleRunner(load_bundle(path), torch.device("cpu"), torch.float32, 1.0, 1.0)
+        parent = np.random.default_rng(0).standard_normal((4, 8, 8)).astype(np.float32)
+        return sample_finest(runner, parent, (32, 32), seed=1, steps=3, tile=tile)
+    plain = make_bundle(tmp_path / "plain.safetensors", seed=3)
+    wide = make_bundle(tmp_path / "wide.safetensors", seed=3, sample_tile=16)
+    np.testing.assert_array_equal(finest(wide, None), finest(plain, 16))
+    assert not np.array_equal(finest(wide, None), finest(plain, None))

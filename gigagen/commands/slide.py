@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "one pass (default: the model's, 1.5 for the embedded default)")
     p.add_argument("--blend", default="gridshift", help=f"tile blending: {', '.join(BLEND_MODES)} (default gridshift)")
     p.add_argument("--overlap-stride", type=int, help="latent stride of --blend overlap windows (default tile/2)")
-    p.add_argument("--tile", type=int, help="latent tile side (default: the model's training tile)")
+    p.add_argument("--tile", type=int, help="latent tile side (default: the model's sampling tile, else its training tile)")
     p.add_argument("--checkpoint", help="model bundle (.safetensors; default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (default auto = bf16)")
