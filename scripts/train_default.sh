@@ -19,8 +19,9 @@
 # 0.87,1.15) extra resampling factors of the training image, ELASTIC_AUG (e.g. 3) elastically deformed copies
 # of it, ELASTIC_STRAIN (default 0.05) their strength, EARLY_STOP (default 0 = off) validations without a
 # better held-out loss before the denoiser stops. SAMPLE_TILE the latent tile `gigagen slide` samples the
-# model with by default (recorded in the bundle; unset: the training tile 32; the shipped model: 128). The denoiser stage hands on its best held-out checkpoint
-# (runs/default/bundle-best.safetensors, validated at every checkpoint) to the later stages, not its last.
+# model with by default (recorded in the bundle; unset: the training tile 32; the shipped model: 128).
+# The denoiser stage hands on its best held-out checkpoint (runs/default/bundle-best.safetensors,
+# validated at every checkpoint) to the later stages, not its last.
 # Writes runs/default/, runs/default-guide/ and runs/default-decoder/ (state, loss.csv/png, bundle) and copies the final EMA
 # bundle to gigagen/weights/default.safetensors when all stages are done (not when stopped: RESUME=1 finishes it).
 # Continue a stopped run with RESUME=1.

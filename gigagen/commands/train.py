@@ -72,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--elastic-aug", type=int, default=0, metavar="N",
                    help="also train the denoiser on N smooth elastic deformations of each input's training part "
                         "(fibres and outlines bent, local strain about 10%%; 8 orientations each) (default 0)")
-    p.add_argument("--elastic-strain", type=float, default=0.05, metavar="S",
+    p.add_argument("--elastic-strain", type=float, default=None, metavar="S",
                    help="strength of those deformations: control points 64 and 256 px apart move by S times their spacing "
                         "(std); 0.05 gives displacements of about 11 px and local strain about 10%% (default 0.05)")
     p.add_argument("--sample-tile", type=int, default=None, metavar="N",
@@ -128,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--unet-dropout must be in [0, 1) and --early-stop >= 0")
     if not 0 <= args.elastic_aug <= 64:
         raise UserError("--elastic-aug must be between 0 and 64 deformed copies")
-    if not 0.0 < args.elastic_strain <= 0.2:
+    if args.elastic_strain is not None and not 0.0 < args.elastic_strain <= 0.2:
         raise UserError("--elastic-strain must be in (0, 0.2]: stronger deformations fold the tissue over itself")
     if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in args.scale_aug):
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
@@ -249,6 +249,7 @@ def _check_sample_tile(tile: int | None, unet: Any) -> None:
 
 
 def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
+    from gigagen.train.data import ELASTIC_STRAIN
     from gigagen.train.loop import TrainConfig
 
     _check_sample_tile(args.sample_tile, unet)
@@ -261,7 +262,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         unet_lr=args.unet_lr, unet_max_steps=args.unet_max_steps, lr_decay_minutes=args.lr_decay_minutes, decoder_every=args.decoder_every,
         magnifications=tuple(args.magnifications), level_probs=_level_probs(args.level_probs, len(args.magnifications)),
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
-        scale_aug=tuple(args.scale_aug), elastic_aug=args.elastic_aug, elastic_strain=args.elastic_strain, early_stop=args.early_stop,
+        scale_aug=tuple(args.scale_aug), elastic_aug=args.elastic_aug, elastic_strain=ELASTIC_STRAIN if args.elastic_strain is None else args.elastic_strain, early_stop=args.early_stop,
         sample_tile=args.sample_tile,
     )
 
