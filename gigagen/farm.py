@@ -31,6 +31,7 @@ class RunnerSpec:
     precision: str
     guidance: float
     autoguidance: float
+    cond_aug: int | None = None
 
 
 def _worker_runner(spec: RunnerSpec) -> Any:
@@ -46,7 +47,8 @@ def _worker_runner(spec: RunnerSpec) -> Any:
     if spec not in cache:
         torch.set_num_threads(max(1, worker.state.nthreads))
         device = pick_device("auto")
-        cache[spec] = BundleRunner(load_bundle(spec.checkpoint, device), device, pick_dtype(spec.precision, device), spec.guidance, spec.autoguidance)
+        cache[spec] = BundleRunner(load_bundle(spec.checkpoint, device), device, pick_dtype(spec.precision, device), spec.guidance,
+                                    spec.autoguidance, spec.cond_aug)
     return cache[spec]
 
 
@@ -102,7 +104,7 @@ class Farm:
         from distributed import Client, LocalCluster
 
         ckpt = str(Path(job.cfg.checkpoint).resolve()) if job.cfg.checkpoint else None
-        rspec = RunnerSpec(ckpt, job.cfg.precision, job.cfg.guidance, job.cfg.autoguidance)
+        rspec = RunnerSpec(ckpt, job.cfg.precision, job.cfg.guidance, job.cfg.autoguidance, job.cfg.cond_aug)
         if scheduler:
             try:
                 client = Client(scheduler, timeout="10s")

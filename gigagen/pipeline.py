@@ -132,11 +132,11 @@ def replacing(out: Path, active: bool) -> Iterator[None]:
 
 
 def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPlan]]:
-    """The run's config with the model's defaults made explicit (tile, autoguidance: run.json and the
-    resume fingerprint record the values used), device, dtype, model bundle and cascade plan; UserError
-    for what the model rules out."""
+    """The run's config with the model's defaults made explicit (tile, autoguidance, cond_aug: run.json
+    and the resume fingerprint record the values used), device, dtype, model bundle and cascade plan;
+    UserError for what the model rules out."""
     from gigagen.models.checkpoint import load_bundle
-    from gigagen.models.denoiser import pick_device, pick_dtype
+    from gigagen.models.denoiser import cond_aug_timestep, pick_device, pick_dtype
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
@@ -148,7 +148,8 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
     if tile % mc.unet.divisor:
         raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
     plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
-    return replace(with_autoguidance(cfg, bundle), tile=tile), device, dtype, bundle, plans
+    cfg = replace(with_autoguidance(cfg, bundle), tile=tile, cond_aug=cond_aug_timestep(bundle, cfg.cond_aug))
+    return cfg, device, dtype, bundle, plans
 
 
 def with_autoguidance(cfg: RunConfig, bundle: Any) -> RunConfig:
@@ -191,7 +192,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
         state = RunState(root, fp, kind)
     if not mc.trained:
         log("warning: this model is an untrained random placeholder; the slide will not look like tissue")
-    runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance)
+    runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
     steps = step_plans(runner.alphas_cumprod, ddim_timesteps(mc.n_train_steps, cfg.steps))
     job = Job(cfg, out, runner, tiling, plans, steps, state)
     record: dict[str, Any] = {
@@ -307,7 +308,7 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
     make_store = (lambda spec: MemoryStore(spec, state.root)) if state.store_kind == "memory" else (lambda spec: DiskStore(spec, state.root))
     store = sample_cascade(
         plans, channels=job.runner.bundle.config.ae.latent_ch, n_steps=len(job.steps), seed=cfg.seed, tiling=job.tiling,
-        denoise=denoise, make_store=make_store, on_level_start=start, on_level_done=done,
+        denoise=denoise, make_store=make_store, cond_noise=job.runner.cond_noise, on_level_start=start, on_level_done=done,
     )
     return store.view(len(job.steps))
 
@@ -375,7 +376,7 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     kind = choose_store(cfg, plans, mc.ae.latent_ch)
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
     evals = evaluations(cfg, plans, cfg.tile, mc.unet.divisor, mc.guide_levels)
-    runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance)
+    runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
     calib = calibrate(runner, cfg.tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
     seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor)
     if cfg.workers:

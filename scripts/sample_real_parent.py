@@ -73,6 +73,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     p.add_argument("--autoguidance", default=None, help="autoguidance weight(s), comma-separated: one sample each (default: the bundle's; 1 = off)")
+    p.add_argument("--cond-aug", default=None,
+                   help="parent noise timestep(s), comma-separated: one sample each, crossed with --autoguidance "
+                        "(default: the bundle's; 0 = the real parent as it is)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tile", type=int, default=None, help="latent tile side (default: the bundle's)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
@@ -83,13 +86,15 @@ def main() -> int:
     bundle = load_bundle(args.checkpoint)
     weights = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [bundle.config.autoguidance]
     held, parent = held_band(bundle, args.reference, args.width)
+    noises = [int(t) for t in args.cond_aug.split(",")] if args.cond_aug else [bundle.config.cond_aug]
     rows = [held]
     for ag in weights:
-        runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32, 1.0, ag)
-        sampled = sample(runner, parent, held.shape, args)
-        report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the real {bundle.config.magnifications[1]:g}x parent "
-                              f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g})")
-        rows.append(sampled)
+        for ca in noises:
+            runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32, 1.0, ag, ca)
+            sampled = sample(runner, parent, held.shape, args)
+            report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the real {bundle.config.magnifications[1]:g}x parent "
+                                  f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g}, cond-aug {ca})")
+            rows.append(sampled)
     if args.out:
         img = Image.fromarray(np.concatenate(rows, 0))
         if args.crop:

@@ -110,13 +110,13 @@ def test_training_conditioning_equals_upsampling_the_whole_parent_canvas() -> No
     ls = L.LatentSet([[child, parent, parent]], [[np.ones((24, 20), bool)] * 3])
     cfg = L.TrainConfig(inputs=[], out="", unet=UNetConfig(latent_ch=2, base_ch=8, ch_mult=(1, 2)), tile=8,
                         unet_batch=4, cfg_dropout=0.0, magnifications=(20.0, 5.0, 1.25))
-    x0, cond, mask = L.unet_batch(ls, cfg, 0, rng)
+    x0, cond, mask, noise = L.unet_batch(ls, cfg, 0, rng)
     full = F.interpolate(torch.from_numpy(parent)[None], scale_factor=4, mode="bilinear", align_corners=False)[0].numpy()
     for x, c in zip(x0, cond):
         ys, xs = np.argwhere((child == x[:, :1, :1]).all(axis=0))[0]
         np.testing.assert_allclose(c, full[:, ys : ys + 8, xs : xs + 8], atol=1e-5)
-    assert mask.tolist() == [1.0] * 4
-    _, cond2, mask2 = L.unet_batch(ls, cfg, 2, rng)
+    assert mask.tolist() == [1.0] * 4 and not noise.any()  # no conditioning augmentation asked for
+    _, cond2, mask2, _ = L.unet_batch(ls, cfg, 2, rng)
     assert not cond2.any() and not mask2.any()  # the layout level is never conditioned
 
 

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--autoguidance", type=float, default=None,
                    help="autoguidance weight: the model's small guide network steers away from its errors; 1 = off, "
                         "one pass (default: the model's, 1.5 for the embedded default)")
+    p.add_argument("--cond-aug", type=int, default=None, metavar="T",
+                   help="noise each parent level to this timestep before a level is refined (conditioning augmentation; "
+                        "only for models trained with it); 0 = the parent as sampled (default: the model's)")
     p.add_argument("--blend", default="gridshift", help=f"tile blending: {', '.join(BLEND_MODES)} (default gridshift)")
     p.add_argument("--overlap-stride", type=int, help="latent stride of --blend overlap windows (default tile/2)")
     p.add_argument("--tile", type=int, help="latent tile side (default: the model's sampling tile, else its training tile)")
@@ -67,7 +70,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     out = args.out or time.strftime(f"slides/gigagen-%Y%m%d-%H%M%S-s{seed}")
     return RunConfig(
         width=width, height=height, out=out, seed=seed, steps=args.steps, eta=args.eta, guidance=args.guidance,
-        autoguidance=args.autoguidance, blend=args.blend, overlap_stride=args.overlap_stride, tile=args.tile, checkpoint=args.checkpoint,
+        autoguidance=args.autoguidance, cond_aug=args.cond_aug, blend=args.blend, overlap_stride=args.overlap_stride, tile=args.tile, checkpoint=args.checkpoint,
         device=args.device, precision=args.precision, batch_size=args.batch_size, overwrite=args.overwrite,
         formats=_formats(args.formats), compression=args.compression.lower(), quality=args.quality,
         tile_order=args.tile_order, resume=args.resume, memory_budget=parse_bytes(args.memory_budget),

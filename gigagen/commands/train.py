@@ -78,6 +78,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--sample-tile", type=int, default=None, metavar="N",
                    help="latent tile side `gigagen slide` samples this model with by default, recorded in the bundle "
                         "(default: the --init-from or --guide-of bundle's, else the training tile --tile)")
+    p.add_argument("--cond-aug-max", type=int, default=0, metavar="T",
+                   help="conditioning augmentation: the denoiser learns from parent levels noised to a timestep drawn from "
+                        "0..T of the 1000-step schedule, and is told it, so that at sampling it can take a generated parent's "
+                        "errors for noise (Ho et al. 2022) (default 0: off)")
+    p.add_argument("--cond-aug", type=int, default=None, metavar="T",
+                   help="the parent noise timestep `gigagen slide` uses by default with this model, recorded in the bundle "
+                        "(default: the --init-from or --guide-of bundle's, else 0)")
     p.add_argument("--early-stop", type=int, default=0, metavar="N",
                    help="stop the denoiser after N validations in a row (one per checkpoint) without a lower held-out "
                         "loss; the best is always kept as bundle-best.safetensors (default 0: never stop early)")
@@ -130,13 +137,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--elastic-aug must be between 0 and 64 deformed copies")
     if args.elastic_strain is not None and not 0.0 < args.elastic_strain <= 0.2:
         raise UserError("--elastic-strain must be in (0, 0.2]: stronger deformations fold the tissue over itself")
+    if not 0 <= args.cond_aug_max < 1000 or (args.cond_aug is not None and not 0 <= args.cond_aug < 1000):
+        raise UserError("--cond-aug-max and --cond-aug must be timesteps in [0, 1000)")
     if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in args.scale_aug):
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
     if args.decoder_of:
-        if args.sample_tile is not None:
-            raise UserError("--sample-tile: a --decoder-of run keeps its bundle's sampling tile (its bank is sampled with it); "
-                            "set it on the denoiser or guide run")
+        if args.sample_tile is not None or args.cond_aug is not None or args.cond_aug_max:
+            raise UserError("--sample-tile, --cond-aug, --cond-aug-max: a --decoder-of run keeps its bundle's sampling "
+                            "(its bank is sampled with it); set them on the denoiser or guide run")
         return _decoder_config(args)
     if args.guide_of:
         return _guide_config(args)
@@ -150,7 +159,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
             raise UserError("--init-autoencoder starts a new run; --resume continues one (the run already has its autoencoder)")
         ae = read_bundle_config(Path(args.init_autoencoder)).ae
     unet = UNetConfig(latent_ch=ae.latent_ch, n_levels=len(args.magnifications), base_ch=args.unet_base, ch_mult=args.unet_mult,
-                      num_res_blocks=args.unet_blocks, dropout=args.unet_dropout)
+                      num_res_blocks=args.unet_blocks, dropout=args.unet_dropout, cond_aug=args.cond_aug_max > 0)
     if args.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
     return _train_config(args, ae, unet)
@@ -166,7 +175,8 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
     _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)))
-    unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications), dropout=args.unet_dropout)
+    unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications), dropout=args.unet_dropout,
+                               cond_aug=b.unet.cond_aug or args.cond_aug_max > 0)
     return dataclasses.replace(_train_config(args, b.ae, unet), mpp0=b.mpp0)
 
 
@@ -194,11 +204,13 @@ def _guide_config(args: argparse.Namespace) -> Any:
     if args.level_probs is None:  # by default the guide learns, and guides, the finest level only
         args.level_probs = (1.0,) + (0.0,) * (len(b.magnifications) - 1)
     unet = UNetConfig(latent_ch=b.ae.latent_ch, n_levels=len(b.magnifications), base_ch=args.unet_base,
-                      ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks, dropout=args.unet_dropout)
+                      ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks, dropout=args.unet_dropout,
+                      cond_aug=args.cond_aug_max > 0)
     if b.tile % unet.divisor or args.layout_tile % unet.divisor or (b.sample_tile or 0) % unet.divisor:
         raise UserError(f"--guide-of: the bundle's tiles ({b.tile}, {args.layout_tile}, sampling {b.sampling_tile}) "
                         f"are not multiples of the guide's divisor {unet.divisor}")
     _check_sample_tile(args.sample_tile, b.unet)
+    _check_cond_aug(args.cond_aug, b.unet)  # recorded for the bundle's own denoiser
     cfg = _train_config(args, b.ae, unet)
     return dataclasses.replace(cfg, mpp0=b.mpp0, guide_of=args.guide_of, autoguidance=args.autoguidance)
 
@@ -248,11 +260,19 @@ def _check_sample_tile(tile: int | None, unet: Any) -> None:
         raise UserError(f"--sample-tile must be a positive multiple of {unet.divisor} for this UNet, not {tile}")
 
 
+def _check_cond_aug(t: int | None, unet: Any) -> None:
+    if t and not unet.cond_aug:
+        raise UserError("--cond-aug: a nonzero parent noise timestep needs a denoiser trained with conditioning "
+                        "augmentation (--cond-aug-max)")
+
+
 def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
     from gigagen.train.data import ELASTIC_STRAIN
     from gigagen.train.loop import TrainConfig
 
     _check_sample_tile(args.sample_tile, unet)
+    if not args.guide_of:
+        _check_cond_aug(args.cond_aug, unet)
     return TrainConfig(
         inputs=list(args.inputs), out=args.out, mpp=args.mpp, name=args.name, holdout_frac=args.holdout_frac,
         max_minutes=args.max_minutes, ae_minutes=args.ae_minutes,
@@ -263,7 +283,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         magnifications=tuple(args.magnifications), level_probs=_level_probs(args.level_probs, len(args.magnifications)),
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
         scale_aug=tuple(args.scale_aug), elastic_aug=args.elastic_aug, elastic_strain=ELASTIC_STRAIN if args.elastic_strain is None else args.elastic_strain, early_stop=args.early_stop,
-        sample_tile=args.sample_tile,
+        sample_tile=args.sample_tile, cond_aug_max=args.cond_aug_max, cond_aug=args.cond_aug,
     )
 
 

@@ -40,8 +40,8 @@ def plan_cascade(
     return plans
 
 
-def level_spec(plan: LevelPlan, channels: int, seed: int, tiling: Tiling) -> LevelSpec:
-    return LevelSpec(plan.level, plan.shape, channels, seed, tiling)
+def level_spec(plan: LevelPlan, channels: int, seed: int, tiling: Tiling, cond_noise: float = 0.0) -> LevelSpec:
+    return LevelSpec(plan.level, plan.shape, channels, seed, tiling, cond_noise if plan.factor else 0.0)
 
 
 def local_denoiser(model_fn: ModelFn, steps: list[StepPlan], eta: float, on_tiles: Callable[[int], None] | None = None) -> DenoiseFn:
@@ -62,18 +62,20 @@ def sample_cascade(
     tiling: Tiling,
     denoise: DenoiseFn,
     make_store: Callable[[LevelSpec], Any] = MemoryStore,
+    cond_noise: float = 0.0,
     on_level_start: Callable[[LevelPlan, Any], None] | None = None,
     on_level_done: Callable[[LevelPlan, Any], None] | None = None,
 ) -> Any:
     """Sample every level from the layout down, resuming each store where it stopped.
 
+    `cond_noise` > 0 noises every parent level as the denoiser was trained to expect (LevelSpec.cond_noise).
     Returns the finest level's store (its final state is `store.view(n_steps)`). Only a level and
     its parent are alive at once.
     """
     parent: StateView | None = None
     store: Any = None
     for plan in reversed(plans):
-        store = make_store(level_spec(plan, channels, seed, tiling))
+        store = make_store(level_spec(plan, channels, seed, tiling, cond_noise))
         if on_level_start:
             on_level_start(plan, store)
         denoise(store, parent, plan.factor)

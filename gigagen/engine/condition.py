@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 
@@ -28,3 +30,24 @@ def cond_for_region(parent: np.ndarray, y0: int, y1: int, x0: int, x1: int, fact
     window = np.asarray(parent[:, r0:r1, c0:c1], dtype=np.float32)
     rows = window[:, ya - r0] * (1 - wy)[None, :, None] + window[:, yb - r0] * wy[None, :, None]
     return rows[:, :, xa - c0] * (1 - wx)[None, None, :] + rows[:, :, xb - c0] * wx[None, None, :]
+
+
+class NoiseField:
+    """Array-like Gaussian noise over a parent latent's canvas, `field[:, y0:y1, x0:x1]` and `field.shape`,
+    drawn by `draw(channels, y0, y1, x0, x1)`. Passed to `cond_for_region` in place of the parent, it gives
+    the parent-resolution noise of conditioning augmentation upsampled exactly as the parent is (the
+    upsampling is linear, so noising the parent then upsampling equals this sum)."""
+
+    def __init__(self, shape: tuple[int, ...], draw: Callable[[int, int, int, int, int], np.ndarray]) -> None:
+        self.shape, self.draw = shape, draw
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        _, ys, xs = key
+        y0, y1, _ = ys.indices(self.shape[1])
+        x0, x1, _ = xs.indices(self.shape[2])
+        return self.draw(self.shape[0], y0, y1, x0, x1)
+
+
+def augment(cond: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
+    """Variance-preserving conditioning augmentation: sqrt(1 - sigma^2) cond + sigma noise."""
+    return np.float32(np.sqrt(1.0 - sigma * sigma)) * cond + np.float32(sigma) * noise

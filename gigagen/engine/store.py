@@ -99,6 +99,9 @@ class LevelSpec:
     channels: int
     seed: int
     tiling: Tiling
+    # conditioning augmentation: the parent level is read as sqrt(1 - s^2) parent + s noise, the noise a
+    # function of (seed, level, position) like every other noise here (0 = the parent as it is)
+    cond_noise: float = 0.0
 
     def segments(self, step: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         t = self.tiling

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gigagen.engine.condition import cond_for_region
+from gigagen.engine.condition import NoiseField, augment, cond_for_region
 from gigagen.engine.grid import Tile, Tiling, batches, step_tiles
 from gigagen.engine.noise import gaussian_region
 from gigagen.engine.store import LevelSpec, MemoryStore
@@ -64,10 +64,23 @@ def tiles_per_level(spec: LevelSpec, n_steps: int, first_step: int = 0) -> int:
     return sum(len(_tiles(spec, i)) for i in range(first_step, n_steps))
 
 
-def _conditioning(parent: Any | None, factor: int, batch: list[Tile]) -> np.ndarray | None:
+COND_NOISE_KEY = 2**31 - 1  # the `step` key of conditioning-augmentation noise (DDIM steps use 0..n_steps)
+
+
+def _conditioning(parent: Any | None, factor: int, batch: list[Tile], spec: LevelSpec) -> np.ndarray | None:
+    """The batch's parent conditioning, noised at the parent's resolution when spec.cond_noise > 0."""
     if parent is None:
         return None
-    return np.stack([cond_for_region(parent, t.y0, t.y1, t.x0, t.x1, factor) for t in batch])
+    cond = np.stack([cond_for_region(parent, t.y0, t.y1, t.x0, t.x1, factor) for t in batch])
+    if spec.cond_noise <= 0.0:
+        return cond
+
+    def draw(c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return gaussian_region(spec.seed, spec.level, COND_NOISE_KEY, y0, y1, x0, x1, c)
+
+    field = NoiseField(parent.shape, draw)
+    noise = np.stack([cond_for_region(field, t.y0, t.y1, t.x0, t.x1, factor) for t in batch])
+    return augment(cond, noise, spec.cond_noise)
 
 
 def run_batch(
@@ -77,7 +90,7 @@ def run_batch(
     """Denoise one batch of disjoint tiles: read state `step.index`, write state `step.index + 1`."""
     k = step.index
     x = np.stack([store.read(k, t.y0, t.y1, t.x0, t.x1) for t in batch])
-    x0, eps = model_fn(x, step.t, spec.level, _conditioning(parent, factor, batch))
+    x0, eps = model_fn(x, step.t, spec.level, _conditioning(parent, factor, batch, spec))
     sigma = ddim_sigma(step.alpha_bar, step.alpha_bar_next, eta)
     for j, t in enumerate(batch):
         noise = None
@@ -112,7 +125,7 @@ def _sweep_overlap(store: MemoryStore, parent, factor, model_fn, step: StepPlan,
     weight = np.zeros(canvas.shape[1:], dtype=np.float32)
     for batch in step_batches(spec, step.index):
         x = np.stack([canvas[:, t.y0 : t.y1, t.x0 : t.x1] for t in batch])
-        x0, eps = model_fn(x, step.t, spec.level, _conditioning(parent, factor, batch))
+        x0, eps = model_fn(x, step.t, spec.level, _conditioning(parent, factor, batch, spec))
         for j, t in enumerate(batch):
             sum_x0[:, t.y0 : t.y1, t.x0 : t.x1] += x0[j]
             sum_eps[:, t.y0 : t.y1, t.x0 : t.x1] += eps[j]

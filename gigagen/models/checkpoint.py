@@ -46,6 +46,9 @@ class BundleConfig:
     guide: UNetConfig | None = None  # the autoguidance network, when the bundle has one
     autoguidance: float = 1.0  # the weight `gigagen slide` uses by default (1 = the main network alone)
     guide_levels: tuple[int, ...] = ()  # the cascade levels the guide was trained on, and guides (0 = finest)
+    # conditioning augmentation: the noise timestep `gigagen slide` noises each parent level to by default
+    # (0 = clean parents); nonzero only for a denoiser trained with it (unet.cond_aug)
+    cond_aug: int = 0
 
     @property
     def sampling_tile(self) -> int:
@@ -111,6 +114,8 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("the guide UNet must share the main UNet's latent channels, levels and tile divisor")
     if cfg.autoguidance < 0 or (cfg.guide is None and cfg.autoguidance != 1.0):
         raise ValueError("autoguidance must be >= 0, and 1 for a bundle without a guide network")
+    if not 0 <= cfg.cond_aug < cfg.n_train_steps or (cfg.cond_aug and not cfg.unet.cond_aug):
+        raise ValueError("cond_aug must be a timestep in [0, n_train_steps), and 0 for a denoiser trained without conditioning augmentation")
     if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
 

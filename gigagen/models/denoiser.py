@@ -51,6 +51,18 @@ class Counters:
     guide_pixels: int = 0
 
 
+def cond_aug_timestep(bundle: ModelBundle, requested: int | None) -> int:
+    """The conditioning noise timestep a run uses: the bundle's default when none is asked for; a nonzero
+    one needs a denoiser trained with conditioning augmentation."""
+    if requested is None:
+        return bundle.config.cond_aug
+    if not 0 <= requested < bundle.config.n_train_steps:
+        raise UserError(f"cond-aug must be a timestep in 0..{bundle.config.n_train_steps - 1}, not {requested}")
+    if requested and not bundle.config.unet.cond_aug:
+        raise UserError(f"cond-aug {requested} needs a model trained with conditioning augmentation; {bundle.identity} was not (use 0)")
+    return requested
+
+
 def autoguidance_weight(bundle: ModelBundle, requested: float | None) -> float:
     """The weight a run uses: the bundle's default when none is asked for (1 for a bundle without a guide,
     which validate_config enforces); a weight other than 1 needs a guide network."""
@@ -66,6 +78,8 @@ class BundleRunner:
     """Callables for the engine: model_fn(x, t, level, cond) -> (x0, eps) and decode_fn(z) -> pixels.
 
     guidance != 1: classifier-free guidance (the network once more without its parent level).
+    cond_aug > 0: conditioning augmentation; the engine noises the parent (LevelSpec.cond_noise, which
+    `cond_noise` gives for this timestep) and the networks trained with it are told the timestep.
     autoguidance != 1: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
     itself"): the bundle's smaller, shorter-trained guide network makes the same prediction, and the output
     is guide + w (main - guide), pushing samples away from the errors a weaker model makes; only at the
@@ -77,10 +91,12 @@ class BundleRunner:
     dtype: torch.dtype
     guidance: float = 1.0
     autoguidance: float = 1.0
+    cond_aug: int | None = None  # None = the bundle's default
     counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
         autoguidance_weight(self.bundle, self.autoguidance)  # refuses a weight the bundle cannot apply
+        self.cond_aug = cond_aug_timestep(self.bundle, self.cond_aug)
         self.alphas_cumprod = cosine_alphas_cumprod(self.bundle.config.n_train_steps)
         # oneDNN's bf16 kernels give every sample the same bits whatever the batch size (tested in
         # tests/test_engine.py); fp32 CPU and cuDNN kernels change with batch size, so there the
@@ -91,6 +107,12 @@ class BundleRunner:
         self.bundle.unet.to(memory_format=torch.channels_last)
         if self.bundle.guide is not None:
             self.bundle.guide.to(memory_format=torch.channels_last)
+
+    @property
+    def cond_noise(self) -> float:
+        """Std of the noise the engine mixes into each parent level (LevelSpec.cond_noise)."""
+        assert self.cond_aug is not None  # resolved in __post_init__
+        return float(np.sqrt(1.0 - self.alphas_cumprod[self.cond_aug])) if self.cond_aug else 0.0
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -105,11 +127,14 @@ class BundleRunner:
         ts = torch.full((b,), float(t), device=self.device)
         lv = torch.full((b,), level, dtype=torch.long, device=self.device)
         cm = torch.full((b,), mask, device=self.device)
+        # a network trained with conditioning augmentation is told the parent's noise timestep (0 without one)
+        ct = torch.full((b,), float(self.cond_aug if mask else 0), device=self.device) if net.cfg.cond_aug else None
         with self._autocast():
             if self.batched:
-                out = net(x, ts, lv, cond, cm)
+                out = net(x, ts, lv, cond, cm, ct)
             else:
-                out = torch.cat([net(x[i : i + 1], ts[:1], lv[:1], cond[i : i + 1], cm[:1]) for i in range(b)])
+                out = torch.cat([net(x[i : i + 1], ts[:1], lv[:1], cond[i : i + 1], cm[:1], None if ct is None else ct[:1])
+                                 for i in range(b)])
         return out.float()
 
     def _unet(self, x: torch.Tensor, t: int, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:

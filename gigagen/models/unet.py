@@ -2,7 +2,9 @@
 
 Input channels are the noisy latent concatenated with the conditioning latent (the parent level over
 the same field of view, upsampled). A learned null flag (cond_mask = 0, conditioning zeroed) serves the
-unconditioned layout level and classifier-free guidance (Ho & Salimans 2022).
+unconditioned layout level and classifier-free guidance (Ho & Salimans 2022). With `cond_aug`, the
+network also takes the level of Gaussian noise its conditioning was corrupted with (conditioning
+augmentation, Ho et al. 2022, "Cascaded Diffusion Models"), as a second timestep.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class UNetConfig:
     attn_lowest: bool = True
     n_levels: int = 3
     dropout: float = 0.0
+    cond_aug: bool = False  # takes the conditioning's noise timestep (see module docstring)
 
     @property
     def divisor(self) -> int:
@@ -41,6 +44,11 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.base_ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.level_emb = nn.Embedding(cfg.n_levels, emb_dim)
         self.cond_flag_emb = nn.Embedding(2, emb_dim)
+        if cfg.cond_aug:
+            # zero-initialised: a network continued from one without it starts out unchanged
+            self.cond_aug_emb = nn.Linear(cfg.base_ch, emb_dim)
+            nn.init.zeros_(self.cond_aug_emb.weight)
+            nn.init.zeros_(self.cond_aug_emb.bias)
         self.stem = nn.Conv2d(2 * cfg.latent_ch, chs[0], 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -70,18 +78,27 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def _embed(self, t: torch.Tensor, level: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
-        """(B,) timesteps, levels and cond flags -> (B, emb_dim); batch-size invariant at inference."""
+    def _embed(self, t: torch.Tensor, level: torch.Tensor, flag: torch.Tensor, cond_t: torch.Tensor | None) -> torch.Tensor:
+        """(B,) timesteps, levels, cond flags and cond noise timesteps -> (B, emb_dim); batch-size invariant
+        at inference."""
         lin1, act, lin2 = self.time_mlp
         h = rowwise_linear(lin2, act(rowwise_linear(lin1, timestep_embedding(t, self.cfg.base_ch))))
-        return h + self.level_emb(level) + self.cond_flag_emb(flag)
+        h = h + self.level_emb(level) + self.cond_flag_emb(flag)
+        if self.cfg.cond_aug:
+            ct = torch.zeros_like(t) if cond_t is None else cond_t
+            h = h + rowwise_linear(self.cond_aug_emb, timestep_embedding(ct, self.cfg.base_ch))
+        elif cond_t is not None and bool((cond_t != 0).any()):
+            raise ValueError("this network was not trained with conditioning augmentation (cond_t must be 0)")
+        return h
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor,
+        cond_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x, cond: (B, C, h, w); t: (B,) float; level: (B,) long; cond_mask: (B,) 1/0 -> (B, C, h, w)."""
+        """x, cond: (B, C, h, w); t: (B,) float; level: (B,) long; cond_mask: (B,) 1/0; cond_t: (B,) float noise
+        timestep of cond (None = clean) -> (B, C, h, w)."""
         flag = (cond_mask > 0.5).long()
-        emb = self._embed(t, level, flag)
+        emb = self._embed(t, level, flag, cond_t)
         cond = cond * cond_mask.to(cond.dtype)[:, None, None, None]
         h = self.stem(torch.cat([x, cond], dim=1))
         hs = [h]

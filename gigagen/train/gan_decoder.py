@@ -83,9 +83,10 @@ class Bank:
 def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, int], seed: int,
                   steps: int = BANK_STEPS, eta: float = 0.0, tile: int | None = None) -> np.ndarray:
     """The finest level over `shape` latent pixels sampled from noise given a parent latent, as gigagen slide
-    does (default: its 20 DDIM steps, eta 0 and the bundle's sampling tile)."""
+    does (default: its 20 DDIM steps, eta 0, the bundle's sampling tile and the runner's conditioning noise)."""
     c = runner.bundle.config
-    store = MemoryStore(LevelSpec(0, shape, c.ae.latent_ch, seed, Tiling(tile=tile or c.sampling_tile, divisor=c.unet.divisor)))
+    tiling = Tiling(tile=tile or c.sampling_tile, divisor=c.unet.divisor)
+    store = MemoryStore(LevelSpec(0, shape, c.ae.latent_ch, seed, tiling, runner.cond_noise))
     plans = step_plans(runner.alphas_cumprod, ddim_timesteps(c.n_train_steps, steps))
     denoise_level(store, parent=parent, factor=level_factor(c.magnifications), model_fn=runner.model_fn, steps=plans, eta=eta)
     return store.canvas.astype(np.float32)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from gigagen.engine.condition import cond_for_region
+from gigagen.engine.condition import NoiseField, cond_for_region
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
@@ -84,6 +84,8 @@ class TrainConfig:
     elastic_aug: int = 0  # elastically deformed copies of each training part the denoiser also learns from
     elastic_strain: float = D.ELASTIC_STRAIN  # their control-point displacement std per spacing (data.elastic_field)
     sample_tile: int | None = None  # recorded as the bundle's default sampling tile (None: carried, else `tile`)
+    cond_aug_max: int = 0  # conditioning augmentation: parents noised to a timestep drawn from 0..this (0 = off)
+    cond_aug: int | None = None  # the conditioning noise timestep recorded for sampling (None: carried, else 0)
     early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
 
 
@@ -339,8 +341,9 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     the LR warm-up) and the training record carries the bundle's step and minute counts on."""
     bundle = load_bundle(path, device)
     old_mags = tuple(bundle.config.magnifications)
-    # dropout has no weights: a continued denoiser may train with another rate
-    if bundle.config.ae != cfg.ae or dataclasses.replace(bundle.config.unet, n_levels=cfg.unet.n_levels, dropout=cfg.unet.dropout) != cfg.unet:
+    # dropout has no weights, and conditioning augmentation adds one zero-initialised layer (UNet.cond_aug_emb)
+    same = dataclasses.replace(bundle.config.unet, n_levels=cfg.unet.n_levels, dropout=cfg.unet.dropout, cond_aug=cfg.unet.cond_aug)
+    if bundle.config.ae != cfg.ae or same != cfg.unet or (bundle.config.unet.cond_aug and not cfg.unet.cond_aug):
         raise UserError(f"--init-from: {path} has models {bundle.config.ae}, {bundle.config.unet}, not the configured ones")
     if bundle.config.mpp0 != cfg.mpp0 or old_mags[0] != cfg.magnifications[0]:
         raise UserError(f"--init-from: {path} was trained at {old_mags[0]}x / {bundle.config.mpp0} um/px, not {cfg.magnifications[0]}x / {cfg.mpp0}")
@@ -349,7 +352,9 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     weights = bundle.unet.state_dict()
     weights["level_emb.weight"] = weights["level_emb.weight"][level_map(old_mags, tuple(cfg.magnifications))]
     for m in (st.unet, st.unet_ema):
-        m.load_state_dict(weights)
+        missing, unexpected = m.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.startswith("cond_aug_emb.") for k in missing):
+            raise UserError(f"--init-from: {path}'s denoiser weights do not fit its configuration")
     st.unet_step = int(rec.get("unet_step", 0))
     st.unet_seconds = float(rec.get("unet_minutes", 0.0)) * 60
     st.latent_scale = float(bundle.config.latent_scale)
@@ -362,9 +367,10 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     on the same latents (encoder and latent scale, both kept) and does not depend on the main denoiser, so
     it goes on guiding the same levels with the same weight, unless the cascade changes. Its fine-tuned
     decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder. Its
-    sampling tile, measured on the network that now trains on (--sample-tile replaces it)."""
+    sampling tile and conditioning noise, measured on the network that now trains on (--sample-tile and
+    --cond-aug replace them)."""
     c, rec = bundle.config, bundle.config.training
-    out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile}  # the tile it samples best with
+    out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug}  # how it samples best
     if "decoder_gan" in rec:
         out["record"]["decoder_gan"] = rec["decoder_gan"]
     if bundle.guide is not None and tuple(c.magnifications) == tuple(cfg.magnifications):
@@ -430,7 +436,8 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         training = main.config.training | {"guide": guide_record(st, cfg) | {"guide_of": Path(st.guide_of).name}}
         levels = tuple(i for i, share in enumerate(cfg.level_probs) if share > 0)  # a guide guides what it learned
         gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, guide_levels=levels, training=training,
-                                   sample_tile=cfg.sample_tile or main.config.sample_tile)
+                                   sample_tile=cfg.sample_tile or main.config.sample_tile,
+                                   cond_aug=main.config.cond_aug if cfg.cond_aug is None else cfg.cond_aug)
         save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema)
         return
     guide, guide_fields = carried_guide(st)
@@ -438,6 +445,7 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         name=cfg.name, ae=cfg.ae, unet=cfg.unet, prediction="v", latent_scale=float(st.latent_scale or 1.0),
         magnifications=tuple(cfg.magnifications), mpp0=cfg.mpp0, tile=cfg.tile, trained=st.unet_step > 0,
         sample_tile=cfg.sample_tile or st.carried.get("sample_tile"), training=record | st.carried.get("record", {}), **guide_fields,
+        cond_aug=st.carried.get("cond_aug", 0) if cfg.cond_aug is None else cfg.cond_aug,
     )
     save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide)
 
@@ -518,27 +526,49 @@ def crop_side(ls: LatentSet, cfg: TrainConfig, level: int) -> int:
     return min(tile, max(min(v[level].shape[1:]) for v in ls.latents)) // cfg.unet.divisor * cfg.unet.divisor
 
 
-def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Generator, side: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x0, cond, cond_mask) for one level: latent crops of one side (`crop_side` unless given) and their
-    parent conditioning (scaled latents). Variants too small for that side (a scale-augmented image
-    below its level's tile) are not drawn at that level."""
+def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Generator, side: int | None = None) -> tuple[np.ndarray, ...]:
+    """(x0, cond, cond_mask, cond_noise) for one level: latent crops of one side (`crop_side` unless given),
+    their parent conditioning (scaled latents) and, with conditioning augmentation (cfg.cond_aug_max), white
+    noise at the parent's resolution upsampled as the conditioning is (else zeros). Variants too small for
+    that side (a scale-augmented image below its level's tile) are not drawn at that level."""
     n_levels = len(cfg.magnifications)
     factor = level_factor(cfg.magnifications)
     t = side or crop_side(ls, cfg, level)
     fits = [v for v, lat in enumerate(ls.latents) if min(lat[level].shape[1:]) >= t]
-    xs, cs, ms = [], [], []
+    xs, cs, ms, ns = [], [], [], []
+
+    def white(c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return rng.standard_normal((c, y1 - y0, x1 - x0), dtype=np.float32)
+
     for _ in range(cfg.unet_batch):
         v = fits[int(rng.integers(len(fits)))]
         lat, mask = ls.latents[v][level], ls.masks[v][level]
         y, x = D.sample_crop(lat.transpose(1, 2, 0), mask, t, rng, cfg.min_tissue if rng.random() < 0.8 else 0.0)
         xs.append(lat[:, y : y + t, x : x + t])
         if level < n_levels - 1:
-            cs.append(cond_for_region(ls.latents[v][level + 1], y, y + t, x, x + t, factor))
+            parent = ls.latents[v][level + 1]
+            cs.append(cond_for_region(parent, y, y + t, x, x + t, factor))
             ms.append(0.0 if rng.random() < cfg.cfg_dropout else 1.0)
+            aug = cfg.cond_aug_max > 0
+            ns.append(cond_for_region(NoiseField(parent.shape, white), y, y + t, x, x + t, factor) if aug else np.zeros_like(cs[-1]))
         else:
             cs.append(np.zeros_like(xs[-1]))
             ms.append(0.0)
-    return np.stack(xs), np.stack(cs), np.array(ms, np.float32)
+            ns.append(cs[-1])
+    return np.stack(xs), np.stack(cs), np.array(ms, np.float32), np.stack(ns)
+
+
+def augment_cond(cond: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, abar: torch.Tensor, max_t: int,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Conditioning augmentation (Ho et al. 2022): each crop's parent is noised to its own timestep drawn
+    uniformly from 0..max_t (0 for crops trained without their parent), which the network is told; at
+    sampling the same is done at one fixed timestep, so the network learns to take a generated parent's
+    errors for noise instead of copying them. (cond, None) when max_t is 0."""
+    if max_t <= 0:
+        return cond, None
+    ct = torch.from_numpy(rng.integers(0, max_t + 1, size=cond.shape[0])).to(cond.device) * (mask > 0.5)
+    sigma = torch.where(ct > 0, (1 - abar[ct]).sqrt(), 0.0)[:, None, None, None]  # 0 = clean, as at sampling
+    return (1 - sigma * sigma).sqrt() * cond + sigma * noise, ct.float()
 
 
 def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float, train: LatentSet, device: torch.device,
@@ -576,7 +606,7 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
     splits use one crop side per level, the smaller split's (CMU's 5x held-out band is 16 latent pixels
     high, so 16 rather than the training tile 32: the numbers compare checkpoints and splits, not
     training losses); a level where that is under two UNet divisors is left out (CMU's 1.25x band: 4)."""
-    vcfg = dataclasses.replace(cfg, unet_batch=VAL_CROPS, cfg_dropout=0.0)
+    vcfg = dataclasses.replace(cfg, unet_batch=VAL_CROPS, cfg_dropout=0.0, cond_aug_max=0)  # clean parents
     rng = np.random.default_rng(VAL_SEED)  # not the run's seed: runs on the same data validate alike
     gen = torch.Generator().manual_seed(VAL_SEED)
     times = torch.tensor(VAL_TIMES).repeat_interleave(VAL_CROPS)
@@ -587,7 +617,7 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
     for split, ls in splits.items():
         for level, side in sides.items():
             x0, cond, mask = (torch.from_numpy(a).repeat(len(VAL_TIMES), *([1] * (a.ndim - 1)))
-                              for a in unet_batch(ls, vcfg, level, rng, side))
+                              for a in unet_batch(ls, vcfg, level, rng, side)[:3])
             eps = torch.randn(x0.shape, generator=gen)
             out[(split, level)] = tuple(a.to(device) for a in (x0, cond, mask, times, eps))
     return ValSet(sides, out)
@@ -707,6 +737,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["elastic_strain"] = cfg.elastic_strain
     if cfg.unet.dropout:
         record["unet_dropout"] = cfg.unet.dropout
+    if cfg.cond_aug_max:
+        record["cond_aug_max"] = cfg.cond_aug_max
 
     def current_record() -> dict[str, Any]:
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
@@ -799,7 +831,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         while time.monotonic() < deadline and (cfg.unet_max_steps is None or st.unet_step < cfg.unet_max_steps) and not stop_early():
             t0 = time.monotonic()
             level = int(rng.choice(len(probs), p=probs))
-            x0, cond, mask = (torch.from_numpy(a).to(device) for a in unet_batch(latents, cfg, level, rng))
+            x0, cond, mask, cnoise = (torch.from_numpy(a).to(device) for a in unet_batch(latents, cfg, level, rng))
+            cond, cond_t = augment_cond(cond, cnoise, mask, abar, cfg.cond_aug_max, rng)
             b = x0.shape[0]
             t = torch.from_numpy(rng.integers(0, 1000, size=b)).to(device)
             a = abar[t].sqrt()[:, None, None, None]
@@ -809,7 +842,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             target = a * eps - s * x0  # v (Salimans & Ho 2022)
             cond = cond.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=udtype, enabled=udtype != torch.float32):
-                out = st.unet(xt, t.float(), torch.full((b,), level, dtype=torch.long, device=device), cond, mask)
+                out = st.unet(xt, t.float(), torch.full((b,), level, dtype=torch.long, device=device), cond, mask, cond_t)
             loss = (out.float() - target).pow(2).mean()
             st.unet_step += 1
             lr = denoiser_lr(st.opt_unet, cfg.unet_lr, cfg.warmup_steps, deadline - t0, cfg.lr_decay_minutes * 60)
