@@ -115,3 +115,19 @@ def test_workers_apply_autoguidance_like_one_process(guided_bundle: Path, tmp_pa
     unguided = tmp_path / "unguided"
     assert _slide(guided_bundle, unguided, "--autoguidance", "1").returncode == 0
     assert not np.array_equal(_level0(unguided), _level0(local))
+
+
+def test_workers_noise_parents_like_one_process(tmp_path: Path, cluster) -> None:
+    """Conditioning augmentation on a farm: the workers read the same parent noise (LevelSpec.cond_noise)
+    and tell their networks the same timestep (RunnerSpec.cond_aug) as one process."""
+    from test_cond_aug import cond_aug_bundle
+
+    address, _ = cluster
+    bundle = cond_aug_bundle(tmp_path / "ca.safetensors", cond_aug=300)
+    local, farmed, other = tmp_path / "local", tmp_path / "farmed", tmp_path / "other"
+    assert _slide(bundle, local, "--cond-aug", "200").returncode == 0
+    proc = _slide(bundle, farmed, "--cond-aug", "200", "--scheduler", address)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(_level0(farmed), _level0(local))
+    assert _slide(bundle, other, "--scheduler", address).returncode == 0  # the bundle's 300
+    assert not np.array_equal(_level0(other), _level0(local))
