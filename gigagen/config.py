@@ -12,6 +12,9 @@ from typing import Any
 from gigagen.engine.grid import BLEND_MODES
 from gigagen.errors import UserError
 
+# Latent pixels per network call when no batch size is given: 2 tiles of 128^2, 32 of 32^2. Larger calls
+# did not run faster on this CPU and took more memory (scripts/bench_batch.py).
+CALL_PIXELS = 2 * 128 * 128
 FORMATS = ("ome-tiff", "tiff", "dzi")  # the keys of gigagen.io.export.FORMATS (kept import-light)
 COMPRESSIONS = ("jpeg", "deflate", "zstd", "lzw", "none")
 
@@ -33,7 +36,7 @@ class RunConfig:
     checkpoint: str | None = None  # None = the embedded default model
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 16
+    batch_size: int | None = None  # tiles per network call; None = CALL_PIXELS latent pixels' worth of tiles
     overwrite: bool = False
     formats: tuple[str, ...] = ("ome-tiff", "dzi")
     compression: str = "jpeg"
@@ -64,10 +67,17 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+def default_batch_size(tile: int) -> int:
+    """Tiles per network call for a tile side when none is given: CALL_PIXELS latent pixels' worth, at least 1."""
+    return max(1, CALL_PIXELS // (tile * tile))
+
+
 def validate(cfg: RunConfig) -> None:
     """Checks that need no model; raises UserError with one line for the first problem found."""
     for name in ("width", "height", "steps", "batch_size"):
         value = getattr(cfg, name)
+        if name == "batch_size" and value is None:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"{name.replace('_', '-')} must be a positive integer, not {value!r}")
     if cfg.blend not in BLEND_MODES:

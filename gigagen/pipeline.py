@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from gigagen import __version__
-from gigagen.config import RunConfig, validate
+from gigagen.config import RunConfig, default_batch_size, validate
 from gigagen.engine.cascade import LevelPlan, local_denoiser, plan_cascade, sample_cascade
 from gigagen.engine.decode import decode_tiles, stream_decode
 from gigagen.engine.grid import Tiling
@@ -132,8 +132,8 @@ def replacing(out: Path, active: bool) -> Iterator[None]:
 
 
 def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPlan]]:
-    """The run's config with the model's defaults made explicit (tile, autoguidance, cond_aug: run.json
-    and the resume fingerprint record the values used), device, dtype, model bundle and cascade plan;
+    """The run's config with the model's defaults made explicit (tile, autoguidance, cond_aug, batch size:
+    run.json and the resume fingerprint record the values used), device, dtype, model bundle and cascade plan;
     UserError for what the model rules out."""
     from gigagen.models.checkpoint import load_bundle
     from gigagen.models.denoiser import cond_aug_timestep, pick_device, pick_dtype
@@ -148,7 +148,8 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
     if tile % mc.unet.divisor:
         raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
     plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
-    cfg = replace(with_autoguidance(cfg, bundle), tile=tile, cond_aug=cond_aug_timestep(bundle, cfg.cond_aug))
+    cfg = replace(with_autoguidance(cfg, bundle), tile=tile, cond_aug=cond_aug_timestep(bundle, cfg.cond_aug),
+                  batch_size=cfg.batch_size or default_batch_size(tile))
     return cfg, device, dtype, bundle, plans
 
 

@@ -13,11 +13,14 @@ from typing import Any
 import numpy as np
 
 from gigagen import __version__
-from gigagen.config import RunConfig
+from gigagen.config import CALL_PIXELS, RunConfig
 from gigagen.engine.cascade import LevelPlan
 from gigagen.engine.grid import step_segments
 
 MODEL_RSS_BYTES = 700 * 2**20  # python + torch + a small model, measured resident set before any latent
+# the network's working memory per CALL_PIXELS latent pixels in one call: measured with the default model
+# (2 tiles of 128^2: max RSS 1.24 GB at 16384^2 with latents on disk); smaller tiles need less
+CALL_WORKING_BYTES = 512 * 2**20
 TIFF_RATIO = {"jpeg": 0.25, "none": 1.0}  # bytes per raw RGB byte; lossless codecs bounded by 1.0
 IO_MPX_PER_S = 30.0  # zarr pyramid + TIFF export throughput measured by scripts/bench_export.py (conservative)
 
@@ -76,11 +79,15 @@ def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int,
 
 
 def estimate(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind: str) -> dict[str, Any]:
+    """Disk and peak memory of a run whose tile and batch size are resolved (pipeline._setup_model); the
+    network's working memory grows with the latent pixels of one call."""
+    assert cfg.tile is not None and cfg.batch_size is not None
+    call_pixels = cfg.batch_size * cfg.tile * cfg.tile
     latent_mem = latent_memory_bytes(cfg, plans, channels) if store_kind == "memory" else 0
     disk = disk_bytes(cfg, plans, channels, store_kind)
     return {
         "disk_bytes": disk["total"], "disk": disk, "latent_memory_bytes": latent_mem,
-        "peak_memory_bytes": MODEL_RSS_BYTES + latent_mem + 64 * 2**20 * max(1, cfg.batch_size // 16),
+        "peak_memory_bytes": MODEL_RSS_BYTES + latent_mem + CALL_WORKING_BYTES * max(1, -(-call_pixels // CALL_PIXELS)),
     }
 
 

@@ -57,6 +57,23 @@ def test_same_seed_same_pixels_across_batch_sizes(tmp_path: Path, tiny_bundle: P
     np.testing.assert_array_equal(za, zb)
 
 
+def test_default_batch_holds_a_fixed_number_of_latent_pixels(tmp_path: Path, tiny_bundle: Path) -> None:
+    """Without --batch-size a network call holds CALL_PIXELS latent pixels' worth of tiles (32 of 32^2, 2 of
+    128^2): larger tiles do not multiply the network's working memory. run.json records the batch used."""
+    from gigagen.config import CALL_PIXELS, default_batch_size
+
+    assert [default_batch_size(t) for t in (32, 64, 128, 256)] == [32, 8, 2, 1] and CALL_PIXELS == 2 * 128 * 128
+    for tile, batch in ((8, 512), (16, 128)):
+        out = tmp_path / f"t{tile}"
+        assert _slide(tmp_path, tiny_bundle, "--size", "256", "--out", str(out), "--seed", "9", "--tile", str(tile)) == 0
+        assert json.loads((out / "run.json").read_text())["config"]["batch_size"] == batch
+    told = tmp_path / "told"
+    assert _slide(tmp_path, tiny_bundle, "--size", "256", "--out", str(told), "--seed", "9", "--tile", "16", "--batch-size", "3") == 0
+    assert json.loads((told / "run.json").read_text())["config"]["batch_size"] == 3
+    za, zb = (zarr.open_group(str(p / "slide.ome.zarr"), mode="r")["0"][:] for p in (tmp_path / "t16", told))
+    np.testing.assert_array_equal(za, zb)
+
+
 def test_refuses_existing_output_and_keeps_it(tmp_path: Path, tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "s"
     out.mkdir()

@@ -157,3 +157,17 @@ def test_disk_store_refuses_overlap(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="overlap"):
         DiskStore(LevelSpec(0, (16, 16), 4, 0, Tiling(tile=8, mode="overlap")), str(tmp_path))
+
+
+def test_the_embedded_model_gives_a_tile_the_same_bits_alone_or_in_a_batch() -> None:
+    """The real network, not only the tiny one: PyTorch's channels-last GroupNorm and its fused attention
+    kernel both computed a batch of one differently (up to 0.04 apart in x0), so a tile's result depended on
+    --batch-size; layers.GroupNorm and SelfAttention keep every sample's bits whatever its batch."""
+    runner = BundleRunner(load_bundle(None, "cpu"), torch.device("cpu"), torch.bfloat16)
+    rng = np.random.default_rng(0)
+    for shape in ((64, 64), (24, 64)):
+        x, cond = (rng.standard_normal((3, 12, *shape)).astype(np.float32) for _ in range(2))
+        for level in (0, 1):
+            alone = runner.model_fn(x[:1], 500, level, cond[:1])[0]
+            for b in (2, 3):
+                np.testing.assert_array_equal(runner.model_fn(x[:b], 500, level, cond[:b])[0][:1], alone)
