@@ -6,13 +6,11 @@ as noise rather than as structure to copy. The noise is a function of (seed, lev
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from gigagen.cli import main
 from gigagen.engine.grid import Tile, Tiling
@@ -24,6 +22,7 @@ from gigagen.models.vae import Autoencoder
 from gigagen.train import loop as L
 
 from conftest import make_bundle, tiny_config
+from test_sample_tile import _pixels, _slide
 from test_train import png, tiny_cfg  # noqa: F401 - the fixture is used by name
 
 
@@ -77,16 +76,6 @@ def test_conditioning_noise_is_a_function_of_seed_level_and_position() -> None:
     assert np.corrcoef(noise[:, :, :-1].ravel(), noise[:, :, 1:].ravel())[0, 1] > 0.6
     for other in (dataclasses.replace(spec, seed=8), dataclasses.replace(spec, level=1)):
         assert not np.allclose(_conditioning(parent, 4, [Tile(0, 64, 0, 64)], other)[0], whole)
-
-
-def _slide(bundle: Path, out: Path, *extra: str) -> dict:
-    assert main(["slide", "--checkpoint", str(bundle), "--steps", "3", "--quiet", "--formats", "none", "--size", "256",
-                 "--seed", "2", "--out", str(out), *extra]) == 0
-    return json.loads((out / "run.json").read_text())
-
-
-def _pixels(out: Path) -> np.ndarray:
-    return zarr.open_group(str(out / "slide.ome.zarr"), mode="r")["0"][:]
 
 
 def test_slide_noises_parents_as_the_bundle_says_and_records_it(tmp_path: Path) -> None:
