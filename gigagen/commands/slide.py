@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (default auto = bf16)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="tiles per network call; never changes the result (default: 16384 latent pixels per call, 16 tiles of 32 or 1 of 128)")
+                   help="tiles per network call; never changes the result (default: 32768 latent pixels per call, 32 tiles of 32 or 2 of 128)")
     p.add_argument("--formats", default="ome-tiff,dzi", help=f"files to write besides the zarr: comma list of {', '.join(FORMATS)}, or none (default ome-tiff,dzi: slide.ome.tif for QuPath and slide.dzi.zip, Deep Zoom tiles the viewer serves as they are)")
     p.add_argument("--compression", default="jpeg", help="TIFF compression: jpeg, or lossless deflate, zstd, lzw, none (default jpeg)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of TIFF and Deep Zoom tiles (default 90)")
