@@ -88,8 +88,6 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"guidance scale must be >= 0, not {cfg.guidance}")
     if cfg.autoguidance is not None and cfg.autoguidance < 0:
         raise UserError(f"autoguidance weight must be >= 0, not {cfg.autoguidance}")
-    if cfg.cond_aug is not None and not 0 <= cfg.cond_aug < 1000:
-        raise UserError(f"cond-aug must be a timestep in 0..999, not {cfg.cond_aug}")
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise UserError(f"seed must be in 0..2^63-1, not {cfg.seed}")
     if cfg.tile is not None and cfg.tile < 1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -48,6 +48,13 @@ class NoiseField:
         return self.draw(self.shape[0], y0, y1, x0, x1)
 
 
-def augment(cond: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
-    """Variance-preserving conditioning augmentation: sqrt(1 - sigma^2) cond + sigma noise."""
-    return np.float32(np.sqrt(1.0 - sigma * sigma)) * cond + np.float32(sigma) * noise
+def cond_noise_std(alphas_cumprod: Any, t: Any) -> Any:
+    """Std of the conditioning noise at timestep(s) t: sqrt(1 - alpha_bar_t), and exactly 0 at t = 0 (a
+    clean parent, in training and at sampling alike). numpy or torch, scalar or per sample."""
+    return (1 - alphas_cumprod[t]) ** 0.5 * (t > 0)
+
+
+def augment(cond: Any, noise: Any, sigma: Any) -> Any:
+    """Variance-preserving conditioning augmentation: sqrt(1 - sigma^2) cond + sigma noise (numpy or torch;
+    sigma a number or broadcastable per sample)."""
+    return (1 - sigma * sigma) ** 0.5 * cond + sigma * noise

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gigagen.engine.condition import cond_noise_std
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import ModelBundle
 from gigagen.sampling.ddim import cfg_combine, split_prediction
@@ -112,7 +113,7 @@ class BundleRunner:
     def cond_noise(self) -> float:
         """Std of the noise the engine mixes into each parent level (LevelSpec.cond_noise)."""
         assert self.cond_aug is not None  # resolved in __post_init__
-        return float(np.sqrt(1.0 - self.alphas_cumprod[self.cond_aug])) if self.cond_aug else 0.0
+        return float(cond_noise_std(self.alphas_cumprod, self.cond_aug))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from gigagen.engine.condition import NoiseField, cond_for_region
+from gigagen.engine.condition import NoiseField, augment, cond_for_region, cond_noise_std
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
@@ -536,6 +536,7 @@ def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Gener
     t = side or crop_side(ls, cfg, level)
     fits = [v for v, lat in enumerate(ls.latents) if min(lat[level].shape[1:]) >= t]
     xs, cs, ms, ns = [], [], [], []
+    aug = cfg.cond_aug_max > 0
 
     def white(c: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return rng.standard_normal((c, y1 - y0, x1 - x0), dtype=np.float32)
@@ -549,7 +550,6 @@ def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Gener
             parent = ls.latents[v][level + 1]
             cs.append(cond_for_region(parent, y, y + t, x, x + t, factor))
             ms.append(0.0 if rng.random() < cfg.cfg_dropout else 1.0)
-            aug = cfg.cond_aug_max > 0
             ns.append(cond_for_region(NoiseField(parent.shape, white), y, y + t, x, x + t, factor) if aug else np.zeros_like(cs[-1]))
         else:
             cs.append(np.zeros_like(xs[-1]))
@@ -567,8 +567,7 @@ def augment_cond(cond: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, ab
     if max_t <= 0:
         return cond, None
     ct = torch.from_numpy(rng.integers(0, max_t + 1, size=cond.shape[0])).to(cond.device) * (mask > 0.5)
-    sigma = torch.where(ct > 0, (1 - abar[ct]).sqrt(), 0.0)[:, None, None, None]  # 0 = clean, as at sampling
-    return (1 - sigma * sigma).sqrt() * cond + sigma * noise, ct.float()
+    return augment(cond, noise, cond_noise_std(abar, ct)[:, None, None, None]), ct.float()
 
 
 def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float, train: LatentSet, device: torch.device,
