@@ -27,7 +27,7 @@ class RunConfig:
     seed: int
     steps: int = 20
     eta: float = 0.0
-    guidance: float = 1.0
+    guidance: tuple[float, ...] | None = None  # CFG weight per refinement level, finest first (or one for all); None = the model's
     autoguidance: float | None = None  # None = the model's own default (1 when it has no guide network)
     cond_aug: int | None = None  # parent noise timestep (conditioning augmentation); None = the model's default
     blend: str = "gridshift"
@@ -84,8 +84,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"unknown blend mode {cfg.blend!r}; choose from {', '.join(BLEND_MODES)}")
     if cfg.eta < 0:
         raise UserError(f"eta must be >= 0, not {cfg.eta}")
-    if cfg.guidance < 0:
-        raise UserError(f"guidance scale must be >= 0, not {cfg.guidance}")
+    if cfg.guidance is not None and (not cfg.guidance or min(cfg.guidance) < 0):
+        raise UserError(f"guidance weights must be >= 0, not {cfg.guidance}")
     if cfg.autoguidance is not None and cfg.autoguidance < 0:
         raise UserError(f"autoguidance weight must be >= 0, not {cfg.autoguidance}")
     if cfg.seed < 0 or cfg.seed >= 2**63:

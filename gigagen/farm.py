@@ -29,7 +29,7 @@ class RunnerSpec:
 
     checkpoint: str | None
     precision: str
-    guidance: float
+    guidance: tuple[float, ...]
     autoguidance: float
     cond_aug: int | None = None
 

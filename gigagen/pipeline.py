@@ -132,11 +132,11 @@ def replacing(out: Path, active: bool) -> Iterator[None]:
 
 
 def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPlan]]:
-    """The run's config with the model's defaults made explicit (tile, autoguidance, cond_aug, batch size:
+    """The run's config with the model's defaults made explicit (tile, guidance, autoguidance, cond_aug, batch size:
     run.json and the resume fingerprint record the values used), device, dtype, model bundle and cascade plan;
     UserError for what the model rules out."""
     from gigagen.models.checkpoint import load_bundle
-    from gigagen.models.denoiser import cond_aug_timestep, pick_device, pick_dtype
+    from gigagen.models.denoiser import cond_aug_timestep, guidance_weights, pick_device, pick_dtype
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
@@ -149,6 +149,7 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
         raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
     plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
     cfg = replace(with_autoguidance(cfg, bundle), tile=tile, cond_aug=cond_aug_timestep(bundle, cfg.cond_aug),
+                  guidance=guidance_weights(bundle, cfg.guidance),
                   batch_size=cfg.batch_size or default_batch_size(tile))
     return cfg, device, dtype, bundle, plans
 

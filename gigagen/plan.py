@@ -61,13 +61,15 @@ def disk_bytes(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind
 
 
 def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int, guide_levels: tuple[int, ...] = ()) -> dict[str, int]:
-    """UNet tiles and latent pixels evaluated over the whole cascade (CFG doubles refinement levels);
+    """UNet tiles and latent pixels evaluated over the whole cascade (CFG doubles the levels it guides;
+    cfg.guidance is the resolved per-level tuple);
     autoguidance adds as many evaluations of the smaller guide network at its levels, counted apart."""
     tiles = pixels = guide_tiles = guide_pixels = 0
     guided = cfg.autoguidance not in (None, 1.0)
     for p in plans:
         level_tiles = level_pixels = 0
-        passes = 2 if cfg.guidance != 1.0 and p.level < len(plans) - 1 else 1
+        guided_cfg = p.level < len(cfg.guidance or ()) and cfg.guidance[p.level] != 1.0  # type: ignore[index]
+        passes = 2 if guided_cfg else 1
         for step in range(cfg.steps):
             rows, cols = step_segments(p.shape, tile, cfg.blend, seed=cfg.seed, level=p.level, step=step, divisor=divisor, stride=cfg.overlap_stride)
             level_tiles += passes * len(rows) * len(cols)

@@ -23,8 +23,7 @@ FREE_FIELDS = ("out", "overwrite", "batch_size", "tile_order", "resume", "memory
 
 
 def fingerprint(cfg: RunConfig, model_identity: str, precision: str, device_type: str) -> dict[str, Any]:
-    fp = {k: v for k, v in cfg.as_dict().items() if k not in FREE_FIELDS}
-    fp["formats"] = list(fp["formats"])
+    fp = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.as_dict().items() if k not in FREE_FIELDS}  # as JSON reads back
     return fp | {"model": model_identity, "precision": precision, "device_type": device_type}
 
 

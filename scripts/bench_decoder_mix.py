@@ -51,7 +51,7 @@ def main() -> int:
     held, parent = held_band(bundle, args.reference)  # the band and parent sample_real_parent.py samples
     held = np.ascontiguousarray(held)
     real = encode_image(bundle.ae, held, cpu, torch.bfloat16) * c.latent_scale
-    sampled = sample_finest(BundleRunner(bundle, cpu, torch.bfloat16, 1.0, c.autoguidance), parent, real.shape[1:], args.seed)
+    sampled = sample_finest(BundleRunner(bundle, cpu, torch.bfloat16, c.guidance_per_level, c.autoguidance), parent, real.shape[1:], args.seed)
     real_tiles, pos = M.grid_tiles(held, 256, 128, 0.5)
     real_feats = M.random_conv_features(real_tiles)
     tuned = copy.deepcopy(bundle.ae.decoder)
@@ -63,7 +63,7 @@ def main() -> int:
         b = copy.copy(bundle)
         b.ae = copy.deepcopy(bundle.ae)
         b.ae.decoder.load_state_dict(mixed_decoder(bundle.ae.decoder, tuned, mix))
-        runner = BundleRunner(b, cpu, torch.bfloat16, 1.0, c.autoguidance)
+        runner = BundleRunner(b, cpu, torch.bfloat16, c.guidance_per_level, c.autoguidance)
         gen = to_uint8(runner.decode_fn(sampled[None])[0].transpose(1, 2, 0))
         rec = to_uint8(runner.decode_fn(real[None])[0].transpose(1, 2, 0))
         gen_t = np.stack([gen[y : y + 256, x : x + 256] for y, x in pos])

@@ -2,15 +2,18 @@
 """One sampling option against time and quality, with the embedded default (or --checkpoint) model.
 
 For each value of the option (`--vary tile`: the latent tile side; `--vary cond-aug`: the parent noise
-timestep of conditioning augmentation; `--vary autoguidance`: the guide weight) it runs
+timestep of conditioning augmentation; `--vary autoguidance`: the guide weight; `--vary guidance`: the
+classifier-free guidance weights per refinement level, finest first, written with ':' inside a value) it runs
 `gigagen slide --OPTION VALUE` for each seed (no exports) and `gigagen evaluate` against the held-out
 band, and `scripts/sample_real_parent.py --OPTION VALUE` (the 20x level sampled from the real 5x parent
 of the held-out band; FD against that band, own tiles / paired tiles) for each real-parent seed.
-Slides test the whole cascade, generated parents included; real-parent samples test the 20x level alone.
+Slides test the whole cascade, generated parents included; real-parent samples test the 20x level alone
+(not run for --vary guidance: they sample 20x with the bundle's 20x weight).
 
     .venv/bin/python scripts/bench_sampling.py --vary tile [--values 32,64,128] [--size 2048] [--seeds 7,11,13]
         [--real-parent-seeds 1,2,3] [--checkpoint B]
     .venv/bin/python scripts/bench_sampling.py --vary cond-aug --values 0,100,200,300
+    .venv/bin/python scripts/bench_sampling.py --vary guidance --values 1:1,1:2,1:3 --seeds 7,11,13,17,19,23,29
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from _slide_eval import ROOT, ROW_HEADER, real_parent_fd, row_cells, slide_and_evaluate
 
-OPTIONS = ("tile", "cond-aug", "autoguidance")
+OPTIONS = ("tile", "cond-aug", "autoguidance", "guidance")
 
 
 def _list(text: str) -> list[str]:
@@ -43,6 +46,9 @@ def main() -> int:
     if not values:
         p.error(f"--vary {args.vary} needs --values")
     ckpt = ["--checkpoint", args.checkpoint] if args.checkpoint else []
+    values = [v.replace(":", ",") for v in values]  # per-level weights: 1:2 is --guidance 1,2
+    if args.vary == "guidance":
+        args.real_parent_seeds = []
     flag = f"--{args.vary}"
     print(f"| {args.vary} | seed | slide {args.size}^2 wall s | {ROW_HEADER} |")
     print("|---|---|---|" + "---|" * len(ROW_HEADER.split("|")))

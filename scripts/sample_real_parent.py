@@ -90,7 +90,8 @@ def main() -> int:
     rows = [held]
     for ag in weights:
         for ca in noises:
-            runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32, 1.0, ag, ca)
+            runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32,
+                                  bundle.config.guidance_per_level, ag, ca)
             sampled = sample(runner, parent, held.shape, args)
             report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the real {bundle.config.magnifications[1]:g}x parent "
                                   f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g}, cond-aug {ca})")

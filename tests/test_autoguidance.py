@@ -27,7 +27,7 @@ from gigagen.engine.tiler import Tiling
 
 
 def _runner(path: Path, autoguidance: float) -> BundleRunner:
-    return BundleRunner(load_bundle(path), torch.device("cpu"), torch.bfloat16, 1.0, autoguidance)
+    return BundleRunner(load_bundle(path), torch.device("cpu"), torch.bfloat16, autoguidance=autoguidance)
 
 
 def _inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from gigagen.sampling.ddim import ddim_sigma, ddim_step
 from gigagen.sampling.schedules import ddim_timesteps
 
 
-def _runner(path: Path, guidance: float = 1.0, dtype: torch.dtype = torch.bfloat16) -> BundleRunner:
+def _runner(path: Path, guidance: tuple[float, ...] = (), dtype: torch.dtype = torch.bfloat16) -> BundleRunner:
     return BundleRunner(load_bundle(path, "cpu"), torch.device("cpu"), dtype, guidance)
 
 
@@ -44,7 +44,7 @@ def test_plan_cascade_shapes() -> None:
 
 @pytest.mark.parametrize("eta,dtype", [(0.0, torch.bfloat16), (0.7, torch.bfloat16), (0.0, torch.float32)])
 def test_same_seed_same_latents_for_any_batch_size_and_order(tiny_bundle: Path, eta: float, dtype: torch.dtype) -> None:
-    runner = _runner(tiny_bundle, guidance=1.5, dtype=dtype)
+    runner = _runner(tiny_bundle, guidance=(1.5, 2.0), dtype=dtype)
     ref = _sample(runner, 200, 168, Tiling(tile=8, batch_size=16), eta=eta)
     assert np.isfinite(ref).all() and ref.std() > 0.05
     for batch, order in [(1, "raster"), (3, "reverse"), (7, "shuffle"), (64, "shuffle")]:
@@ -91,15 +91,19 @@ def test_blend_modes_cost(tiny_bundle: Path) -> None:
     assert per_pixel["overlap"] > 2.5
 
 
-def test_guidance_doubles_passes_only_when_not_one(tiny_bundle: Path) -> None:
-    calls = {}
-    for g in (1.0, 2.0):
+def test_guidance_doubles_passes_only_at_the_levels_it_guides(tiny_bundle: Path) -> None:
+    pixels, latents = {}, {}
+    for g in ((1.0, 1.0), (2.0, 2.0), (1.0, 2.0), (2.0, 1.0)):
         runner = _runner(tiny_bundle, guidance=g)
-        _sample(runner, 64, 64, Tiling(tile=8), steps=2)
-        calls[g] = runner.counters.unet_pixels
-    top = plan_cascade(64, 64, 4, (20.0, 5.0, 1.25), 2)[-1]
-    layout = 2 * top.shape[0] * top.shape[1]  # the layout level is never conditioned: never a second pass
-    assert calls[2.0] == 2 * calls[1.0] - layout
+        latents[g] = _sample(runner, 64, 64, Tiling(tile=8), steps=2)
+        pixels[g] = runner.counters.unet_pixels
+    plans = plan_cascade(64, 64, 4, (20.0, 5.0, 1.25), 2)
+    per_level = [2 * p.shape[0] * p.shape[1] for p in plans]  # 2 steps; the layout level is never conditioned
+    assert pixels[(2.0, 2.0)] == pixels[(1.0, 1.0)] + per_level[0] + per_level[1]
+    assert pixels[(1.0, 2.0)] == pixels[(1.0, 1.0)] + per_level[1]  # the 5x level only
+    assert pixels[(2.0, 1.0)] == pixels[(1.0, 1.0)] + per_level[0]
+    assert not np.allclose(latents[(1.0, 2.0)], latents[(1.0, 1.0)])  # guiding 5x changes what 20x is refined from
+    assert not np.allclose(latents[(2.0, 1.0)], latents[(1.0, 1.0)])
 
 
 def test_tiled_decode_equals_untiled(tiny_bundle: Path) -> None:

@@ -87,7 +87,7 @@ def test_the_decoder_bank_samples_with_the_bundles_tile(tmp_path: Path) -> None:
     from gigagen.train.gan_decoder import sample_finest
 
     def finest(path: Path, tile: int | None) -> np.ndarray:
-        runner = BundleRunner(load_bundle(path), torch.device("cpu"), torch.float32, 1.0, 1.0)
+        runner = BundleRunner(load_bundle(path), torch.device("cpu"), torch.float32)
         parent = np.random.default_rng(0).standard_normal((4, 8, 8)).astype(np.float32)
         return sample_finest(runner, parent, (32, 32), seed=1, steps=3, tile=tile)
     plain = make_bundle(tmp_path / "plain.safetensors", seed=3)

@@ -29,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default: random, recorded in run.json)")
     p.add_argument("--steps", type=int, default=20, help="DDIM denoising steps per level (default 20)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default 0)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = one pass (default 1)")
+    p.add_argument("--guidance", type=_weights, default=None, metavar="W[,W...]",
+                   help="classifier-free guidance weight per refinement level, finest first (20x,5x for the default model), or one "
+                        "weight for every level; 1 = one pass (default: the model's, 1,2 for the embedded default)")
     p.add_argument("--autoguidance", type=float, default=None,
                    help="autoguidance weight: the model's small guide network steers away from its errors; 1 = off, "
                         "one pass (default: the model's, 1.5 for the embedded default)")
@@ -58,6 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.add_argument("--tile-order", default="raster", help=argparse.SUPPRESS)
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

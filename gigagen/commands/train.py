@@ -85,6 +85,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--cond-aug", type=int, default=None, metavar="T",
                    help="the parent noise timestep `gigagen slide` uses by default with this model, recorded in the bundle "
                         "(default: the --init-from or --guide-of bundle's, else 0)")
+    p.add_argument("--guidance", type=_floats, default=None, metavar="W[,W...]",
+                   help="classifier-free guidance weights `gigagen slide` uses by default with this model, one per refinement "
+                        "level finest first (or one for all), recorded in the bundle (default: the --init-from or --guide-of "
+                        "bundle's, else 1)")
     p.add_argument("--early-stop", type=int, default=0, metavar="N",
                    help="stop the denoiser after N validations in a row (one per checkpoint) without a lower held-out "
                         "loss; the best is always kept as bundle-best.safetensors (default 0: never stop early)")
@@ -143,8 +147,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
     if args.decoder_of:
-        if args.sample_tile is not None or args.cond_aug is not None or args.cond_aug_max:
-            raise UserError("--sample-tile, --cond-aug, --cond-aug-max: a --decoder-of run keeps its bundle's sampling "
+        if args.sample_tile is not None or args.cond_aug is not None or args.cond_aug_max or args.guidance is not None:
+            raise UserError("--sample-tile, --cond-aug, --cond-aug-max, --guidance: a --decoder-of run keeps its bundle's sampling "
                             "(its bank is sampled with it); set them on the denoiser or guide run")
         return _decoder_config(args)
     if args.guide_of:
@@ -284,7 +288,17 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
         scale_aug=tuple(args.scale_aug), elastic_aug=args.elastic_aug, elastic_strain=ELASTIC_STRAIN if args.elastic_strain is None else args.elastic_strain, early_stop=args.early_stop,
         sample_tile=args.sample_tile, cond_aug_max=args.cond_aug_max, cond_aug=args.cond_aug,
+        guidance=_guidance(args.guidance, len(args.magnifications)),
     )
+
+
+def _guidance(weights: tuple[float, ...] | None, n_levels: int) -> tuple[float, ...] | None:
+    """--guidance: one weight per refinement level (one value: the same at each), as the bundle records it."""
+    if weights is None:
+        return None
+    if min(weights) < 0 or len(weights) not in (1, n_levels - 1):
+        raise UserError(f"--guidance needs one weight >= 0, or one per refinement level ({n_levels - 1}), finest first")
+    return weights * (n_levels - 1) if len(weights) == 1 else weights
 
 
 def run(args: argparse.Namespace) -> int:

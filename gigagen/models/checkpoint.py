@@ -49,6 +49,14 @@ class BundleConfig:
     # conditioning augmentation: the noise timestep `gigagen slide` noises each parent level to by default
     # (0 = clean parents); nonzero only for a denoiser trained with it (unet.cond_aug)
     cond_aug: int = 0
+    # classifier-free guidance weights `gigagen slide` uses by default, one per refinement level finest first
+    # (the layout level has no parent); () = 1 at every level. Measured per model, like autoguidance.
+    guidance: tuple[float, ...] = ()
+
+    @property
+    def guidance_per_level(self) -> tuple[float, ...]:
+        """The default guidance weight of every refinement level, finest first."""
+        return self.guidance or (1.0,) * (len(self.magnifications) - 1)
 
     @property
     def sampling_tile(self) -> int:
@@ -116,6 +124,8 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("autoguidance must be >= 0, and 1 for a bundle without a guide network")
     if not 0 <= cfg.cond_aug < cfg.n_train_steps or (cfg.cond_aug and not cfg.unet.cond_aug):
         raise ValueError("cond_aug must be a timestep in [0, n_train_steps), and 0 for a denoiser trained without conditioning augmentation")
+    if cfg.guidance and (len(cfg.guidance) != len(cfg.magnifications) - 1 or min(cfg.guidance) < 0):
+        raise ValueError("guidance must give one weight >= 0 per refinement level (all levels but the layout), or none")
     if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
 

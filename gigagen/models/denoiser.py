@@ -64,6 +64,19 @@ def cond_aug_timestep(bundle: ModelBundle, requested: int | None) -> int:
     return requested
 
 
+def guidance_weights(bundle: ModelBundle, requested: tuple[float, ...] | None) -> tuple[float, ...]:
+    """Classifier-free guidance weight per refinement level, finest first (the layout level has no parent to
+    guide with): the bundle's when none is asked for; one value applies to every refinement level."""
+    n = len(bundle.config.magnifications) - 1
+    if requested is None:
+        return bundle.config.guidance_per_level
+    if len(requested) == 1:
+        return tuple(requested) * n
+    if len(requested) != n:
+        raise UserError(f"guidance: give one weight, or one per refinement level finest first ({n} for {bundle.identity}), not {len(requested)}")
+    return tuple(requested)
+
+
 def autoguidance_weight(bundle: ModelBundle, requested: float | None) -> float:
     """The weight a run uses: the bundle's default when none is asked for (1 for a bundle without a guide,
     which validate_config enforces); a weight other than 1 needs a guide network."""
@@ -78,7 +91,8 @@ def autoguidance_weight(bundle: ModelBundle, requested: float | None) -> float:
 class BundleRunner:
     """Callables for the engine: model_fn(x, t, level, cond) -> (x0, eps) and decode_fn(z) -> pixels.
 
-    guidance != 1: classifier-free guidance (the network once more without its parent level).
+    guidance[level] != 1: classifier-free guidance at that level (the network once more without its parent
+    level); levels beyond the tuple are unguided.
     cond_aug > 0: conditioning augmentation; the engine noises the parent (LevelSpec.cond_noise, which
     `cond_noise` gives for this timestep) and the networks trained with it are told the timestep.
     autoguidance != 1: autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
@@ -90,12 +104,14 @@ class BundleRunner:
     bundle: ModelBundle
     device: torch.device
     dtype: torch.dtype
-    guidance: float = 1.0
+    guidance: tuple[float, ...] = ()  # per refinement level, finest first (guidance_weights)
     autoguidance: float = 1.0
     cond_aug: int | None = None  # None = the bundle's default
     counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.guidance, tuple):  # a lone float would silently mean nothing per level
+            raise TypeError(f"guidance is a tuple of weights per refinement level, not {self.guidance!r}")
         autoguidance_weight(self.bundle, self.autoguidance)  # refuses a weight the bundle cannot apply
         self.cond_aug = cond_aug_timestep(self.bundle, self.cond_aug)
         self.alphas_cumprod = cosine_alphas_cumprod(self.bundle.config.n_train_steps)
@@ -114,6 +130,9 @@ class BundleRunner:
         """Std of the noise the engine mixes into each parent level (LevelSpec.cond_noise)."""
         assert self.cond_aug is not None  # resolved in __post_init__
         return float(cond_noise_std(self.alphas_cumprod, self.cond_aug))
+
+    def guidance_at(self, level: int) -> float:
+        return self.guidance[level] if level < len(self.guidance) else 1.0
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -154,15 +173,16 @@ class BundleRunner:
         return out
 
     def model_fn(self, x: np.ndarray, t: int, level: int, cond: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """x_t, cond: (B, C, h, w) scaled latents -> (x0, eps). Two passes only when guidance != 1."""
+        """x_t, cond: (B, C, h, w) scaled latents -> (x0, eps). Two passes only where guidance != 1."""
         xt = self._tensor(x)
         if cond is None:
             out = self._unet(xt, t, level, torch.zeros_like(xt), 0.0)
         else:
             ct = self._tensor(cond)
             out = self._unet(xt, t, level, ct, 1.0)
-            if self.guidance != 1.0:
-                out = cfg_combine(out, self._unet(xt, t, level, ct, 0.0), self.guidance)
+            w = self.guidance_at(level)
+            if w != 1.0:
+                out = cfg_combine(out, self._unet(xt, t, level, ct, 0.0), w)
         x0, eps = split_prediction(out, xt, float(self.alphas_cumprod[t]), self.bundle.config.prediction)
         return x0.cpu().numpy(), eps.cpu().numpy()
 

@@ -110,7 +110,7 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
                     cached = [z[f"s{i}"] for i in range(len(z.files) - 1)]
         except Exception:  # a damaged cache only costs the time to sample again
             cached = []
-    runner = BundleRunner(bundle, device, torch.bfloat16, 1.0, c.autoguidance)
+    runner = BundleRunner(bundle, device, torch.bfloat16, c.guidance_per_level, c.autoguidance)
     bank = Bank([], [], [], [])
     bar = tqdm(total=len(levels) * 8 * seeds, desc="sampling the decoder's bank", unit="image", disable=not progress or bool(cached))
     for i, li in enumerate(levels):

@@ -86,6 +86,7 @@ class TrainConfig:
     sample_tile: int | None = None  # recorded as the bundle's default sampling tile (None: carried, else `tile`)
     cond_aug_max: int = 0  # conditioning augmentation: parents noised to a timestep drawn from 0..this (0 = off)
     cond_aug: int | None = None  # the conditioning noise timestep recorded for sampling (None: carried, else 0)
+    guidance: tuple[float, ...] | None = None  # CFG weights per refinement level recorded for sampling (None: carried, else 1)
     early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
 
 
@@ -367,10 +368,12 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     on the same latents (encoder and latent scale, both kept) and does not depend on the main denoiser, so
     it goes on guiding the same levels with the same weight, unless the cascade changes. Its fine-tuned
     decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder. Its
-    sampling tile and conditioning noise, measured on the network that now trains on (--sample-tile and
-    --cond-aug replace them)."""
+    sampling tile, conditioning noise and guidance weights, measured on the network that now trains on
+    (--sample-tile, --cond-aug and --guidance replace them)."""
     c, rec = bundle.config, bundle.config.training
     out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug}  # how it samples best
+    if tuple(c.magnifications) == tuple(cfg.magnifications):  # per-level weights only mean something for the same levels
+        out["guidance"] = tuple(c.guidance)
     if "decoder_gan" in rec:
         out["record"]["decoder_gan"] = rec["decoder_gan"]
     if bundle.guide is not None and tuple(c.magnifications) == tuple(cfg.magnifications):
@@ -437,7 +440,8 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         levels = tuple(i for i, share in enumerate(cfg.level_probs) if share > 0)  # a guide guides what it learned
         gcfg = dataclasses.replace(main.config, guide=cfg.unet, autoguidance=cfg.autoguidance, guide_levels=levels, training=training,
                                    sample_tile=cfg.sample_tile or main.config.sample_tile,
-                                   cond_aug=main.config.cond_aug if cfg.cond_aug is None else cfg.cond_aug)
+                                   cond_aug=main.config.cond_aug if cfg.cond_aug is None else cfg.cond_aug,
+                                   guidance=main.config.guidance if cfg.guidance is None else cfg.guidance)
         save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema)
         return
     guide, guide_fields = carried_guide(st)
@@ -446,6 +450,7 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         magnifications=tuple(cfg.magnifications), mpp0=cfg.mpp0, tile=cfg.tile, trained=st.unet_step > 0,
         sample_tile=cfg.sample_tile or st.carried.get("sample_tile"), training=record | st.carried.get("record", {}), **guide_fields,
         cond_aug=st.carried.get("cond_aug", 0) if cfg.cond_aug is None else cfg.cond_aug,
+        guidance=st.carried.get("guidance", ()) if cfg.guidance is None else cfg.guidance,
     )
     save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide)
 

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Write a copy of a model bundle with other sampling defaults; its weights stay bit for bit the same.
+
+The defaults `gigagen slide` takes from a bundle (guidance weights per level, autoguidance weight, sampling
+tile, conditioning noise) are measured per model after training (scripts/bench_sampling.py); this records
+a measured choice without training again. The bundle's training record gains `sampling_defaults`: the
+identity of the bundle it came from and the fields changed.
+
+    .venv/bin/python scripts/set_sampling_defaults.py BUNDLE --out NEW.safetensors --guidance 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gigagen.errors import UserError  # noqa: E402
+from gigagen.models.checkpoint import load_bundle, save_bundle  # noqa: E402
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+
+
+def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
+    """The BundleConfig fields to replace (one guidance weight means every refinement level)."""
+    out: dict[str, Any] = {}
+    if args.guidance is not None:
+        out["guidance"] = args.guidance * (n_levels - 1) if len(args.guidance) == 1 else args.guidance
+    for name in ("autoguidance", "sample_tile", "cond_aug"):
+        if getattr(args, name) is not None:
+            out[name] = getattr(args, name)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="the new bundle (must not exist)")
+    p.add_argument("--guidance", type=_floats, default=None, help="CFG weight per refinement level, finest first (or one for all)")
+    p.add_argument("--autoguidance", type=float, default=None)
+    p.add_argument("--sample-tile", type=int, default=None)
+    p.add_argument("--cond-aug", type=int, default=None)
+    args = p.parse_args()
+    try:
+        out = Path(args.out)
+        if out.exists():
+            raise UserError(f"{out} exists; choose a new --out (the original is never overwritten)")
+        bundle = load_bundle(Path(args.bundle))
+        c = bundle.config
+        new = changes(args, len(c.magnifications))
+        if not new:
+            raise UserError("nothing to change: give --guidance, --autoguidance, --sample-tile or --cond-aug")
+        record = {"from": bundle.identity, "changed": {k: list(v) if isinstance(v, tuple) else v for k, v in new.items()}}
+        cfg = dataclasses.replace(c, **new, training=c.training | {"sampling_defaults": record})
+        try:
+            save_bundle(out, cfg, bundle.ae, bundle.unet, bundle.guide)
+        except ValueError as exc:  # validate_config: a default the bundle cannot apply
+            raise UserError(f"refused: {exc}") from None
+    except UserError as exc:
+        print(f"set_sampling_defaults: {exc}", file=sys.stderr)
+        return 2
+    print(f"{out}: {load_bundle(out).identity} ({', '.join(f'{k} {v}' for k, v in record['changed'].items())})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
