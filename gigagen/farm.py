@@ -83,7 +83,7 @@ def decode_task(rspec: RunnerSpec, root: str, spec: LevelSpec, state: int, tiles
     latent = DiskStore(spec, root).view(state)
     writer = open_writer(zarr_path)
     for tile in tiles:
-        writer.write_tile(tile.y0, tile.x0, decode_region(latent, runner.decode_fn, factor, tile))
+        writer.write_tile(tile.y0, tile.x0, decode_region(latent, runner.decode_fn, factor, tile, runner.bundle.config.ae.decode_halo))
     return _stats(runner, before)
 
 

@@ -317,13 +317,13 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
 
 def _decode(job: Job, latent: Any, writer: Any, progress: ProgressFactory) -> None:
     cfg = job.cfg
-    f = job.runner.bundle.config.ae.factor
+    f, halo = job.runner.bundle.config.ae.factor, job.runner.bundle.config.ae.decode_halo
     tiles = decode_tiles(cfg.height, cfg.width, PIXEL_CHUNK)
     bar = progress(f"decode {job.plans[0].magnification:g}x", len(tiles), "tile")
     if job.farm is not None:
         job.farm.decode(latent, tiles, f, str((job.out / "slide.ome.zarr").resolve()), bar.update)
     else:
-        for tile, rgb in stream_decode(latent, job.runner.decode_fn, f, cfg.height, cfg.width, PIXEL_CHUNK):
+        for tile, rgb in stream_decode(latent, job.runner.decode_fn, f, cfg.height, cfg.width, PIXEL_CHUNK, halo):
             writer.write_tile(tile.y0, tile.x0, rgb)
             bar.update(1)
     bar.close()
@@ -336,8 +336,8 @@ def _save_layout(job: Job, latent: Any, plan: LevelPlan) -> None:
     scale = job.plans[0].magnification / plan.magnification
     h, w = max(1, round(job.cfg.height / scale)), max(1, round(job.cfg.width / scale))
     img = np.empty((h, w, 3), dtype=np.uint8)
-    f = job.runner.bundle.config.ae.factor
-    for tile, rgb in stream_decode(latent, job.runner.decode_fn, f, h, w, PIXEL_CHUNK):
+    ae = job.runner.bundle.config.ae
+    for tile, rgb in stream_decode(latent, job.runner.decode_fn, ae.factor, h, w, PIXEL_CHUNK, ae.decode_halo):
         img[tile.y0 : tile.y1, tile.x0 : tile.x1] = np.moveaxis(rgb, 0, -1)
     Image.fromarray(img).save(job.out / "layout.png")
 

@@ -29,7 +29,8 @@ from gigagen.engine.decode import to_uint8  # noqa: E402
 from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
-from gigagen.train.gan_decoder import mixed_decoder, sample_finest  # noqa: E402
+from gigagen.models.vae import Autoencoder  # noqa: E402
+from gigagen.train.gan_decoder import mixed_decoder, sample_finest, start_decoder  # noqa: E402
 from gigagen.train.loop import encode_image  # noqa: E402
 from sample_real_parent import held_band  # noqa: E402
 
@@ -54,15 +55,19 @@ def main() -> int:
     sampled = sample_finest(BundleRunner(bundle, cpu, torch.bfloat16, c.guidance_per_level, c.autoguidance), parent, real.shape[1:], args.seed)
     real_tiles, pos = M.grid_tiles(held, 256, 128, 0.5)
     real_feats = M.random_conv_features(real_tiles)
-    tuned = copy.deepcopy(bundle.ae.decoder)
+    original = start_decoder(bundle, blob.get("refine_ch", 0))  # grown by the run's refiner, if it had one
+    if "original" in blob:
+        original.load_state_dict(blob["original"])
+    tuned = copy.deepcopy(original)
     tuned.load_state_dict(blob["decoder_ema"])
     print(f"decoder fine-tune {args.run}: {blob['step']} steps; real-parent sample seed {args.seed}, {len(pos)} held-out tissue tiles")
     print("| mix | paired FD randconv | HF energy (real %.4f) | reconstruction PSNR dB |" % M.high_freq_energy(real_tiles).mean())
     print("|---|---|---|---|")
     for mix in (float(v) for v in args.mixes.split(",")):
         b = copy.copy(bundle)
-        b.ae = copy.deepcopy(bundle.ae)
-        b.ae.decoder.load_state_dict(mixed_decoder(bundle.ae.decoder, tuned, mix))
+        b.ae = Autoencoder(original.cfg)
+        b.ae.encoder.load_state_dict(bundle.ae.encoder.state_dict())
+        b.ae.decoder.load_state_dict(mixed_decoder(original, tuned, mix))
         runner = BundleRunner(b, cpu, torch.bfloat16, c.guidance_per_level, c.autoguidance)
         gen = to_uint8(runner.decode_fn(sampled[None])[0].transpose(1, 2, 0))
         rec = to_uint8(runner.decode_fn(real[None])[0].transpose(1, 2, 0))

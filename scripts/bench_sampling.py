@@ -3,7 +3,8 @@
 
 For each value of the option (`--vary tile`: the latent tile side; `--vary cond-aug`: the parent noise
 timestep of conditioning augmentation; `--vary autoguidance`: the guide weight; `--vary guidance`: the
-classifier-free guidance weights per refinement level, finest first, written with ':' inside a value) it runs
+classifier-free guidance weights per refinement level, finest first, written with ':' inside a value; `--vary eta`:
+the DDIM eta of every level, 0 deterministic to 1 DDPM-like) it runs
 `gigagen slide --OPTION VALUE` for each seed (no exports) and `gigagen evaluate` against the held-out
 band, and `scripts/sample_real_parent.py --OPTION VALUE` (the 20x level sampled from the real 5x parent
 of the held-out band; FD against that band, own tiles / paired tiles) for each real-parent seed.
@@ -14,6 +15,7 @@ Slides test the whole cascade, generated parents included; real-parent samples t
         [--real-parent-seeds 1,2,3] [--checkpoint B]
     .venv/bin/python scripts/bench_sampling.py --vary cond-aug --values 0,100,200,300
     .venv/bin/python scripts/bench_sampling.py --vary guidance --values 1:1,1:2,1:3 --seeds 7,11,13,17,19,23,29
+    .venv/bin/python scripts/bench_sampling.py --vary eta --values 0,0.5,1 --seeds 7,11,13,17
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from _slide_eval import ROOT, ROW_HEADER, real_parent_fd, row_cells, slide_and_evaluate
 
-OPTIONS = ("tile", "cond-aug", "autoguidance", "guidance")
+OPTIONS = ("tile", "cond-aug", "autoguidance", "guidance", "eta")
 
 
 def _list(text: str) -> list[str]:

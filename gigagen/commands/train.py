@@ -57,6 +57,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--gan-mix", type=float, default=0.5,
                    help="with --decoder-of: the exported decoder is (1 - M) original + M fine-tuned, weight by weight "
                         "(1 = the fine-tuned decoder; resume at the step limit to re-export with another M) (default 0.5)")
+    p.add_argument("--decoder-refine", type=int, default=0, metavar="W",
+                   help="with --decoder-of: first grow the decoder by a full-resolution residual refiner of W channels "
+                        "(two PixelNorm ResBlocks; its output starts at zero), trained with the rest (default 0: keep the "
+                        "decoder's architecture)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
@@ -145,6 +149,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--cond-aug-max and --cond-aug must be timesteps in [0, 1000)")
     if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in args.scale_aug):
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
+    if args.decoder_refine and not args.decoder_of:
+        raise UserError("--decoder-refine grows the decoder of a --decoder-of run; give it the bundle to fine-tune")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
     if args.decoder_of:
         if args.sample_tile is not None or args.cond_aug is not None or args.cond_aug_max or args.guidance is not None:
@@ -230,13 +236,16 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     if not 0.0 <= args.gan_mix <= 1.0:
         raise UserError("--gan-mix must be in [0, 1]")
     b = read_bundle_config(Path(args.decoder_of))
+    if args.decoder_refine < 0 or (args.decoder_refine and b.ae.refine_ch):
+        raise UserError(f"--decoder-refine must be >= 0, and 0 for a bundle whose decoder has a refiner already ({b.ae.refine_ch} channels)")
     f = b.ae.factor
     if args.ae_crop % f or args.gan_anchor_px < 1 or args.ae_crop % args.gan_anchor_px:
         raise UserError(f"--decoder-of: --ae-crop must be a multiple of the autoencoder factor {f} and of --gan-anchor-px")
     _take_bundle_tiles(args, b, tuple(b.magnifications))
     cfg = _train_config(args, b.ae, b.unet)
     return dataclasses.replace(cfg, mpp0=b.mpp0, decoder_of=args.decoder_of, gan_adv=args.gan_adv, gan_anchor_pool=args.gan_anchor_px,
-                               gan_bank_seeds=args.gan_bank_seeds, gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix)
+                               gan_bank_seeds=args.gan_bank_seeds, gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix,
+                               gan_refine=args.decoder_refine)
 
 
 def _magnifications(mags: tuple[float, ...]) -> tuple[float, ...]:

@@ -22,11 +22,24 @@ class AutoencoderConfig:
     ch_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 1
     latent_ch: int = 8
+    # a residual refiner at full resolution after the decoder (0 = none): `refine_blocks` PixelNorm ResBlocks of
+    # `refine_ch` channels on the decoder's last features, added to its output. Its last conv starts at zero, so a
+    # decoder grown by it (gigagen train --decoder-refine) first draws exactly what it drew before.
+    refine_ch: int = 0
+    refine_blocks: int = 2
 
     @property
     def factor(self) -> int:
         """Pixels per latent pixel along one axis."""
         return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def decode_halo(self) -> int:
+        """Latent pixels of context a tiled decode needs for every pixel to equal the untiled decode: 6 for the
+        base decoder (gigagen.engine.decode.HALO, checked by the tests), plus the radius of the refiner's
+        2 * refine_blocks + 1 extra 3x3 convolutions at full resolution."""
+        extra = 2 * self.refine_blocks + 1 if self.refine_ch else 0
+        return 6 + -(-extra // self.factor)
 
 
 class Encoder(nn.Module):
@@ -53,6 +66,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
+        self.cfg = cfg
         chs = [cfg.base_ch * m for m in cfg.ch_mult][::-1]
         self.stem = nn.Conv2d(cfg.latent_ch, chs[0], 3, padding=1)
         blocks: list[nn.Module] = []
@@ -68,9 +82,29 @@ class Decoder(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.norm = PixelNorm(cin)
         self.head = nn.Conv2d(cin, cfg.in_ch, 3, padding=1)
+        self.refine = Refiner(cin, cfg.refine_ch, cfg.refine_blocks, cfg.in_ch) if cfg.refine_ch else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(F.silu(self.norm(self.blocks(self.stem(z)))))
+        h = F.silu(self.norm(self.blocks(self.stem(z))))
+        out = self.head(h)
+        return out if self.refine is None else out + self.refine(h)
+
+
+class Refiner(nn.Module):
+    """Full-resolution residual head: the decoder's last stage has only base_ch channels, too few to draw
+    pixel-scale detail (chromatin, fibre edges); this adds width there, where high frequencies live."""
+
+    def __init__(self, cin: int, width: int, blocks: int, cout: int) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(cin, width, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResBlock(width, width, spatial_norm=False) for _ in range(blocks)])
+        self.norm = PixelNorm(width)
+        self.out = nn.Conv2d(width, cout, 3, padding=1)
+        nn.init.zeros_(self.out.weight)  # function-preserving growth: the grown decoder starts as the old one
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(F.silu(self.norm(self.blocks(self.inp(h)))))
 
 
 class Autoencoder(nn.Module):

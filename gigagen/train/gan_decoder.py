@@ -14,7 +14,10 @@ bundle's own samples, to draw what a PatchGAN discriminator cannot tell from rea
 - adversarial (hinge) loss: decoded samples and decoded real latents against real crops;
 - anchor: the decoded sample's `gan_anchor_pool`-px block means stay those of the original decoder, so
   the layout and stain the latent says are kept and only finer detail is redrawn;
-- reconstruction: the original L1 + SSIM + FFT loss on real latents keeps the autoencoder faithful.
+- reconstruction: the original L1 + SSIM + FFT loss on real latents keeps the autoencoder faithful;
+- optionally (`--decoder-refine W`) the decoder first grows a full-resolution refiner of W channels
+  (gigagen.models.vae.Refiner) whose output starts at zero: the small decoder's last stage has too few
+  channels to draw pixel-scale detail, and the grown decoder starts exactly where the old one was.
 
 The encoder, the denoiser, the guide and the latent scale are the bundle's, untouched: only the decoder
 changes, so inference costs exactly what it did.
@@ -40,6 +43,7 @@ from gigagen.engine.tiler import denoise_level, step_plans
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import ModelBundle, load_bundle, save_bundle
 from gigagen.models.denoiser import BundleRunner
+from gigagen.models.vae import Autoencoder, Decoder
 from gigagen.sampling.schedules import ddim_timesteps
 from gigagen.train import data as D
 from gigagen.train.losses import ae_loss
@@ -154,6 +158,7 @@ def bank_batch(bank: Bank, cfg: TrainConfig, f: int, scale: float, rng: np.rando
 
 @dataclass
 class GanState:
+    original: nn.Module  # the decoder the fine-tune started from (the bundle's, grown by the refiner if asked)
     decoder: nn.Module
     decoder_ema: nn.Module
     disc: PatchDiscriminator
@@ -165,17 +170,29 @@ class GanState:
     identity: str = ""  # of the decoder_of bundle: a resumed run must mix with the same original decoder
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
-        blob = {k: getattr(self, k).state_dict() for k in ("decoder", "decoder_ema", "disc", "opt_g", "opt_d")}
-        blob |= {"step": self.step, "seconds": self.seconds, "decoder_of": self.decoder_of, "identity": self.identity,
+        blob = {k: getattr(self, k).state_dict() for k in STATE_PARTS}
+        blob |= {"refine_ch": self.original.cfg.refine_ch, "step": self.step, "seconds": self.seconds, "decoder_of": self.decoder_of, "identity": self.identity,
                  "config": dataclasses.asdict(cfg)}
         save_atomic(blob, path)
 
 
+STATE_PARTS = ("original", "decoder", "decoder_ema", "disc", "opt_g", "opt_d")
+
+
+def start_decoder(bundle: ModelBundle, refine_ch: int) -> Decoder:
+    """The bundle's decoder, grown by a refiner of refine_ch channels (0: as it is); draws what the bundle's draws."""
+    dec = Decoder(dataclasses.replace(bundle.config.ae, refine_ch=refine_ch or bundle.config.ae.refine_ch))
+    missing, unexpected = dec.load_state_dict(bundle.ae.decoder.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("refine.") for k in missing), (missing, unexpected)
+    return dec.float().eval().requires_grad_(False)
+
+
 def new_gan_state(bundle: ModelBundle, cfg: TrainConfig, path: str) -> GanState:
-    decoder = copy.deepcopy(bundle.ae.decoder).float().train().requires_grad_(True)
+    original = start_decoder(bundle, cfg.gan_refine)
+    decoder = copy.deepcopy(original).train().requires_grad_(True)
     disc = PatchDiscriminator()
     return GanState(
-        decoder, copy.deepcopy(decoder).eval().requires_grad_(False), disc,
+        original, decoder, copy.deepcopy(decoder).eval().requires_grad_(False), disc,
         torch.optim.Adam(decoder.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.9)),
         torch.optim.Adam(disc.parameters(), lr=2 * cfg.gan_lr, betas=(0.5, 0.9)),
         decoder_of=path, identity=bundle.identity,
@@ -191,9 +208,12 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
             raise UserError(f"--resume: {path} is not a --decoder-of {cfg.decoder_of} run; resume it with its own options")
         if blob.get("identity", bundle.identity) != bundle.identity:
             raise UserError(f"--resume: --decoder-of {cfg.decoder_of} is now {bundle.identity}, not the {blob['identity']} this run started from")
+        if blob.get("refine_ch", 0) != (cfg.gan_refine or bundle.config.ae.refine_ch):
+            raise UserError(f"--resume: {path} grew a refiner of {blob.get('refine_ch', 0)} channels; resume it with --decoder-refine {blob.get('refine_ch', 0)}")
         st = new_gan_state(bundle, cfg, str(cfg.decoder_of))
-        for k in ("decoder", "decoder_ema", "disc", "opt_g", "opt_d"):
-            getattr(st, k).load_state_dict(blob[k])
+        for k in STATE_PARTS:
+            if k in blob:  # runs from before the refiner saved no "original": theirs is the bundle's decoder
+                getattr(st, k).load_state_dict(blob[k])
     except UserError:
         raise
     except Exception as exc:  # a truncated or foreign file: one line, not a traceback
@@ -238,12 +258,14 @@ def mixed_decoder(original: nn.Module, tuned: nn.Module, mix: float) -> dict[str
 
 def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> None:
     """The bundle whole, with the fine-tuned (EMA) decoder mixed by cfg.gan_mix and the fine-tune's record."""
-    ae = copy.deepcopy(bundle.ae)
-    ae.decoder.load_state_dict(mixed_decoder(bundle.ae.decoder, st.decoder_ema, cfg.gan_mix))
-    rec = {"steps": st.step, "minutes": round(st.seconds / 60, 1), "decoder_of": Path(st.decoder_of).name, "batch": cfg.ae_batch,
+    ae = Autoencoder(st.original.cfg)
+    ae.encoder.load_state_dict(bundle.ae.encoder.state_dict())
+    ae.decoder.load_state_dict(mixed_decoder(st.original, st.decoder_ema, cfg.gan_mix))
+    rec = {"refine_ch": st.original.cfg.refine_ch, "steps": st.step, "minutes": round(st.seconds / 60, 1), "decoder_of": Path(st.decoder_of).name, "batch": cfg.ae_batch,
            "crop": cfg.ae_crop, "adv_weight": cfg.gan_adv, "anchor_pool": cfg.gan_anchor_pool, "lr": cfg.gan_lr,
            "bank_seeds": cfg.gan_bank_seeds, "mix": cfg.gan_mix, "seed": cfg.seed}
-    save_bundle(path, dataclasses.replace(bundle.config, training=bundle.config.training | {"decoder_gan": rec}), ae, bundle.unet, bundle.guide)
+    training = bundle.config.training | {"decoder_gan": rec}
+    save_bundle(path, dataclasses.replace(bundle.config, ae=st.original.cfg, training=training), ae, bundle.unet, bundle.guide)
 
 
 def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> Path:
@@ -263,7 +285,7 @@ def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], N
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     st = load_gan_state(run / "state.pt", bundle, cfg) if resume else new_gan_state(bundle, cfg, cfg.decoder_of)
-    anchor_decoder = copy.deepcopy(bundle.ae.decoder).float().eval().requires_grad_(False)
+    anchor_decoder = st.original  # at the start, and without a refiner ever, the bundle's decoder
     for m in (st.decoder, st.decoder_ema, anchor_decoder):
         m.to(device=device, memory_format=torch.channels_last)
     st.disc.to(device)

@@ -80,6 +80,7 @@ class TrainConfig:
     gan_bank_seeds: int = 2  # sampled latents per training image and orientation
     gan_max_steps: int | None = None
     gan_mix: float = 0.5  # exported decoder = (1 - mix) original + mix fine-tuned (WiSE-FT)
+    gan_refine: int = 0  # grow the decoder by a full-resolution refiner of this many channels first (0: do not)
     scale_aug: tuple[float, ...] = ()  # extra pixel-size scales at which the denoiser's latents are encoded
     elastic_aug: int = 0  # elastically deformed copies of each training part the denoiser also learns from
     elastic_strain: float = D.ELASTIC_STRAIN  # their control-point displacement std per spacing (data.elastic_field)

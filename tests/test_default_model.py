@@ -1,0 +1,24 @@
+"""The embedded default model is the one its model card and the README describe: a bundle swapped without
+updating the docs (or the docs edited without the bundle) fails here."""
+
+from __future__ import annotations
+
+import re
+
+from gigagen.models.checkpoint import DEFAULT_WEIGHTS, load_bundle
+
+CARD = DEFAULT_WEIGHTS.parent / "MODEL_CARD.md"
+README = DEFAULT_WEIGHTS.parents[2] / "README.md"
+
+
+def test_the_model_card_names_the_embedded_bundle_and_its_sampling_defaults() -> None:
+    b = load_bundle()
+    card = CARD.read_text()
+    newest = card.split("\n## ")[1]  # the card's top section describes the bundle as shipped
+    assert b.identity.split("@")[1] in newest.replace("`", "")
+    c = b.config
+    # the defaults the README's status paragraph and the card state
+    assert c.guidance_per_level == (1.0, 2.0) and c.autoguidance == 1.5 and c.sampling_tile == 128
+    assert c.ae.factor == 8 and c.ae.latent_ch == 12 and c.ae.refine_ch == 0
+    readme = README.read_text()
+    assert "`gigagen slide --guidance 1,2`, the default" in readme and re.search(r"autoguidance\s+1\.5", card)
