@@ -20,7 +20,7 @@ bundle's own samples, to draw what a PatchGAN discriminator cannot tell from rea
   channels to draw pixel-scale detail, and the grown decoder starts exactly where the old one was.
 
 The encoder, the denoiser, the guide and the latent scale are the bundle's, untouched: only the decoder
-changes, so inference costs exactly what it did.
+changes, so inference costs exactly what it did (more with a refiner: measured 9-15% on 2048^2 slides at W 32).
 """
 
 from __future__ import annotations
@@ -171,8 +171,8 @@ class GanState:
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         blob = {k: getattr(self, k).state_dict() for k in STATE_PARTS}
-        blob |= {"refine_ch": self.original.cfg.refine_ch, "step": self.step, "seconds": self.seconds, "decoder_of": self.decoder_of, "identity": self.identity,
-                 "config": dataclasses.asdict(cfg)}
+        blob |= {"refine_ch": self.original.cfg.refine_ch, "step": self.step, "seconds": self.seconds,
+                 "decoder_of": self.decoder_of, "identity": self.identity, "config": dataclasses.asdict(cfg)}
         save_atomic(blob, path)
 
 
@@ -261,8 +261,9 @@ def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> N
     ae = Autoencoder(st.original.cfg)
     ae.encoder.load_state_dict(bundle.ae.encoder.state_dict())
     ae.decoder.load_state_dict(mixed_decoder(st.original, st.decoder_ema, cfg.gan_mix))
-    rec = {"refine_ch": st.original.cfg.refine_ch, "steps": st.step, "minutes": round(st.seconds / 60, 1), "decoder_of": Path(st.decoder_of).name, "batch": cfg.ae_batch,
-           "crop": cfg.ae_crop, "adv_weight": cfg.gan_adv, "anchor_pool": cfg.gan_anchor_pool, "lr": cfg.gan_lr,
+    rec = {"refine_ch": st.original.cfg.refine_ch, "steps": st.step, "minutes": round(st.seconds / 60, 1),
+           "decoder_of": Path(st.decoder_of).name, "batch": cfg.ae_batch, "crop": cfg.ae_crop, "adv_weight": cfg.gan_adv,
+           "anchor_pool": cfg.gan_anchor_pool, "lr": cfg.gan_lr,
            "bank_seeds": cfg.gan_bank_seeds, "mix": cfg.gan_mix, "seed": cfg.seed}
     training = bundle.config.training | {"decoder_gan": rec}
     save_bundle(path, dataclasses.replace(bundle.config, ae=st.original.cfg, training=training), ae, bundle.unet, bundle.guide)
