@@ -323,7 +323,7 @@ def _decode(job: Job, latent: Any, writer: Any, progress: ProgressFactory) -> No
     if job.farm is not None:
         job.farm.decode(latent, tiles, f, str((job.out / "slide.ome.zarr").resolve()), bar.update)
     else:
-        for tile, rgb in stream_decode(latent, job.runner.decode_fn, f, cfg.height, cfg.width, PIXEL_CHUNK, halo):
+        for tile, rgb in stream_decode(latent, job.runner.decode_fn, f, cfg.height, cfg.width, PIXEL_CHUNK, halo=halo):
             writer.write_tile(tile.y0, tile.x0, rgb)
             bar.update(1)
     bar.close()
@@ -337,7 +337,7 @@ def _save_layout(job: Job, latent: Any, plan: LevelPlan) -> None:
     h, w = max(1, round(job.cfg.height / scale)), max(1, round(job.cfg.width / scale))
     img = np.empty((h, w, 3), dtype=np.uint8)
     ae = job.runner.bundle.config.ae
-    for tile, rgb in stream_decode(latent, job.runner.decode_fn, ae.factor, h, w, PIXEL_CHUNK, ae.decode_halo):
+    for tile, rgb in stream_decode(latent, job.runner.decode_fn, ae.factor, h, w, PIXEL_CHUNK, halo=ae.decode_halo):
         img[tile.y0 : tile.y1, tile.x0 : tile.x1] = np.moveaxis(rgb, 0, -1)
     Image.fromarray(img).save(job.out / "layout.png")
 

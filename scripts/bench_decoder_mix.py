@@ -29,8 +29,7 @@ from gigagen.engine.decode import to_uint8  # noqa: E402
 from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
-from gigagen.models.vae import Autoencoder  # noqa: E402
-from gigagen.train.gan_decoder import mixed_decoder, sample_finest, start_decoder  # noqa: E402
+from gigagen.train.gan_decoder import mixed_autoencoder, sample_finest, start_decoder  # noqa: E402
 from gigagen.train.loop import encode_image  # noqa: E402
 from sample_real_parent import held_band  # noqa: E402
 
@@ -65,9 +64,7 @@ def main() -> int:
     print("|---|---|---|---|")
     for mix in (float(v) for v in args.mixes.split(",")):
         b = copy.copy(bundle)
-        b.ae = Autoencoder(original.cfg)
-        b.ae.encoder.load_state_dict(bundle.ae.encoder.state_dict())
-        b.ae.decoder.load_state_dict(mixed_decoder(original, tuned, mix))
+        b.ae = mixed_autoencoder(bundle, original, tuned, mix)
         runner = BundleRunner(b, cpu, torch.bfloat16, c.guidance_per_level, c.autoguidance)
         gen = to_uint8(runner.decode_fn(sampled[None])[0].transpose(1, 2, 0))
         rec = to_uint8(runner.decode_fn(real[None])[0].transpose(1, 2, 0))

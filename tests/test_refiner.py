@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import tiny_config
 from gigagen.cli import main
@@ -20,8 +19,7 @@ from gigagen.models.checkpoint import load_bundle, save_bundle
 from gigagen.models.denoiser import BundleRunner
 from gigagen.models.unet import UNet
 from gigagen.models.vae import Autoencoder
-from gigagen.train import loop as L
-from test_train import fake_he, tiny_cfg
+from test_train import small_bundle, tiny_cfg  # noqa: F401 (small_bundle: the fixture, shared, not copied)
 
 
 def _refined_bundle(path: Path, refine_ch: int = 6) -> Path:
@@ -63,19 +61,11 @@ def test_a_slide_decodes_with_a_refined_bundle(tmp_path: Path) -> None:
     assert (out / "slide.ome.zarr").is_dir()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("refine")
-    p = d / "he.png"
-    Image.fromarray(fake_he(160, 128)).save(p)
-    return p, L.train(tiny_cfg(p, d / "a"), log=lambda s: None, progress=False)
-
-
-def test_decoder_refine_grows_a_decoder_that_starts_as_the_old_one(trained: tuple[Path, Path], tmp_path: Path,
+def test_decoder_refine_grows_a_decoder_that_starts_as_the_old_one(small_bundle: tuple[Path, Path], tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from gigagen.train import gan_decoder as G
 
-    png, first = trained
+    png, first = small_bundle
     first = Path(shutil.copy(first, tmp_path / "a.safetensors"))
     a = load_bundle(first)
     grown = G.start_decoder(a, 8)

@@ -8,8 +8,6 @@ import numpy as np
 
 from gigagen.engine.grid import Tile
 
-HALO = 6  # latent pixels of context around a decoded tile: wider than the decoder's receptive field
-
 # latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) float in [-1, 1]
 DecodeFn = Callable[[np.ndarray], np.ndarray]
 
@@ -24,8 +22,9 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def decode_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int = HALO) -> np.ndarray:
-    """Decode pixel tile `tile` (any f-aligned start) from latent (C, H, W) with `halo` latent pixels of context.
+def decode_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int) -> np.ndarray:
+    """Decode pixel tile `tile` (any f-aligned start) from latent (C, H, W) with `halo` latent pixels of context
+    (the decoder's own: AutoencoderConfig.decode_halo).
 
     The autoencoder decoder has no spatial statistics (PixelNorm), so with a halo wider than its
     receptive field every pixel equals the untiled decode.
@@ -41,7 +40,7 @@ def decode_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Ti
 
 
 def stream_decode(
-    latent: np.ndarray, decode_fn: DecodeFn, factor: int, out_h: int, out_w: int, chunk: int = 512, halo: int = HALO
+    latent: np.ndarray, decode_fn: DecodeFn, factor: int, out_h: int, out_w: int, chunk: int = 512, *, halo: int
 ) -> Iterator[tuple[Tile, np.ndarray]]:
     """Yield (pixel tile, (3, h, w) uint8) for the whole (out_h, out_w) image, cropping the latent padding."""
     if chunk % factor:

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from gigagen.models.layers import PixelNorm, ResBlock
 
+BASE_DECODE_HALO = 6  # latent pixels of context: wider than the base decoder's receptive field (tests check it)
+
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
@@ -35,11 +37,10 @@ class AutoencoderConfig:
 
     @property
     def decode_halo(self) -> int:
-        """Latent pixels of context a tiled decode needs for every pixel to equal the untiled decode: 6 for the
-        base decoder (gigagen.engine.decode.HALO, checked by the tests), plus the radius of the refiner's
-        2 * refine_blocks + 1 extra 3x3 convolutions at full resolution."""
+        """Latent pixels of context a tiled decode needs for every pixel to equal the untiled decode: the base
+        decoder's, plus the radius of the refiner's 2 * refine_blocks + 1 extra 3x3 convolutions at full resolution."""
         extra = 2 * self.refine_blocks + 1 if self.refine_ch else 0
-        return 6 + -(-extra // self.factor)
+        return BASE_DECODE_HALO + -(-extra // self.factor)
 
 
 class Encoder(nn.Module):

@@ -208,9 +208,9 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
             raise UserError(f"--resume: {path} is not a --decoder-of {cfg.decoder_of} run; resume it with its own options")
         if blob.get("identity", bundle.identity) != bundle.identity:
             raise UserError(f"--resume: --decoder-of {cfg.decoder_of} is now {bundle.identity}, not the {blob['identity']} this run started from")
-        if blob.get("refine_ch", 0) != (cfg.gan_refine or bundle.config.ae.refine_ch):
-            raise UserError(f"--resume: {path} grew a refiner of {blob.get('refine_ch', 0)} channels; resume it with --decoder-refine {blob.get('refine_ch', 0)}")
         st = new_gan_state(bundle, cfg, str(cfg.decoder_of))
+        if blob.get("refine_ch", 0) != st.original.cfg.refine_ch:
+            raise UserError(f"--resume: {path} grew a refiner of {blob.get('refine_ch', 0)} channels; resume it with --decoder-refine {blob.get('refine_ch', 0)}")
         for k in STATE_PARTS:
             if k in blob:  # runs from before the refiner saved no "original": theirs is the bundle's decoder
                 getattr(st, k).load_state_dict(blob[k])
@@ -256,11 +256,17 @@ def mixed_decoder(original: nn.Module, tuned: nn.Module, mix: float) -> dict[str
     return {k: torch.lerp(v.float(), tuned_sd[k].float(), mix).to(v.dtype) for k, v in original.state_dict().items()}
 
 
+def mixed_autoencoder(bundle: ModelBundle, original: Decoder, tuned: nn.Module, mix: float) -> Autoencoder:
+    """The bundle's encoder with the decoder mixed_decoder(original, tuned, mix), in original's architecture."""
+    ae = Autoencoder(original.cfg)
+    ae.encoder.load_state_dict(bundle.ae.encoder.state_dict())
+    ae.decoder.load_state_dict(mixed_decoder(original, tuned, mix))
+    return ae
+
+
 def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> None:
     """The bundle whole, with the fine-tuned (EMA) decoder mixed by cfg.gan_mix and the fine-tune's record."""
-    ae = Autoencoder(st.original.cfg)
-    ae.encoder.load_state_dict(bundle.ae.encoder.state_dict())
-    ae.decoder.load_state_dict(mixed_decoder(st.original, st.decoder_ema, cfg.gan_mix))
+    ae = mixed_autoencoder(bundle, st.original, st.decoder_ema, cfg.gan_mix)
     rec = {"refine_ch": st.original.cfg.refine_ch, "steps": st.step, "minutes": round(st.seconds / 60, 1),
            "decoder_of": Path(st.decoder_of).name, "batch": cfg.ae_batch, "crop": cfg.ae_crop, "adv_weight": cfg.gan_adv,
            "anchor_pool": cfg.gan_anchor_pool, "lr": cfg.gan_lr,
