@@ -33,10 +33,12 @@ from gigagen.train.gan_decoder import sample_finest  # noqa: E402
 from gigagen.train.loop import level_factor  # noqa: E402
 
 
-def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out band (cut to whole parent tiles, at most `width` px wide) and its real parent latent (scaled)."""
+def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: str = "held") -> tuple[np.ndarray, np.ndarray]:
+    """The held-out band (or with split "train" the training part; cut to whole parent tiles, at most `width` px
+    wide) and its real parent latent (scaled)."""
     f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
-    _, held = split_reference(reference, 0.2)
+    train, held = split_reference(reference, 0.2)
+    held = train if split == "train" else held
     m = f * zoom * 4
     held = held[: held.shape[0] // m * m, : min(width, held.shape[1]) // m * m]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -51,6 +53,13 @@ def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], arg
     return to_uint8(runner.decode_fn(z[None])[0].transpose(1, 2, 0))
 
 
+def reconstruct(bundle: ModelBundle, rgb: np.ndarray) -> np.ndarray:
+    """Encode and decode `rgb` as the bundle's autoencoder does at inference (bf16)."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(rgb[None])))
+        return to_uint8(bundle.ae.decode(z).float()[0].numpy().transpose(1, 2, 0))
+
+
 def report(held: np.ndarray, sampled: np.ndarray, what: str) -> None:
     """FD randconv and HF energy of the sample against the real band: over each one's own tissue tiles, and
     paired, over the sample's tiles at the real band's tissue positions (the layout is the real one, so the
@@ -61,8 +70,11 @@ def report(held: np.ndarray, sampled: np.ndarray, what: str) -> None:
     real_p, pos = M.grid_tiles(held, 256, 128, 0.5)
     gen_p = np.stack([sampled[y : y + 256, x : x + 256] for y, x in pos])
     fd_paired = M.frechet_distance(M.random_conv_features(gen_p), M.random_conv_features(real_p))
+    nuc, real_nuc = M.nuclei(gen_p), M.nuclei(real_p)
     print(f"{what}: {len(gen_t)} tissue tiles, FD randconv to the same real band {fd:.3f}, at the real tissue positions "
-          f"({len(pos)} tiles) {fd_paired:.3f}, HF energy {M.high_freq_energy(gen_t).mean():.4f} (real {M.high_freq_energy(real_t).mean():.4f})",
+          f"({len(pos)} tiles) {fd_paired:.3f}, HF energy {M.high_freq_energy(gen_t).mean():.4f} (real {M.high_freq_energy(real_t).mean():.4f}), "
+          f"nuclei/mm2 {nuc.density_per_mm2:.0f} (real {real_nuc.density_per_mm2:.0f}), nucleus area median "
+          f"{np.median(nuc.areas_um2) if len(nuc.areas_um2) else float('nan'):.1f} um2 (real {np.median(real_nuc.areas_um2):.1f})",
           flush=True)
 
 
@@ -80,23 +92,36 @@ def main() -> int:
     p.add_argument("--tile", type=int, default=None, help="latent tile side (default: the bundle's)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--width", type=int, default=4096, help="pixels of the band's width to sample (default: all of it)")
+    p.add_argument("--split", default="held", choices=("held", "train"),
+                   help="sample the held-out band (default) or the training part: on tissue the denoiser was fit to, "
+                        "it shows what the network can draw at all, next to the autoencoder's reconstruction")
     p.add_argument("--out", default=None, help="PNG: real band above, the sampled bands below (one per weight)")
     p.add_argument("--crop", default=None, help="X0,X1: write only these columns of the band to --out, at half size (docs)")
+    p.add_argument("--zoom", default=None, help="X0,X1,Y0,Y1: write this window of every row to --out side by side, at full "
+                                               "size (docs: nuclei need full resolution)")
     args = p.parse_args()
     bundle = load_bundle(args.checkpoint)
     weights = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [bundle.config.autoguidance]
-    held, parent = held_band(bundle, args.reference, args.width)
+    held, parent = held_band(bundle, args.reference, args.width, args.split)
     noises = [int(t) for t in args.cond_aug.split(",")] if args.cond_aug else [bundle.config.cond_aug]
     rows = [held]
+    if args.split == "train":  # the decoder's ceiling: what the sample would look like if the latent were right
+        rows.append(reconstruct(bundle, held))
+        report(held, rows[-1], "the autoencoder's reconstruction of the same part")
     for ag in weights:
         for ca in noises:
             runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32,
                                   bundle.config.guidance_per_level, ag, ca)
             sampled = sample(runner, parent, held.shape, args)
             report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the real {bundle.config.magnifications[1]:g}x parent "
+                                  f"of the {'training part' if args.split == 'train' else 'held-out band'} "
                                   f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g}, cond-aug {ca})")
             rows.append(sampled)
-    if args.out:
+    if args.out and args.zoom:
+        x0, x1, y0, y1 = (int(v) for v in args.zoom.split(","))
+        Image.fromarray(np.concatenate([r[y0:y1, x0:x1] for r in rows], 1)).save(args.out, optimize=True)
+        print(f"wrote {args.out}")
+    elif args.out:
         img = Image.fromarray(np.concatenate(rows, 0))
         if args.crop:
             x0, x1 = (int(v) for v in args.crop.split(","))

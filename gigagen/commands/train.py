@@ -67,6 +67,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--unet-base", type=int, default=64, help="UNet base width (default 64)")
     p.add_argument("--unet-mult", type=_ints, default=(1, 2, 2), help="UNet width multipliers (default 1,2,2)")
     p.add_argument("--unet-blocks", type=int, default=1, help="UNet residual blocks per resolution (default 1)")
+    p.add_argument("--unet-head-blocks", type=int, default=None, metavar="N",
+                   help="extra UNet residual blocks at full resolution before the output; with --init-from, grows the "
+                        "bundle's denoiser by them (they start as the identity) (default 0, or the bundle's)")
     p.add_argument("--unet-dropout", type=float, default=0.0,
                    help="dropout in the denoiser's residual blocks while it trains, against fitting a small training set "
                         "(inference never drops; with --init-from the rate may differ from the bundle's) (default 0)")
@@ -141,6 +144,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--unet-lr must be positive, --decoder-every and --lr-decay-minutes >= 0")
     if not 0.0 <= args.unet_dropout < 1.0 or args.early_stop < 0:
         raise UserError("--unet-dropout must be in [0, 1) and --early-stop >= 0")
+    if args.unet_head_blocks is not None and not 0 <= args.unet_head_blocks <= 8:
+        raise UserError("--unet-head-blocks must be between 0 and 8")
     if not 0 <= args.elastic_aug <= 64:
         raise UserError("--elastic-aug must be between 0 and 64 deformed copies")
     if args.elastic_strain is not None and not 0.0 < args.elastic_strain <= 0.2:
@@ -169,7 +174,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
             raise UserError("--init-autoencoder starts a new run; --resume continues one (the run already has its autoencoder)")
         ae = read_bundle_config(Path(args.init_autoencoder)).ae
     unet = UNetConfig(latent_ch=ae.latent_ch, n_levels=len(args.magnifications), base_ch=args.unet_base, ch_mult=args.unet_mult,
-                      num_res_blocks=args.unet_blocks, dropout=args.unet_dropout, cond_aug=args.cond_aug_max > 0)
+                      num_res_blocks=args.unet_blocks, dropout=args.unet_dropout, cond_aug=args.cond_aug_max > 0,
+                      head_blocks=args.unet_head_blocks or 0)
     if args.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
     return _train_config(args, ae, unet)
@@ -185,8 +191,11 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
     _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)))
+    heads = b.unet.head_blocks if args.unet_head_blocks is None else args.unet_head_blocks
+    if heads < b.unet.head_blocks:
+        raise UserError(f"--unet-head-blocks {heads}: {args.init_from}'s denoiser has {b.unet.head_blocks}; a run can grow it, not cut it")
     unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications), dropout=args.unet_dropout,
-                               cond_aug=b.unet.cond_aug or args.cond_aug_max > 0)
+                               cond_aug=b.unet.cond_aug or args.cond_aug_max > 0, head_blocks=heads)
     return dataclasses.replace(_train_config(args, b.ae, unet), mpp0=b.mpp0)
 
 
@@ -215,7 +224,7 @@ def _guide_config(args: argparse.Namespace) -> Any:
         args.level_probs = (1.0,) + (0.0,) * (len(b.magnifications) - 1)
     unet = UNetConfig(latent_ch=b.ae.latent_ch, n_levels=len(b.magnifications), base_ch=args.unet_base,
                       ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks, dropout=args.unet_dropout,
-                      cond_aug=args.cond_aug_max > 0)
+                      cond_aug=args.cond_aug_max > 0, head_blocks=args.unet_head_blocks or 0)
     if b.tile % unet.divisor or args.layout_tile % unet.divisor or (b.sample_tile or 0) % unet.divisor:
         raise UserError(f"--guide-of: the bundle's tiles ({b.tile}, {args.layout_tile}, sampling {b.sampling_tile}) "
                         f"are not multiples of the guide's divisor {unet.divisor}")

@@ -28,6 +28,7 @@ class UNetConfig:
     n_levels: int = 3
     dropout: float = 0.0
     cond_aug: bool = False  # takes the conditioning's noise timestep (see module docstring)
+    head_blocks: int = 0  # extra residual blocks at full resolution before the output (see UNet.head)
 
     @property
     def divisor(self) -> int:
@@ -73,6 +74,14 @@ class UNet(nn.Module):
                 cin = c
             if i > 0:
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        # Full-resolution head: where a latent pixel's exact value is decided (a nucleus is 1-2 latent pixels
+        # at f8), the base UNet has one block. Each head block's last conv starts at zero, so it starts as the
+        # identity and a trained network grown by head blocks (`gigagen train --init-from B --unet-head-blocks N`)
+        # starts out computing exactly what it did.
+        self.head = nn.ModuleList(ResBlock(cin, cin, emb_dim, dropout=cfg.dropout) for _ in range(cfg.head_blocks))
+        for block in self.head:
+            nn.init.zeros_(block.conv2.weight)
+            nn.init.zeros_(block.conv2.bias)
         self.out_norm = group_norm(cin)
         self.out = nn.Conv2d(cin, cfg.latent_ch, 3, padding=1)
         nn.init.zeros_(self.out.weight)
@@ -111,4 +120,6 @@ class UNet(nn.Module):
                 h = layer(torch.cat([h, hs.pop()], dim=1), emb)
             else:
                 h = layer(h)
+        for block in self.head:
+            h = block(h, emb)
         return self.out(F.silu(self.out_norm(h)))

@@ -343,10 +343,14 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     the LR warm-up) and the training record carries the bundle's step and minute counts on."""
     bundle = load_bundle(path, device)
     old_mags = tuple(bundle.config.magnifications)
-    # dropout has no weights, and conditioning augmentation adds one zero-initialised layer (UNet.cond_aug_emb)
-    same = dataclasses.replace(bundle.config.unet, n_levels=cfg.unet.n_levels, dropout=cfg.unet.dropout, cond_aug=cfg.unet.cond_aug)
-    if bundle.config.ae != cfg.ae or same != cfg.unet or (bundle.config.unet.cond_aug and not cfg.unet.cond_aug):
-        raise UserError(f"--init-from: {path} has models {bundle.config.ae}, {bundle.config.unet}, not the configured ones")
+    # dropout has no weights; conditioning augmentation adds one zero-initialised layer (UNet.cond_aug_emb) and
+    # head blocks start as the identity (UNet.head), so a network may gain both and start out unchanged
+    old_unet = bundle.config.unet
+    same = dataclasses.replace(old_unet, n_levels=cfg.unet.n_levels, dropout=cfg.unet.dropout, cond_aug=cfg.unet.cond_aug,
+                               head_blocks=cfg.unet.head_blocks)
+    if (bundle.config.ae != cfg.ae or same != cfg.unet or (old_unet.cond_aug and not cfg.unet.cond_aug)
+            or old_unet.head_blocks > cfg.unet.head_blocks):
+        raise UserError(f"--init-from: {path} has models {bundle.config.ae}, {old_unet}, not the configured ones")
     if bundle.config.mpp0 != cfg.mpp0 or old_mags[0] != cfg.magnifications[0]:
         raise UserError(f"--init-from: {path} was trained at {old_mags[0]}x / {bundle.config.mpp0} um/px, not {cfg.magnifications[0]}x / {cfg.mpp0}")
     rec = bundle.config.training
@@ -355,7 +359,8 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     weights["level_emb.weight"] = weights["level_emb.weight"][level_map(old_mags, tuple(cfg.magnifications))]
     for m in (st.unet, st.unet_ema):
         missing, unexpected = m.load_state_dict(weights, strict=False)
-        if unexpected or any(not k.startswith("cond_aug_emb.") for k in missing):
+        grown = [f"head.{i}." for i in range(old_unet.head_blocks, cfg.unet.head_blocks)]
+        if unexpected or any(not k.startswith(("cond_aug_emb.", *grown)) for k in missing):
             raise UserError(f"--init-from: {path}'s denoiser weights do not fit its configuration")
     st.unet_step = int(rec.get("unet_step", 0))
     st.unet_seconds = float(rec.get("unet_minutes", 0.0)) * 60
