@@ -38,12 +38,12 @@ def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: 
     wide) and its real parent latent (scaled)."""
     f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
     train, held = split_reference(reference, 0.2)
-    held = train if split == "train" else held
+    part = train if split == "train" else held
     m = f * zoom * 4
-    held = held[: held.shape[0] // m * m, : min(width, held.shape[1]) // m * m]
+    part = part[: part.shape[0] // m * m, : min(width, part.shape[1]) // m * m]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        parent = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(held, zoom)[None]))).float()[0].numpy()
-    return held, parent * bundle.config.latent_scale
+        parent = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(part, zoom)[None]))).float()[0].numpy()
+    return part, parent * bundle.config.latent_scale
 
 
 def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], args: argparse.Namespace) -> np.ndarray:
@@ -61,7 +61,8 @@ def reconstruct(bundle: ModelBundle, rgb: np.ndarray) -> np.ndarray:
 
 
 def report(held: np.ndarray, sampled: np.ndarray, what: str) -> None:
-    """FD randconv and HF energy of the sample against the real band: over each one's own tissue tiles, and
+    """FD randconv and HF energy of the sample against the real band (and nucleus statistics at the paired positions):
+    over each one's own tissue tiles, and
     paired, over the sample's tiles at the real band's tissue positions (the layout is the real one, so the
     set of tiles cannot change with the sample's own tissue fraction; stride 128 for more tiles)."""
     real_t, _ = M.grid_tiles(held, 256, 256, 0.5)

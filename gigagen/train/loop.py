@@ -357,9 +357,9 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     _take_autoencoder(st, bundle, rec.get("autoencoder_from", path.name))
     weights = bundle.unet.state_dict()
     weights["level_emb.weight"] = weights["level_emb.weight"][level_map(old_mags, tuple(cfg.magnifications))]
+    grown = [f"head.{i}." for i in range(old_unet.head_blocks, cfg.unet.head_blocks)]
     for m in (st.unet, st.unet_ema):
         missing, unexpected = m.load_state_dict(weights, strict=False)
-        grown = [f"head.{i}." for i in range(old_unet.head_blocks, cfg.unet.head_blocks)]
         if unexpected or any(not k.startswith(("cond_aug_emb.", *grown)) for k in missing):
             raise UserError(f"--init-from: {path}'s denoiser weights do not fit its configuration")
     st.unet_step = int(rec.get("unet_step", 0))
