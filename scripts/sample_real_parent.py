@@ -30,7 +30,7 @@ from gigagen.train import data as D  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.gan_decoder import sample_finest  # noqa: E402
-from gigagen.train.loop import level_factor  # noqa: E402
+from gigagen.train.loop import encode_image, level_factor  # noqa: E402
 
 
 def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: str = "held") -> tuple[np.ndarray, np.ndarray]:
@@ -53,11 +53,11 @@ def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], arg
     return to_uint8(runner.decode_fn(z[None])[0].transpose(1, 2, 0))
 
 
-def reconstruct(bundle: ModelBundle, rgb: np.ndarray) -> np.ndarray:
-    """Encode and decode `rgb` as the bundle's autoencoder does at inference (bf16)."""
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        z = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(rgb[None])))
-        return to_uint8(bundle.ae.decode(z).float()[0].numpy().transpose(1, 2, 0))
+def reconstruct(runner: BundleRunner, rgb: np.ndarray) -> np.ndarray:
+    """`rgb` encoded (in bounded chunks, as training encodes) and decoded as `gigagen slide` decodes."""
+    ae = runner.bundle.ae
+    z = encode_image(ae, np.ascontiguousarray(rgb), torch.device("cpu"), torch.bfloat16) * runner.bundle.config.latent_scale
+    return to_uint8(runner.decode_fn(z[None])[0].transpose(1, 2, 0))
 
 
 def report(held: np.ndarray, sampled: np.ndarray, what: str) -> None:
@@ -107,7 +107,7 @@ def main() -> int:
     noises = [int(t) for t in args.cond_aug.split(",")] if args.cond_aug else [bundle.config.cond_aug]
     rows = [held]
     if args.split == "train":  # the decoder's ceiling: what the sample would look like if the latent were right
-        rows.append(reconstruct(bundle, held))
+        rows.append(reconstruct(BundleRunner(bundle, torch.device("cpu"), torch.bfloat16), held))
         report(held, rows[-1], "the autoencoder's reconstruction of the same part")
     for ag in weights:
         for ca in noises:

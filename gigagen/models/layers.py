@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -40,6 +41,17 @@ class GroupNorm(nn.GroupNorm):
         if x.shape[0] == 1 and not self.training:
             return super().forward(torch.cat([x, x]))[:1]
         return super().forward(x)
+
+
+Layer = TypeVar("Layer", nn.Conv2d, nn.Linear)
+
+
+def zero_init(layer: Layer) -> Layer:
+    """`layer` with weight and bias set to zero: a residual branch ending in it adds nothing at first, so a
+    trained network grown by that branch starts out computing exactly what it did."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

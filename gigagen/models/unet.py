@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from gigagen.models.layers import ResBlock, SelfAttention, group_norm, rowwise_linear, timestep_embedding
+from gigagen.models.layers import ResBlock, SelfAttention, group_norm, rowwise_linear, timestep_embedding, zero_init
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,7 @@ class UNet(nn.Module):
         self.cond_flag_emb = nn.Embedding(2, emb_dim)
         if cfg.cond_aug:
             # zero-initialised: a network continued from one without it starts out unchanged
-            self.cond_aug_emb = nn.Linear(cfg.base_ch, emb_dim)
-            nn.init.zeros_(self.cond_aug_emb.weight)
-            nn.init.zeros_(self.cond_aug_emb.bias)
+            self.cond_aug_emb = zero_init(nn.Linear(cfg.base_ch, emb_dim))
         self.stem = nn.Conv2d(2 * cfg.latent_ch, chs[0], 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -80,12 +78,9 @@ class UNet(nn.Module):
         # starts out computing exactly what it did.
         self.head = nn.ModuleList(ResBlock(cin, cin, emb_dim, dropout=cfg.dropout) for _ in range(cfg.head_blocks))
         for block in self.head:
-            nn.init.zeros_(block.conv2.weight)
-            nn.init.zeros_(block.conv2.bias)
+            zero_init(block.conv2)
         self.out_norm = group_norm(cin)
-        self.out = nn.Conv2d(cin, cfg.latent_ch, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_init(nn.Conv2d(cin, cfg.latent_ch, 3, padding=1))
 
     def _embed(self, t: torch.Tensor, level: torch.Tensor, flag: torch.Tensor, cond_t: torch.Tensor | None) -> torch.Tensor:
         """(B,) timesteps, levels, cond flags and cond noise timesteps -> (B, emb_dim); batch-size invariant

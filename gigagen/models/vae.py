@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from gigagen.models.layers import PixelNorm, ResBlock
+from gigagen.models.layers import PixelNorm, ResBlock, zero_init
 
 BASE_DECODE_HALO = 6  # latent pixels of context: wider than the base decoder's receptive field (tests check it)
 
@@ -100,9 +100,7 @@ class Refiner(nn.Module):
         self.inp = nn.Conv2d(cin, width, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(width, width, spatial_norm=False) for _ in range(blocks)])
         self.norm = PixelNorm(width)
-        self.out = nn.Conv2d(width, cout, 3, padding=1)
-        nn.init.zeros_(self.out.weight)  # function-preserving growth: the grown decoder starts as the old one
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_init(nn.Conv2d(width, cout, 3, padding=1))  # the grown decoder starts as the old one
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.out(F.silu(self.norm(self.blocks(self.inp(h)))))
