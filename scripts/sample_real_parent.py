@@ -8,6 +8,7 @@ If these tiles look like tissue while generated slides do not, the coarser level
 real and generated parents) limit quality; if they do not, the 20x denoiser itself does.
 
     .venv/bin/python scripts/sample_real_parent.py [--checkpoint B] [--steps 20] [--autoguidance 1,1.5] [--out PNG]
+    .venv/bin/python scripts/sample_real_parent.py --split train --from-real 299,599,999   # SDEdit: where nuclei are decided
 """
 
 from __future__ import annotations
@@ -46,18 +47,23 @@ def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: 
     return part, parent * bundle.config.latent_scale
 
 
-def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], args: argparse.Namespace) -> np.ndarray:
-    """The 20x level of a band of `shape` pixels sampled from pure noise, conditioned on the real parent."""
+def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], args: argparse.Namespace,
+           start: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+    """The 20x level of a band of `shape` pixels sampled from pure noise (or with `start`, from that latent
+    noised to that timestep), conditioned on the real parent."""
     f = runner.bundle.config.ae.factor
-    z = sample_finest(runner, parent, (shape[0] // f, shape[1] // f), args.seed, args.steps, args.eta, args.tile)
+    z = sample_finest(runner, parent, (shape[0] // f, shape[1] // f), args.seed, args.steps, args.eta, args.tile, start)
     return to_uint8(runner.decode_fn(z[None])[0].transpose(1, 2, 0))
+
+
+def encode(runner: BundleRunner, rgb: np.ndarray) -> np.ndarray:
+    """`rgb`'s scaled latent, encoded in bounded chunks as training encodes."""
+    return encode_image(runner.bundle.ae, np.ascontiguousarray(rgb), torch.device("cpu"), torch.bfloat16) * runner.bundle.config.latent_scale
 
 
 def reconstruct(runner: BundleRunner, rgb: np.ndarray) -> np.ndarray:
-    """`rgb` encoded (in bounded chunks, as training encodes) and decoded as `gigagen slide` decodes."""
-    ae = runner.bundle.ae
-    z = encode_image(ae, np.ascontiguousarray(rgb), torch.device("cpu"), torch.bfloat16) * runner.bundle.config.latent_scale
-    return to_uint8(runner.decode_fn(z[None])[0].transpose(1, 2, 0))
+    """`rgb` encoded and decoded as `gigagen slide` decodes."""
+    return to_uint8(runner.decode_fn(encode(runner, rgb)[None])[0].transpose(1, 2, 0))
 
 
 def report(held: np.ndarray, sampled: np.ndarray, what: str) -> None:
@@ -96,6 +102,10 @@ def main() -> int:
     p.add_argument("--split", default="held", choices=("held", "train"),
                    help="sample the held-out band (default) or the training part: on tissue the denoiser was fit to, "
                         "it shows what the network can draw at all, next to the autoencoder's reconstruction")
+    p.add_argument("--from-real", default=None,
+                   help="timestep(s) T0, comma-separated: instead of sampling from pure noise, noise the part's real latent "
+                        "to T0 and denoise it from there (SDEdit), one sample each: at which noise levels the network "
+                        "loses what the real latent had (999 is pure noise)")
     p.add_argument("--out", default=None, help="PNG: real band above, the sampled bands below (one per weight)")
     p.add_argument("--crop", default=None, help="X0,X1: write only these columns of the band to --out, at half size (docs)")
     p.add_argument("--zoom", default=None, help="X0,X1,Y0,Y1: write this window of every row to --out side by side, at full "
@@ -109,6 +119,15 @@ def main() -> int:
     if args.split == "train":  # the decoder's ceiling: what the sample would look like if the latent were right
         rows.append(reconstruct(BundleRunner(bundle, torch.device("cpu"), torch.bfloat16), held))
         report(held, rows[-1], "the autoencoder's reconstruction of the same part")
+    if args.from_real:
+        runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32,
+                              bundle.config.guidance_per_level, weights[0], noises[0])
+        real = encode(runner, held)
+        for t0 in (int(t) for t in args.from_real.split(",")):
+            rows.append(sample(runner, parent, held.shape, args, (real, t0)))
+            report(held, rows[-1], f"the real latent noised to t={t0} and denoised from the real parent ({args.steps}-step schedule, "
+                                   f"eta {args.eta:g}, autoguidance {weights[0]:g}, cond-aug {noises[0]})")
+        weights = []  # these rows replace the samples from pure noise
     for ag in weights:
         for ca in noises:
             runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32,

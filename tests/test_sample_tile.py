@@ -94,3 +94,39 @@ def test_the_decoder_bank_samples_with_the_bundles_tile(tmp_path: Path) -> None:
     wide = make_bundle(tmp_path / "wide.safetensors", seed=3, sample_tile=16)
     np.testing.assert_array_equal(finest(wide, None), finest(plain, 16))
     assert not np.array_equal(finest(wide, None), finest(plain, None))
+
+
+def test_sample_finest_from_a_noised_latent_starts_at_that_timestep(tmp_path: Path) -> None:
+    """SDEdit (scripts/sample_real_parent.py --from-real T0): the latent is noised to the first sampling
+    timestep <= T0 with the level's own initial noise, and only the steps from there run. An oracle network
+    whose data is one constant latent z makes DDIM return z exactly, so every stage is checked by value."""
+    import torch
+
+    from gigagen.engine.noise import INITIAL, gaussian_region
+    from gigagen.models.denoiser import BundleRunner
+    from gigagen.train.gan_decoder import sample_finest
+
+    calls: list[tuple[int, np.ndarray]] = []
+
+    class Oracle(BundleRunner):
+        def model_fn(self, x: np.ndarray, t: int, level: int, cond: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            calls.append((t, x.copy()))
+            a = float(self.alphas_cumprod[t])
+            x0 = np.broadcast_to(z[:, :1, :1], x.shape[1:])[None].repeat(len(x), 0)
+            return x0, (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
+
+    runner = Oracle(load_bundle(make_bundle(tmp_path / "b.safetensors", seed=3)), torch.device("cpu"), torch.float32)
+    c = runner.bundle.config
+    z = np.broadcast_to(np.linspace(-1, 1, c.ae.latent_ch, dtype=np.float32)[:, None, None], (c.ae.latent_ch, 16, 16)).copy()
+    parent = np.zeros((c.ae.latent_ch, 4, 4), np.float32)
+    out = sample_finest(runner, parent, (16, 16), seed=1, steps=20, tile=16, start=(z, 500))
+    np.testing.assert_allclose(out, z, atol=1e-5)
+    assert sorted({t for t, _ in calls}, reverse=True) == list(range(499, 0, -50))  # 499, 449, ..., 49: ten steps
+    first_t, first_x = calls[0]
+    a = float(runner.alphas_cumprod[499])
+    noise = gaussian_region(1, 0, INITIAL, 0, 16, 0, 16, c.ae.latent_ch)  # the level's initial noise
+    np.testing.assert_allclose(first_x[0], np.sqrt(a) * z + np.sqrt(1 - a) * noise, atol=1e-5)
+    with pytest.raises(ValueError, match="below the last"):
+        sample_finest(runner, parent, (16, 16), seed=1, steps=20, tile=16, start=(z, 10))
+    with pytest.raises(ValueError, match="shape"):
+        sample_finest(runner, parent, (16, 16), seed=1, steps=20, tile=16, start=(z[:, :8], 500))

@@ -85,13 +85,27 @@ class Bank:
 
 
 def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, int], seed: int,
-                  steps: int = BANK_STEPS, eta: float = 0.0, tile: int | None = None) -> np.ndarray:
+                  steps: int = BANK_STEPS, eta: float = 0.0, tile: int | None = None,
+                  start: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """The finest level over `shape` latent pixels sampled from noise given a parent latent, as gigagen slide
-    does (default: its 20 DDIM steps, eta 0, the bundle's sampling tile and the runner's conditioning noise)."""
+    does (default: its 20 DDIM steps, eta 0, the bundle's sampling tile and the runner's conditioning noise).
+
+    start=(z, t0) instead noises the latent z to the first of those timesteps <= t0 and denoises it from there
+    (SDEdit, Meng et al. 2022): which noise levels decide what the sample looks like."""
     c = runner.bundle.config
     tiling = Tiling(tile=tile or c.sampling_tile, divisor=c.unet.divisor)
     store = MemoryStore(LevelSpec(0, shape, c.ae.latent_ch, seed, tiling, runner.cond_noise))
-    plans = step_plans(runner.alphas_cumprod, ddim_timesteps(c.n_train_steps, steps))
+    timesteps = ddim_timesteps(c.n_train_steps, steps)
+    if start is not None:
+        z, t0 = start
+        timesteps = timesteps[timesteps <= t0]
+        if z.shape != store.canvas.shape:
+            raise ValueError(f"start latent has shape {z.shape}, not {store.canvas.shape}")
+        if not len(timesteps):
+            raise ValueError(f"start t0 {t0} is below the last of the {steps} sampling timesteps")
+        abar = float(runner.alphas_cumprod[timesteps[0]])
+        store.canvas = (np.sqrt(abar) * z + np.sqrt(1.0 - abar) * store.canvas).astype(np.float32)
+    plans = step_plans(runner.alphas_cumprod, timesteps)
     denoise_level(store, parent=parent, factor=level_factor(c.magnifications), model_fn=runner.model_fn, steps=plans, eta=eta)
     return store.canvas.astype(np.float32)
 
