@@ -147,7 +147,7 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
     tile = cfg.tile or mc.sampling_tile
     if tile % mc.unet.divisor:
         raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
-    plans = plan_cascade(cfg.width, cfg.height, mc.ae.factor, mc.magnifications, mc.unet.divisor)
+    plans = plan_cascade(cfg.width, cfg.height, mc.level_cells, mc.magnifications, mc.unet.divisor)
     cfg = replace(with_autoguidance(cfg, bundle), tile=tile, cond_aug=cond_aug_timestep(bundle, cfg.cond_aug),
                   guidance=guidance_weights(bundle, cfg.guidance),
                   batch_size=cfg.batch_size or default_batch_size(tile))

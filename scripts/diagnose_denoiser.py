@@ -33,7 +33,7 @@ from gigagen.engine.condition import cond_for_region  # noqa: E402
 from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.sampling.schedules import cosine_alphas_cumprod  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
-from gigagen.train.loop import level_factor  # noqa: E402
+from gigagen.train.loop import level_array, level_factor  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.metrics import grid_tiles  # noqa: E402
 
@@ -66,12 +66,13 @@ def main() -> int:
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
     rows, errs = [], {(t, c): [] for t in REPORT_TIMES for c in ("parent", "none", "parent only")}
     gen = torch.Generator().manual_seed(0)
+    parent = level_array(bundle, D.downsample(band, zoom), 1)  # the real 5x level as the denoiser sees it (latent or pixels)
+    pf = bundle.config.parent_factors[0]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        parent = ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(band, zoom)[None]))).float()[0].numpy() * scale
         for i in pick:
             tile, (y, x) = tiles[i], pos[i]
             z = ae.encode(torch.from_numpy(D.to_tensor_range(tile[None]))).float() * scale
-            c = torch.from_numpy(cond_for_region(parent, y // f, (y + 256) // f, x // f, (x + 256) // f, zoom))[None]
+            c = torch.from_numpy(cond_for_region(parent, y // f, (y + 256) // f, x // f, (x + 256) // f, pf))[None]
             row = [tile, to_uint8(ae.decode(z / scale))]
             for t in REPORT_TIMES:
                 a, s = abar[t].sqrt(), (1 - abar[t]).sqrt()

@@ -31,20 +31,19 @@ from gigagen.train import data as D  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.gan_decoder import sample_finest  # noqa: E402
-from gigagen.train.loop import encode_image, level_factor  # noqa: E402
+from gigagen.train.loop import encode_image, level_array, level_factor  # noqa: E402
 
 
 def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: str = "held") -> tuple[np.ndarray, np.ndarray]:
     """The held-out band (or with split "train" the training part; cut to whole parent tiles, at most `width` px
-    wide) and its real parent latent (scaled)."""
+    wide) and its real parent as the denoiser sees it (scaled: the 5x latent, or at a pixel level its folded pixels)."""
     f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
     train, held = split_reference(reference, 0.2)
     part = train if split == "train" else held
     m = f * zoom * 4
     part = part[: part.shape[0] // m * m, : min(width, part.shape[1]) // m * m]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        parent = bundle.ae.encode(torch.from_numpy(D.to_tensor_range(D.downsample(part, zoom)[None]))).float()[0].numpy()
-    return part, parent * bundle.config.latent_scale
+    with torch.no_grad():
+        return part, level_array(bundle, D.downsample(part, zoom), 1)  # the 5x latent, or its pixels at a pixel level
 
 
 def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], args: argparse.Namespace,

@@ -27,7 +27,7 @@ def _runner(path: Path, guidance: tuple[float, ...] = (), dtype: torch.dtype = t
 def _sample(runner: BundleRunner, width: int, height: int, tiling: Tiling, steps: int = 4, eta: float = 0.0, seed: int = 3,
             make_store=MemoryStore):
     cfg = runner.bundle.config
-    plans = plan_cascade(width, height, cfg.ae.factor, cfg.magnifications, cfg.unet.divisor)
+    plans = plan_cascade(width, height, cfg.level_cells, cfg.magnifications, cfg.unet.divisor)
     sp = step_plans(runner.alphas_cumprod, ddim_timesteps(cfg.n_train_steps, steps))
     store = sample_cascade(plans, channels=cfg.ae.latent_ch, n_steps=steps, seed=seed, tiling=tiling,
                            denoise=local_denoiser(runner.model_fn, sp, eta), make_store=make_store)
@@ -35,10 +35,10 @@ def _sample(runner: BundleRunner, width: int, height: int, tiling: Tiling, steps
 
 
 def test_plan_cascade_shapes() -> None:
-    plans = plan_cascade(4096, 1000, 8, (20.0, 5.0, 1.25), 4)
+    plans = plan_cascade(4096, 1000, (8, 8, 8), (20.0, 5.0, 1.25), 4)
     assert [p.shape for p in plans] == [(128, 512), (32, 128), (8, 32)]
     assert [p.factor for p in plans] == [4, 4, 0]
-    odd = plan_cascade(1001, 37, 8, (20.0, 5.0, 1.25), 4)
+    odd = plan_cascade(1001, 37, (8, 8, 8), (20.0, 5.0, 1.25), 4)
     assert odd[0].shape == (8, 128) and odd[1].shape == (4, 32) and odd[2].shape == (4, 8)
 
 
@@ -57,7 +57,7 @@ def test_same_seed_same_latents_for_any_batch_size_and_order(tiny_bundle: Path, 
 def test_a_slide_that_fits_in_one_tile_equals_the_untiled_sampler(tiny_bundle: Path) -> None:
     runner = _runner(tiny_bundle)
     cfg = runner.bundle.config
-    plans = plan_cascade(24, 24, cfg.ae.factor, cfg.magnifications, cfg.unet.divisor)
+    plans = plan_cascade(24, 24, cfg.level_cells, cfg.magnifications, cfg.unet.divisor)
     assert all(max(p.shape) <= 8 for p in plans)
     sp = step_plans(runner.alphas_cumprod, ddim_timesteps(cfg.n_train_steps, 5))
     tiled = sample_cascade(plans, channels=4, n_steps=5, seed=11, tiling=Tiling(tile=8, mode="gridshift"),
@@ -85,7 +85,7 @@ def test_blend_modes_cost(tiny_bundle: Path) -> None:
         runner = _runner(tiny_bundle)
         lat = _sample(runner, 256, 256, Tiling(tile=8, mode=mode), steps=3)
         assert np.isfinite(lat).all()
-        area = sum(p.shape[0] * p.shape[1] for p in plan_cascade(256, 256, 4, (20.0, 5.0, 1.25), 4))
+        area = sum(p.shape[0] * p.shape[1] for p in plan_cascade(256, 256, (4, 4, 4), (20.0, 5.0, 1.25), 4))
         per_pixel[mode] = runner.counters.unet_pixels / (3 * area)
     assert per_pixel["gridshift"] == per_pixel["none"] == 1.0
     assert per_pixel["overlap"] > 2.5
@@ -97,7 +97,7 @@ def test_guidance_doubles_passes_only_at_the_levels_it_guides(tiny_bundle: Path)
         runner = _runner(tiny_bundle, guidance=g)
         latents[g] = _sample(runner, 64, 64, Tiling(tile=8), steps=2)
         pixels[g] = runner.counters.unet_pixels
-    plans = plan_cascade(64, 64, 4, (20.0, 5.0, 1.25), 2)
+    plans = plan_cascade(64, 64, (4, 4, 4), (20.0, 5.0, 1.25), 2)
     per_level = [2 * p.shape[0] * p.shape[1] for p in plans]  # 2 steps; the layout level is never conditioned
     assert pixels[(2.0, 2.0)] == pixels[(1.0, 1.0)] + per_level[0] + per_level[1]
     assert pixels[(1.0, 2.0)] == pixels[(1.0, 1.0)] + per_level[1]  # the 5x level only
@@ -140,7 +140,7 @@ def test_stores_match_and_resume_after_interruption(tiny_bundle: Path, tmp_path:
     runner = _runner(tiny_bundle)
     ref = _sample(runner, 200, 168, Tiling(tile=8))
     cfg = runner.bundle.config
-    plans = plan_cascade(200, 168, cfg.ae.factor, cfg.magnifications, cfg.unet.divisor)
+    plans = plan_cascade(200, 168, cfg.level_cells, cfg.magnifications, cfg.unet.divisor)
     sp = step_plans(runner.alphas_cumprod, ddim_timesteps(cfg.n_train_steps, 4))
     root = str(tmp_path / "state")
     make = (lambda spec: DiskStore(spec, root)) if kind == "disk" else (lambda spec: MemoryStore(spec, root))

@@ -24,6 +24,10 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    return () if text.strip().lower() == "none" else _ints(text)
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train a model bundle on H&E slides or images", description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", help="slides or images (OpenSlide formats, TIFF, PNG, JPEG)")
@@ -96,6 +100,11 @@ def add_parser(subparsers: Any) -> None:
                    help="classifier-free guidance weights `gigagen slide` uses by default with this model, one per refinement "
                         "level finest first (or one for all), recorded in the bundle (default: the --init-from or --guide-of "
                         "bundle's, else 1)")
+    p.add_argument("--pixel-levels", type=_levels, default=None, metavar="K[,K...]",
+                   help="cascade levels the denoiser learns and samples as pixels folded into cells (3 c^2 = latent channels: "
+                        "2 px cells for 12) instead of latents; intermediate levels only, e.g. 1 = 5x, whose pixels show the 20x "
+                        "level where nuclei are (a 5x latent does not; scripts/cond_information.py). 'none' for none "
+                        "(default: none, or the --init-from bundle's)")
     p.add_argument("--early-stop", type=int, default=0, metavar="N",
                    help="stop the denoiser after N validations in a row (one per checkpoint) without a lower held-out "
                         "loss; the best is always kept as bundle-best.safetensors (default 0: never stop early)")
@@ -191,6 +200,8 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
     _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)))
+    if args.pixel_levels is None:
+        args.pixel_levels = tuple(b.pixel_levels)
     heads = b.unet.head_blocks if args.unet_head_blocks is None else args.unet_head_blocks
     if heads < b.unet.head_blocks:
         raise UserError(f"--unet-head-blocks {heads}: {args.init_from}'s denoiser has {b.unet.head_blocks}; a run can grow it, not cut it")
@@ -218,6 +229,7 @@ def _guide_config(args: argparse.Namespace) -> Any:
     b = read_bundle_config(Path(args.guide_of))
     if not b.trained:
         raise UserError(f"--guide-of: {args.guide_of} holds an untrained denoiser; there is nothing to guide")
+    args.pixel_levels = _bundle_pixel_levels(args, b, "--guide-of")
     _take_bundle_tiles(args, b, tuple(b.magnifications))
     args.decoder_every = 0  # the bundle's decoder is kept as it is
     if args.level_probs is None:  # by default the guide learns, and guides, the finest level only
@@ -245,6 +257,7 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     if not 0.0 <= args.gan_mix <= 1.0:
         raise UserError("--gan-mix must be in [0, 1]")
     b = read_bundle_config(Path(args.decoder_of))
+    args.pixel_levels = _bundle_pixel_levels(args, b, "--decoder-of")
     if args.decoder_refine < 0 or (args.decoder_refine and b.ae.refine_ch):
         raise UserError(f"--decoder-refine must be >= 0, and 0 for a bundle whose decoder has a refiner already ({b.ae.refine_ch} channels)")
     f = b.ae.factor
@@ -255,6 +268,25 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     return dataclasses.replace(cfg, mpp0=b.mpp0, decoder_of=args.decoder_of, gan_adv=args.gan_adv, gan_anchor_pool=args.gan_anchor_px,
                                gan_bank_seeds=args.gan_bank_seeds, gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix,
                                gan_refine=args.decoder_refine)
+
+
+def _bundle_pixel_levels(args: argparse.Namespace, b: Any, flag: str) -> tuple[int, ...]:
+    """A guide or decoder run learns on its bundle's levels as the bundle holds them."""
+    if args.pixel_levels is not None and tuple(args.pixel_levels) != tuple(b.pixel_levels):
+        raise UserError(f"--pixel-levels: a {flag} run keeps its bundle's pixel levels ({list(b.pixel_levels) or 'none'})")
+    return tuple(b.pixel_levels)
+
+
+def _pixel_levels(levels: tuple[int, ...] | None, ae: Any, magnifications: tuple[float, ...]) -> tuple[int, ...]:
+    """--pixel-levels, checked as the bundle will be: intermediate levels whose cells tile the cascade."""
+    from gigagen.engine.levels import cond_factors, level_cells
+
+    levels = tuple(levels or ())
+    try:
+        cond_factors(tuple(magnifications), level_cells(ae.factor, ae.latent_ch, len(magnifications), levels))
+    except ValueError as exc:
+        raise UserError(f"--pixel-levels: {exc}") from None
+    return levels
 
 
 def _magnifications(mags: tuple[float, ...]) -> tuple[float, ...]:
@@ -307,6 +339,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         scale_aug=tuple(args.scale_aug), elastic_aug=args.elastic_aug, elastic_strain=ELASTIC_STRAIN if args.elastic_strain is None else args.elastic_strain, early_stop=args.early_stop,
         sample_tile=args.sample_tile, cond_aug_max=args.cond_aug_max, cond_aug=args.cond_aug,
         guidance=_guidance(args.guidance, len(args.magnifications)),
+        pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)),
     )
 
 

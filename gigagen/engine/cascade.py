@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from gigagen.engine.grid import Tiling, round_up
+from gigagen.engine.levels import cond_factors
 from gigagen.engine.store import LevelSpec, MemoryStore, StateView
 from gigagen.engine.tiler import ModelFn, StepPlan, denoise_level
 
@@ -15,28 +16,30 @@ DenoiseFn = Callable[[Any, "StateView | None", int], None]
 
 @dataclass(frozen=True)
 class LevelPlan:
-    """One cascade level: index 0 is the finest; `factor` is the zoom to its parent (0 for the layout)."""
+    """One cascade level: index 0 is the finest; `factor` is how many of its cells one parent cell covers per
+    side, the conditioning's upsampling (the zoom to its parent when both are latents; 0 for the layout)."""
 
     level: int
     magnification: float
-    shape: tuple[int, int]  # latent (height, width), padded to the tiling divisor
+    shape: tuple[int, int]  # array (height, width) in cells, padded to the tiling divisor
     factor: int
 
 
 def plan_cascade(
-    width: int, height: int, ae_factor: int, magnifications: tuple[float, ...], divisor: int
+    width: int, height: int, cells: tuple[int, ...], magnifications: tuple[float, ...], divisor: int
 ) -> list[LevelPlan]:
-    """Latent canvas sizes per level, finest first; each parent covers ceil(child / factor) latent pixels."""
+    """Array sizes per level, finest first: the finest covers the slide in cells of cells[0] px, and each parent
+    covers ceil(child / factor) of its own cells, factor being the child's cells per parent cell and side
+    (gigagen.engine.levels.cond_factors: the cascade's zoom when every level is a latent)."""
     if width < 1 or height < 1:
         raise ValueError("width and height must be positive")
-    h, w = round_up(-(-height // ae_factor), divisor), round_up(-(-width // ae_factor), divisor)
+    factors = cond_factors(tuple(magnifications), tuple(cells))
+    h, w = round_up(-(-height // cells[0]), divisor), round_up(-(-width // cells[0]), divisor)
     plans = []
     for i, mag in enumerate(magnifications):
         if i > 0:
-            f = int(round(magnifications[i - 1] / mag))
-            h, w = round_up(-(-h // f), divisor), round_up(-(-w // f), divisor)
-        factor = int(round(mag / magnifications[i + 1])) if i + 1 < len(magnifications) else 0
-        plans.append(LevelPlan(i, mag, (h, w), factor))
+            h, w = round_up(-(-h // factors[i - 1]), divisor), round_up(-(-w // factors[i - 1]), divisor)
+        plans.append(LevelPlan(i, mag, (h, w), factors[i]))
     return plans
 
 

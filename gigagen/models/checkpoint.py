@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gigagen.engine.levels import cond_factors, level_cells
 from gigagen.errors import UserError
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig
@@ -52,6 +53,10 @@ class BundleConfig:
     # classifier-free guidance weights `gigagen slide` uses by default, one per refinement level finest first
     # (the layout level has no parent); () = 1 at every level. Measured per model, like autoguidance.
     guidance: tuple[float, ...] = ()
+    # levels held as pixels folded into channels instead of latents (gigagen.engine.levels), and the factor
+    # that brings their [-1, 1] pixel values to about unit variance, as latent_scale does for latents
+    pixel_levels: tuple[int, ...] = ()
+    pixel_scale: float = 1.0
 
     @property
     def guidance_per_level(self) -> tuple[float, ...]:
@@ -62,6 +67,21 @@ class BundleConfig:
     def sampling_tile(self) -> int:
         """The latent tile side sampling uses unless told otherwise."""
         return self.sample_tile or self.tile
+
+    @property
+    def level_cells(self) -> tuple[int, ...]:
+        """Cell side in pixels of every level's array, finest first (the autoencoder's factor for latent levels)."""
+        return level_cells(self.ae.factor, self.ae.latent_ch, len(self.magnifications), self.pixel_levels)
+
+    @property
+    def parent_factors(self) -> tuple[int, ...]:
+        """Per level, finest first: its cells per parent cell and side, the conditioning's upsampling (0: layout)."""
+        return cond_factors(self.magnifications, self.level_cells)
+
+    @property
+    def level_scales(self) -> tuple[float, ...]:
+        """What each level's raw array (latent, or folded pixels in [-1, 1]) is multiplied by for the denoiser."""
+        return tuple(self.pixel_scale if k in self.pixel_levels else self.latent_scale for k in range(len(self.magnifications)))
 
     @property
     def level_factors(self) -> tuple[int, ...]:
@@ -126,6 +146,9 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("cond_aug must be a timestep in [0, n_train_steps), and 0 for a denoiser trained without conditioning augmentation")
     if cfg.guidance and (len(cfg.guidance) != len(cfg.magnifications) - 1 or min(cfg.guidance) < 0):
         raise ValueError("guidance must give one weight >= 0 per refinement level (all levels but the layout), or none")
+    cond_factors(cfg.magnifications, cfg.level_cells)  # raises ValueError for pixel levels the cascade cannot use
+    if cfg.pixel_scale <= 0:
+        raise ValueError("pixel_scale must be positive")
     if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
 

@@ -48,7 +48,7 @@ from gigagen.sampling.schedules import ddim_timesteps
 from gigagen.train import data as D
 from gigagen.train.losses import ae_loss
 from gigagen.train.loop import (Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, ema_update, encode_image,
-                                level_factor, load_training_levels, save_atomic)
+                                level_array, load_training_levels, save_atomic)
 
 BANK_STEPS = 20  # DDIM steps of the bank's samples: gigagen slide's default
 ANCHOR_WEIGHT = 1.0
@@ -106,7 +106,7 @@ def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, in
         abar = float(runner.alphas_cumprod[timesteps[0]])
         store.canvas = (np.sqrt(abar) * z + np.sqrt(1.0 - abar) * store.canvas).astype(np.float32)
     plans = step_plans(runner.alphas_cumprod, timesteps)
-    denoise_level(store, parent=parent, factor=level_factor(c.magnifications), model_fn=runner.model_fn, steps=plans, eta=eta)
+    denoise_level(store, parent=parent, factor=c.parent_factors[0], model_fn=runner.model_fn, steps=plans, eta=eta)
     return store.canvas.astype(np.float32)
 
 
@@ -135,7 +135,7 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
         for k in range(8):
             img = np.ascontiguousarray(D.dihedral(li.images[0], k))
             real = encode_image(bundle.ae, img, device, torch.bfloat16) * scale
-            parent = encode_image(bundle.ae, np.ascontiguousarray(D.dihedral(li.images[1], k)), device, torch.bfloat16) * scale
+            parent = level_array(bundle, D.dihedral(li.images[1], k), 1, device)
             mask = D.dihedral(li.masks[0], k)[f // 2 :: f, f // 2 :: f]
             for s in range(seeds):
                 n = len(bank.sampled)

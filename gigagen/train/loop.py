@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from gigagen.engine.condition import NoiseField, augment, cond_for_region, cond_noise_std
+from gigagen.engine.levels import cond_factors, fold, level_cells
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
@@ -89,6 +90,12 @@ class TrainConfig:
     cond_aug: int | None = None  # the conditioning noise timestep recorded for sampling (None: carried, else 0)
     guidance: tuple[float, ...] | None = None  # CFG weights per refinement level recorded for sampling (None: carried, else 1)
     early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
+    pixel_levels: tuple[int, ...] = ()  # levels the denoiser learns as folded pixels, not latents (gigagen.engine.levels)
+
+    @property
+    def cells(self) -> tuple[int, ...]:
+        """Cell side in pixels of every level's array, finest first (as BundleConfig.level_cells)."""
+        return level_cells(self.ae.factor, self.ae.latent_ch, len(self.magnifications), self.pixel_levels)
 
 
 def _device(name: str) -> torch.device:
@@ -240,6 +247,7 @@ class State:
     ae_seconds: float = 0.0
     unet_seconds: float = 0.0
     latent_scale: float = 0.0
+    pixel_scale: float = 0.0  # the pixel levels' (0 until measured; see BundleConfig.pixel_scale)
     ae_source: str = ""  # bundle the autoencoder came from (--init-autoencoder), kept across resumes
     unet_source: str = ""  # bundle the denoiser continued from (--init-from), kept across resumes
     guide_of: str = ""  # bundle this run trains a guide for (--guide-of), kept across resumes
@@ -254,7 +262,7 @@ class State:
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         blob = {k: getattr(self, k).state_dict() for k in ("ae", "ae_ema", "unet", "unet_ema", "opt_ae", "opt_unet")}
-        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "ae_source", "unet_source", "guide_of", "carried")}
+        blob |= {k: getattr(self, k) for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "pixel_scale", "ae_source", "unet_source", "guide_of", "carried")}
         blob |= {k: getattr(self, k) for k in ("val_best", "val_best_step", "val_stale", "val_last_step")}
         blob["config"] = dataclasses.asdict(cfg)
         save_atomic(blob, path)
@@ -295,7 +303,7 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
             getattr(st, k).load_state_dict(blob[k])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise UserError(f"--resume: {path} does not match the model configuration ({str(exc).splitlines()[0]})") from None
-    for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale"):
+    for k in ("ae_step", "unet_step", "ae_seconds", "unet_seconds", "latent_scale", "pixel_scale"):
         setattr(st, k, blob[k])
     st.ae_source = blob.get("ae_source", "")
     st.unet_source = blob.get("unet_source", "")
@@ -365,8 +373,21 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     st.unet_step = int(rec.get("unet_step", 0))
     st.unet_seconds = float(rec.get("unet_minutes", 0.0)) * 60
     st.latent_scale = float(bundle.config.latent_scale)
+    if tuple(bundle.config.pixel_levels) == tuple(cfg.pixel_levels):
+        st.pixel_scale = float(bundle.config.pixel_scale)
+    else:  # levels held another way: the pixel scale is measured anew, and how the network read its parents is void
+        forget_parents(st.unet, st.unet_ema)
     st.unet_source = path.name
     st.carried = carry_over(bundle, path.name, cfg)
+
+
+def forget_parents(*unets: UNet) -> None:
+    """Zero the stem's weights on the conditioning channels: a network whose parents are now held another way
+    (--pixel-levels) starts as if it saw no parent, instead of misreading the new one (measured on the default:
+    held-out 20x v-loss 1.12 misreading its 5x pixels, 0.37 before), and learns to read it from there."""
+    with torch.no_grad():
+        for unet in unets:
+            unet.stem.weight[:, unet.cfg.latent_ch :] = 0
 
 
 def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
@@ -378,11 +399,12 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     (--sample-tile, --cond-aug and --guidance replace them)."""
     c, rec = bundle.config, bundle.config.training
     out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug}  # how it samples best
-    if tuple(c.magnifications) == tuple(cfg.magnifications):  # per-level weights only mean something for the same levels
+    same_levels = tuple(c.magnifications) == tuple(cfg.magnifications) and tuple(c.pixel_levels) == tuple(cfg.pixel_levels)
+    if same_levels:  # per-level weights only mean something for the same levels, held the same way
         out["guidance"] = tuple(c.guidance)
     if "decoder_gan" in rec:
         out["record"]["decoder_gan"] = rec["decoder_gan"]
-    if bundle.guide is not None and tuple(c.magnifications) == tuple(cfg.magnifications):
+    if bundle.guide is not None and same_levels:  # a guide conditions on the parents it learned
         out["guide"] = {"config": dataclasses.asdict(c.guide), "autoguidance": c.autoguidance,
                         "levels": list(c.guide_levels), "weights": bundle.guide.state_dict()}
         out["record"]["guide"] = rec.get("guide", {}) | {"carried_from": name}
@@ -457,6 +479,7 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         sample_tile=cfg.sample_tile or st.carried.get("sample_tile"), training=record | st.carried.get("record", {}), **guide_fields,
         cond_aug=st.carried.get("cond_aug", 0) if cfg.cond_aug is None else cfg.cond_aug,
         guidance=st.carried.get("guidance", ()) if cfg.guidance is None else cfg.guidance,
+        pixel_levels=tuple(cfg.pixel_levels), pixel_scale=float(st.pixel_scale or 1.0),
     )
     save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide)
 
@@ -497,6 +520,15 @@ def encode_image(ae: Autoencoder, rgb: np.ndarray, device: torch.device, dtype: 
     return out
 
 
+def level_array(bundle: Any, rgb: np.ndarray, level: int, device: torch.device = torch.device("cpu")) -> np.ndarray:
+    """An (H, W, 3) image as the bundle's denoiser sees it at `level`: its latent (encoded in bounded chunks)
+    or, at a pixel level, its folded pixels; times that level's scale."""
+    c = bundle.config
+    if level in c.pixel_levels:
+        return fold(D.to_tensor_range(rgb), c.level_cells[level]) * c.level_scales[level]
+    return encode_image(bundle.ae, np.ascontiguousarray(rgb), device, torch.bfloat16) * c.level_scales[level]
+
+
 @dataclass
 class LatentSet:
     """Latents of every (image, orientation) at every level, scaled; tissue masks at latent resolution."""
@@ -504,25 +536,29 @@ class LatentSet:
     latents: list[list[np.ndarray]]  # [variant][level] -> (C, h_k, w_k)
     masks: list[list[np.ndarray]]  # [variant][level] -> (h_k, w_k) bool
 
-    def scaled(self, scale: float) -> "LatentSet":
-        """The same latents times the bundle's latent scale (the units the denoiser works in)."""
-        return LatentSet([[z * scale for z in v] for v in self.latents], self.masks)
+    def scaled(self, scale: float | tuple[float, ...]) -> "LatentSet":
+        """The same latents times the bundle's latent scale, or one scale per level (BundleConfig.level_scales):
+        the units the denoiser works in."""
+        scales = scale if isinstance(scale, tuple) else (scale,) * len(self.latents[0])
+        return LatentSet([[z * k for z, k in zip(v, scales)] for v in self.latents], self.masks)
 
 
 def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
                log: Callable[[str], None], orientations: int = 8) -> LatentSet:
     """Every image in its first `orientations` dihedral orientations (the first unjittered, the others
-    stain-jittered); variant i is image i // orientations in orientation i % orientations."""
-    f = ae.cfg.factor
+    stain-jittered); variant i is image i // orientations in orientation i % orientations. Pixel levels
+    (cfg.pixel_levels) are folded into cells instead of encoded."""
+    cells = cfg.cells
     lats, masks = [], []
     rng = np.random.default_rng(cfg.seed + 1)
     for li in levels:
         for k in range(orientations):
             seed = int(rng.integers(2**31))  # the same stain jitter at every level of one variant
             vl, vm = [], []
-            for img, mask in zip(li.images, li.masks):
+            for level, (img, mask) in enumerate(zip(li.images, li.masks)):
                 jittered = D.stain_jitter(D.dihedral(img, k), np.random.default_rng(seed), cfg.jitter if k else 0.0)
-                vl.append(encode_image(ae, jittered, device, dtype))
+                f = cells[level]
+                vl.append(fold(D.to_tensor_range(jittered), f) if level in cfg.pixel_levels else encode_image(ae, jittered, device, dtype))
                 vm.append(D.dihedral(mask, k)[f // 2 :: f, f // 2 :: f])
             lats.append(vl)
             masks.append(vm)
@@ -543,7 +579,7 @@ def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Gener
     noise at the parent's resolution upsampled as the conditioning is (else zeros). Variants too small for
     that side (a scale-augmented image below its level's tile) are not drawn at that level."""
     n_levels = len(cfg.magnifications)
-    factor = level_factor(cfg.magnifications)
+    factor = cond_factors(tuple(cfg.magnifications), cfg.cells)[level]
     t = side or crop_side(ls, cfg, level)
     fits = [v for v, lat in enumerate(ls.latents) if min(lat[level].shape[1:]) >= t]
     xs, cs, ms, ns = [], [], [], []
@@ -581,7 +617,7 @@ def augment_cond(cond: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, ab
     return augment(cond, noise, cond_noise_std(abar, ct)[:, None, None, None]), ct.float()
 
 
-def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float, train: LatentSet, device: torch.device,
+def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float | tuple[float, ...], train: LatentSet, device: torch.device,
                        log: Callable[[str], None], reads: Reads | None = None) -> dict[str, LatentSet]:
     """The scaled latents validation measures: "train", the training images as they are (unrotated,
     unjittered, scale 1: `train`), and "held", the held-out bands, encoded here the same way (none with
@@ -819,13 +855,17 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
             log(f"latent_scale = {st.latent_scale:.4f}")
-        latents = latents.scaled(st.latent_scale)
+        if cfg.pixel_levels and not st.pixel_scale:
+            st.pixel_scale = float(1.0 / np.concatenate([v[k].ravel() for v in latents.latents for k in cfg.pixel_levels]).std())
+            log(f"pixel_scale = {st.pixel_scale:.4f}")
+        scales = tuple(st.pixel_scale if k in cfg.pixel_levels else st.latent_scale for k in range(len(cfg.magnifications)))
+        latents = latents.scaled(scales)
         abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=device)
         probs = np.array(cfg.level_probs) / sum(cfg.level_probs)
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
         n = len(cfg.inputs)  # variant 8 i is input i unrotated and unjittered at scale 1 (encode_all)
         unrotated = LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])
-        valset = build_valset(validation_latents(cfg, st.ae_ema, st.latent_scale, unrotated, device, log, reads), cfg, device)
+        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads), cfg, device)
         del reads  # every variant is built; the levels hold what the decoder steps need
         if st.val_last_step != st.unet_step:
             validate()  # where this run starts (a new denoiser or an --init-from bundle's)
