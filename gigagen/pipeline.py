@@ -154,6 +154,12 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
     return cfg, device, dtype, bundle, plans
 
 
+def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
+    """A level as run.json and --plan report it: magnification, array shape in cells, and how it is held."""
+    kind = "pixels" if plan.level in mc.pixel_levels else "latent"
+    return {"magnification": plan.magnification, "latent_shape": list(plan.shape), "kind": kind, "cell_px": mc.level_cells[plan.level]}
+
+
 def with_autoguidance(cfg: RunConfig, bundle: Any) -> RunConfig:
     """The run's autoguidance weight made explicit (run.json and the resume fingerprint record the value
     used), checked against the model before anything is written."""
@@ -202,7 +208,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
         "seed": cfg.seed, "width": cfg.width, "height": cfg.height, "mpp": mc.mpp0,
         "model": {"identity": bundle.identity, "name": mc.name, "trained": mc.trained, "checkpoint": cfg.checkpoint or "embedded default"},
         "device": str(device), "precision": precision, "versions": versions(), "latent_store": state.store_kind,
-        "levels": [{"level": p.level, "magnification": p.magnification, "latent_shape": list(p.shape)} for p in plans],
+        "levels": [level_record(p, mc) | {"level": p.level} for p in plans],
         "estimated_disk_bytes": disk_need,
     }
     with replacing(out, active=cfg.overwrite), _farm(cfg, job):
@@ -386,7 +392,7 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
         seconds["total"] = seconds["sampling"] + seconds["decode"] + seconds["pyramid_and_export"]
     return {
         "width": cfg.width, "height": cfg.height, "steps": cfg.steps, "blend": cfg.blend, "model": bundle.identity,
-        "levels": [{"magnification": p.magnification, "latent_shape": list(p.shape)} for p in plans],
+        "levels": [level_record(p, mc) for p in plans],
         "latent_store": kind, "disk_bytes": est["disk"], "peak_memory_bytes": est["peak_memory_bytes"],
         "network_evaluations": evals, "seconds_on_this_machine": {k: round(v, 1) for k, v in seconds.items()},
         "calibration": calib,

@@ -33,12 +33,13 @@ def bundle_losses(path: str, reference: str, holdout_frac: float) -> dict[tuple[
     cfg = L.TrainConfig(inputs=[reference], out="", holdout_frac=holdout_frac, ae=c.ae, unet=c.unet,
                         magnifications=tuple(c.magnifications), mpp0=c.mpp0, tile=c.tile,
                         layout_tile=int(c.training.get("layout_tile", 16)),
-                        level_probs=tuple(c.training.get("level_probs", L.default_level_probs(len(c.magnifications)))))
+                        level_probs=tuple(c.training.get("level_probs", L.default_level_probs(len(c.magnifications)))),
+                        pixel_levels=tuple(c.pixel_levels))
     cpu = torch.device("cpu")
     reads = L.read_inputs(cfg)  # one read for both splits
     train = L.encode_all(L.load_training_levels(cfg, reads=reads), bundle.ae, cfg, cpu, torch.bfloat16, lambda _: None,
-                         orientations=1).scaled(c.latent_scale)
-    splits = L.validation_latents(cfg, bundle.ae, c.latent_scale, train, cpu, print, reads)
+                         orientations=1).scaled(c.level_scales)
+    splits = L.validation_latents(cfg, bundle.ae, c.level_scales, train, cpu, print, reads)
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
     # every level the bundle has, whatever shares it trained with
     vs = L.build_valset(splits, dataclasses.replace(cfg, level_probs=(1.0,) * len(cfg.magnifications)), cpu)

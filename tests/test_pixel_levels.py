@@ -128,6 +128,8 @@ def test_slide_with_a_pixel_level_bundle(tmp_path: Path) -> None:
     assert (out / "slide.ome.zarr").is_dir() and (out / "layout.png").is_file()
     # 256 px: 32^2 latent pixels at 20x, 32^2 cells of 5x pixels, 2^2 latent pixels at 1.25x; 2 steps each
     assert rec["network_evaluations"]["unet_latent_pixels"] == 2 * (32 * 32 + 32 * 32 + 2 * 2)
+    assert [(lv["kind"], lv["cell_px"], lv["latent_shape"]) for lv in rec["levels"]] == [
+        ("latent", 8, [32, 32]), ("pixels", 2, [32, 32]), ("latent", 8, [2, 2])]
 
 
 def test_cli_pixel_levels_errors_are_one_line(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
