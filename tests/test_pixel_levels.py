@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +61,12 @@ def test_level_zero_is_conditioned_on_its_pixel_parent_cell_for_cell() -> None:
 def test_bundle_config_checks_pixel_levels(tmp_path: Path) -> None:
     from gigagen.errors import UserError
 
-    ok = make_bundle(tmp_path / "ok.safetensors", ae=dataclasses.replace(AE12), unet=dataclasses.replace(UNET12, n_levels=3),
+    ok = make_bundle(tmp_path / "ok.safetensors", ae=AE12, unet=UNET12,
                      pixel_levels=(1,), pixel_scale=2.0)
     c = read_bundle_config(ok)
     assert c.level_cells == (2, 2, 2) and c.parent_factors == (4, 4, 0) and c.level_scales == (1.0, 2.0, 1.0)
     with pytest.raises(ValueError, match="intermediate"):
-        make_bundle(tmp_path / "bad.safetensors", ae=AE12, unet=dataclasses.replace(UNET12, n_levels=3), pixel_levels=(0,))
+        make_bundle(tmp_path / "bad.safetensors", ae=AE12, unet=UNET12, pixel_levels=(0,))
     with pytest.raises(ValueError, match="3 c"):
         make_bundle(tmp_path / "bad.safetensors", pixel_levels=(1,))  # 4 latent channels: no pixel cell
     assert not (tmp_path / "bad.safetensors").exists()
