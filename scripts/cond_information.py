@@ -38,32 +38,28 @@ sys.path.insert(0, str(ROOT))
 
 from gigagen.engine.condition import cond_for_region  # noqa: E402
 from gigagen.engine.decode import to_uint8  # noqa: E402
+from gigagen.engine.levels import fold  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, load_bundle  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
-from gigagen.train.loop import encode_image, level_factor  # noqa: E402
+from gigagen.train.loop import encode_image, level_array, level_factor  # noqa: E402
 
 CPU = torch.device("cpu")
 TILE = 32  # latent crop side, as the denoiser is trained
 FORMS = ("latent", "latent+phase", "decoded 5x", "real 5x")
 
 
-def unshuffle(rgb: np.ndarray, k: int) -> np.ndarray:
-    """(3, H, W) -> (3 k^2, H/k, W/k): each k x k block stacked onto one pixel."""
-    return F.pixel_unshuffle(torch.from_numpy(np.ascontiguousarray(rgb))[None], k)[0].numpy()
-
-
 def phase(h: int, w: int, factor: int) -> np.ndarray:
     """(4, h, w): sin/cos of each child pixel's row and column position inside its parent pixel."""
     a = 2 * np.pi * (np.arange(max(h, w)) % factor) / factor
-    ys, xs = a[:h, None] + 0 * a[None, :w], 0 * a[:h, None] + a[None, :w]
+    ys, xs = np.meshgrid(a[:h], a[:w], indexing="ij")
     return np.stack([np.sin(ys), np.cos(ys), np.sin(xs), np.cos(xs)]).astype(np.float32)
 
 
 def part_arrays(b: ModelBundle, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(20x latent, tissue mask at latent resolution, each parent form at latent resolution) of one image."""
     f, zoom, s = b.config.ae.factor, level_factor(b.config.magnifications), b.config.latent_scale
-    z = encode_image(b.ae, rgb, CPU, torch.bfloat16) * s
+    z = level_array(b, rgb, 0)
     small = D.downsample(rgb, zoom)
     parent = encode_image(b.ae, small, CPU, torch.bfloat16) * s
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -74,8 +70,8 @@ def part_arrays(b: ModelBundle, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray
     forms = {
         "latent": latent,
         "latent+phase": np.concatenate([latent, phase(h, w, zoom)]),
-        "decoded 5x": unshuffle(decoded, k),
-        "real 5x": unshuffle(D.to_tensor_range(small), k),
+        "decoded 5x": fold(decoded, k),
+        "real 5x": fold(D.to_tensor_range(small), k),
     }
     mask = D.tissue_mask(rgb)[f // 2 :: f, f // 2 :: f]
     return z, mask, forms

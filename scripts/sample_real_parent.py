@@ -31,7 +31,7 @@ from gigagen.train import data as D  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.gan_decoder import sample_finest  # noqa: E402
-from gigagen.train.loop import encode_image, level_array, level_factor  # noqa: E402
+from gigagen.train.loop import level_array, level_factor  # noqa: E402
 
 
 def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: str = "held") -> tuple[np.ndarray, np.ndarray]:
@@ -55,14 +55,9 @@ def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], arg
     return to_uint8(runner.decode_fn(z[None])[0].transpose(1, 2, 0))
 
 
-def encode(runner: BundleRunner, rgb: np.ndarray) -> np.ndarray:
-    """`rgb`'s scaled latent, encoded in bounded chunks as training encodes."""
-    return encode_image(runner.bundle.ae, np.ascontiguousarray(rgb), torch.device("cpu"), torch.bfloat16) * runner.bundle.config.latent_scale
-
-
 def reconstruct(runner: BundleRunner, rgb: np.ndarray) -> np.ndarray:
     """`rgb` encoded and decoded as `gigagen slide` decodes."""
-    return to_uint8(runner.decode_fn(encode(runner, rgb)[None])[0].transpose(1, 2, 0))
+    return to_uint8(runner.decode_fn(level_array(runner.bundle, rgb, 0)[None])[0].transpose(1, 2, 0))
 
 
 def report(held: np.ndarray, sampled: np.ndarray, what: str) -> None:
@@ -121,7 +116,7 @@ def main() -> int:
     if args.from_real:
         runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32,
                               bundle.config.guidance_per_level, weights[0], noises[0])
-        real = encode(runner, held)
+        real = level_array(bundle, held, 0)
         for t0 in (int(t) for t in args.from_real.split(",")):
             rows.append(sample(runner, parent, held.shape, args, (real, t0)))
             report(held, rows[-1], f"the real latent noised to t={t0} and denoised from the real parent ({args.steps}-step schedule, "

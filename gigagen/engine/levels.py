@@ -35,6 +35,11 @@ def level_cells(ae_factor: int, latent_ch: int, n_levels: int, pixel_levels: tup
     return tuple(cell if k in pixel_levels else ae_factor for k in range(n_levels))
 
 
+def level_scales(latent_scale: float, pixel_scale: float, n_levels: int, pixel_levels: tuple[int, ...]) -> tuple[float, ...]:
+    """What each level's raw array (latent, or folded pixels in [-1, 1]) is multiplied by for the denoiser."""
+    return tuple(pixel_scale if k in pixel_levels else latent_scale for k in range(n_levels))
+
+
 def cond_factors(magnifications: tuple[float, ...], cells: tuple[int, ...]) -> tuple[int, ...]:
     """Per level, finest first: how many of its cells one cell of its parent covers per side (0 for the
     layout level). ValueError unless each is a whole number >= 1."""

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gigagen.engine.levels import cond_factors, level_cells
+from gigagen.engine.levels import cond_factors, level_cells, level_scales
 from gigagen.errors import UserError
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig
@@ -81,7 +81,7 @@ class BundleConfig:
     @property
     def level_scales(self) -> tuple[float, ...]:
         """What each level's raw array (latent, or folded pixels in [-1, 1]) is multiplied by for the denoiser."""
-        return tuple(self.pixel_scale if k in self.pixel_levels else self.latent_scale for k in range(len(self.magnifications)))
+        return level_scales(self.latent_scale, self.pixel_scale, len(self.magnifications), self.pixel_levels)
 
     @property
     def level_factors(self) -> tuple[int, ...]:

@@ -47,7 +47,7 @@ from gigagen.models.vae import Autoencoder, Decoder
 from gigagen.sampling.schedules import ddim_timesteps
 from gigagen.train import data as D
 from gigagen.train.losses import ae_loss
-from gigagen.train.loop import (Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, ema_update, encode_image,
+from gigagen.train.loop import (Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, ema_update,
                                 level_array, load_training_levels, save_atomic)
 
 BANK_STEPS = 20  # DDIM steps of the bank's samples: gigagen slide's default
@@ -118,7 +118,7 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
     from tqdm import tqdm
 
     c = bundle.config
-    f, scale = c.ae.factor, c.latent_scale
+    f = c.ae.factor
     key = f"{bundle.identity} seeds={seeds} images={[li.images[0].shape for li in levels]}"
     cached: list[np.ndarray] = []
     if cache is not None and cache.is_file():
@@ -134,7 +134,7 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
     for i, li in enumerate(levels):
         for k in range(8):
             img = np.ascontiguousarray(D.dihedral(li.images[0], k))
-            real = encode_image(bundle.ae, img, device, torch.bfloat16) * scale
+            real = level_array(bundle, img, 0, device)
             parent = level_array(bundle, D.dihedral(li.images[1], k), 1, device)
             mask = D.dihedral(li.masks[0], k)[f // 2 :: f, f // 2 :: f]
             for s in range(seeds):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gigagen.engine.condition import NoiseField, augment, cond_for_region, cond_noise_std
-from gigagen.engine.levels import cond_factors, fold, level_cells
+from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
@@ -860,7 +860,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         if cfg.pixel_levels and not st.pixel_scale:
             st.pixel_scale = float(1.0 / np.concatenate([v[k].ravel() for v in latents.latents for k in cfg.pixel_levels]).std())
             log(f"pixel_scale = {st.pixel_scale:.4f}")
-        scales = tuple(st.pixel_scale if k in cfg.pixel_levels else st.latent_scale for k in range(len(cfg.magnifications)))
+        scales = level_scales(st.latent_scale, st.pixel_scale, len(cfg.magnifications), cfg.pixel_levels)
         latents = latents.scaled(scales)
         abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=device)
         probs = np.array(cfg.level_probs) / sum(cfg.level_probs)
