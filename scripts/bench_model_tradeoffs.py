@@ -94,7 +94,7 @@ def ae_quality(steps: int, region: str, names: list[str]) -> None:
     for name in names:
         base, mult, ch = AE_CONFIGS[name]
         cfg = TrainConfig(inputs=[region], out="", ae=AutoencoderConfig(base_ch=base, ch_mult=mult, latent_ch=ch), ae_lr=6e-4)
-        levels = [D.build_levels(train_img, 3, 4, cfg.ae.factor)]
+        levels = [D.build_levels(train_img, (4, 4), cfg.ae.factor)]
         torch.manual_seed(0)
         ae = Autoencoder(cfg.ae).to(memory_format=torch.channels_last)
         ema = Autoencoder(cfg.ae).to(memory_format=torch.channels_last)

@@ -42,7 +42,7 @@ from gigagen.engine.levels import fold  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, load_bundle  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
-from gigagen.train.loop import encode_image, level_array, level_factor  # noqa: E402
+from gigagen.train.loop import encode_image, level_array, checked_zooms  # noqa: E402
 
 CPU = torch.device("cpu")
 TILE = 32  # latent crop side, as the denoiser is trained
@@ -58,7 +58,7 @@ def phase(h: int, w: int, factor: int) -> np.ndarray:
 
 def part_arrays(b: ModelBundle, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(20x latent, tissue mask at latent resolution, each parent form at latent resolution) of one image."""
-    f, zoom, s = b.config.ae.factor, level_factor(b.config.magnifications), b.config.latent_scale
+    f, zoom, s = b.config.ae.factor, checked_zooms(b.config.magnifications)[0], b.config.latent_scale
     z = level_array(b, rgb, 0)
     small = D.downsample(rgb, zoom)
     parent = encode_image(b.ae, small, CPU, torch.bfloat16) * s
@@ -156,7 +156,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(2)
     b = load_bundle(args.checkpoint)
-    m = b.config.ae.factor * level_factor(b.config.magnifications)
+    m = b.config.ae.factor * checked_zooms(b.config.magnifications)[0]
     train, held = (a[: a.shape[0] // m * m, : a.shape[1] // m * m] for a in split_reference(args.reference, 0.2))
     t0 = time.time()
     variants = [part_arrays(b, D.dihedral(train, k)) for k in range(8)]  # the 8 orientations, as training uses

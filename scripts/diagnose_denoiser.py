@@ -33,7 +33,7 @@ from gigagen.engine.condition import cond_for_region  # noqa: E402
 from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.sampling.schedules import cosine_alphas_cumprod  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
-from gigagen.train.loop import level_array, level_factor  # noqa: E402
+from gigagen.train.loop import level_array, checked_zooms  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.metrics import grid_tiles  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> int:
     bundle = load_bundle(args.checkpoint)
     ae, unet, scale = bundle.ae, bundle.unet, bundle.config.latent_scale
     band = split_reference(args.reference, 0.2)[0 if args.split == "train" else 1]  # (training part, held-out band)
-    f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
+    f, zoom = bundle.config.ae.factor, checked_zooms(bundle.config.magnifications)[0]
     m = f * zoom
     band = band[: band.shape[0] // m * m, : band.shape[1] // m * m]
     tiles, pos = grid_tiles(band, 256, 256, 0.8)

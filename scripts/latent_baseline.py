@@ -29,7 +29,7 @@ from gigagen.models.checkpoint import load_bundle  # noqa: E402
 from gigagen.sampling.schedules import cosine_alphas_cumprod  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
-from gigagen.train.loop import encode_image, level_factor  # noqa: E402
+from gigagen.train.loop import encode_image, checked_zooms  # noqa: E402
 
 TILE = 32
 TIMES = (200, 500, 800, 950)
@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
     args = p.parse_args()
     b = load_bundle(args.checkpoint)
-    scale, f, zoom = b.config.latent_scale, b.config.ae.factor, level_factor(b.config.magnifications)
+    scale, f, zoom = b.config.latent_scale, b.config.ae.factor, checked_zooms(b.config.magnifications)[0]
     cpu = torch.device("cpu")
     train, held = split_reference(args.reference, 0.2)
     m = f * zoom

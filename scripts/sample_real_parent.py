@@ -31,13 +31,13 @@ from gigagen.train import data as D  # noqa: E402
 from gigagen.train import metrics as M  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.gan_decoder import sample_finest  # noqa: E402
-from gigagen.train.loop import level_array, level_factor  # noqa: E402
+from gigagen.train.loop import level_array, checked_zooms  # noqa: E402
 
 
 def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: str = "held") -> tuple[np.ndarray, np.ndarray]:
     """The held-out band (or with split "train" the training part; cut to whole parent tiles, at most `width` px
     wide) and its real parent as the denoiser sees it (scaled: the 5x latent, or at a pixel level its folded pixels)."""
-    f, zoom = bundle.config.ae.factor, level_factor(bundle.config.magnifications)
+    f, zoom = bundle.config.ae.factor, checked_zooms(bundle.config.magnifications)[0]
     train, held = split_reference(reference, 0.2)
     part = train if split == "train" else held
     m = f * zoom * 4

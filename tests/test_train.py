@@ -97,7 +97,7 @@ def test_tiff_pixel_size_is_read_from_the_file(tmp_path: Path) -> None:
 
 
 def test_levels_are_aligned_box_downsamples() -> None:
-    li = D.build_levels(fake_he(), 3, 2, 4)
+    li = D.build_levels(fake_he(), (2, 2), 4)
     assert [im.shape[:2] for im in li.images] == [(512, 384), (256, 192), (128, 96)]
     assert np.abs(li.images[1][10, 10].astype(int) - li.images[0][20:22, 20:22].mean(axis=(0, 1))).max() <= 1
 
@@ -174,12 +174,12 @@ def test_training_levels_follow_the_cascade_zoom_not_the_autoencoder_factor(png:
         np.testing.assert_array_equal(li.images[1], D.downsample(li.images[0], 4))
 
 
-def test_level_factor_needs_one_integer_ratio() -> None:
-    assert L.level_factor((20.0, 5.0, 1.25)) == 4 and L.level_factor((40.0, 20.0)) == 2
-    with pytest.raises(UserError, match="integer factor"):
-        L.level_factor((20.0, 5.0, 2.5))
-    with pytest.raises(UserError, match="integer factor"):
-        L.level_factor((20.0, 8.0))
+def test_cascade_zooms_are_whole_factors_finest_first() -> None:
+    assert L.checked_zooms((20.0, 5.0, 1.25)) == (4, 4) and L.checked_zooms((40.0, 20.0)) == (2,)
+    assert L.checked_zooms((20.0, 5.0, 2.5)) == (4, 2) and L.checked_zooms((20.0, 5.0, 5.0, 1.25)) == (4, 1, 4)
+    for bad in ((20.0, 8.0), (5.0, 20.0)):
+        with pytest.raises(UserError, match="whole factors"):
+            L.checked_zooms(bad)
 
 
 def test_init_autoencoder_reuses_a_bundle_and_trains_only_the_denoiser(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -278,7 +278,11 @@ def test_init_from_moves_a_bundle_to_a_finer_cascade(png: Path, tmp_path: Path) 
 
 def test_cli_magnifications_are_checked(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", str(png), "--out", str(tmp_path / "r"), "--magnifications", "20,8,1"]) == 2
-    assert "integer factor" in capsys.readouterr().err
+    assert "whole factors" in capsys.readouterr().err
+    # a repeated magnification only as pixels under its latent
+    assert main(["train", str(png), "--out", str(tmp_path / "r"), "--magnifications", "20,5,5,1.25", "--latent-ch", "12"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "more than one of its own" in err and len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
     assert main(["train", str(png), "--out", str(tmp_path / "r"), "--magnifications", "20,10,5", "--level-probs", "0.5,0.5"]) == 2
     assert "3 non-negative shares" in capsys.readouterr().err
 
@@ -483,7 +487,7 @@ def test_decoder_gan_step_follows_the_discriminator(small_bundle: tuple[Path, Pa
 
 def test_ae_batch_keeps_a_coarse_level_smaller_than_8_px(tmp_path: Path) -> None:
     """A 1.25x level of a small image (6 x 8 px) is padded into the crop, not replaced by a white one."""
-    li = D.build_levels(np.full((96, 128, 3), (90, 50, 140), np.uint8), 3, 4, 2)
+    li = D.build_levels(np.full((96, 128, 3), (90, 50, 140), np.uint8), (4, 4), 2)
     assert li.images[2].shape[:2] == (6, 8)
     cfg = tiny_cfg(tmp_path / "x.png", tmp_path / "r", level_probs=(0.0, 0.0, 1.0), jitter=0.0)
     x = L.ae_batch([li], cfg, np.random.default_rng(0))

@@ -117,8 +117,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--lr-decay-minutes", type=float, default=0.0,
                    help="over the last M minutes of --max-minutes the denoiser LR falls linearly to 10%% (default 0: constant)")
     p.add_argument("--magnifications", type=_floats, default=None,
-                   help="cascade levels, finest first, falling by one integer factor; the last is the layout "
-                        "(default 20,5,1.25, or the --init-from bundle's)")
+                   help="cascade levels, finest first, falling by whole factors; the last is the layout "
+                        "(default 20,5,1.25, or the --init-from bundle's). A magnification may repeat once as pixels "
+                        "under its latent: 20,5,5,1.25 with --pixel-levels 1 samples the 5x latent, then the 5x pixels from it")
     p.add_argument("--level-probs", type=_floats, default=None,
                    help="share of training crops per level, finest first (default 0.5,0.3,0.2 for three levels; "
                         "otherwise 0.4 for the finest and the rest shared equally)")
@@ -285,17 +286,18 @@ def _pixel_levels(levels: tuple[int, ...] | None, ae: Any, magnifications: tuple
     try:
         cond_factors(tuple(magnifications), level_cells(ae.factor, ae.latent_ch, len(magnifications), levels))
     except ValueError as exc:
-        raise UserError(f"--pixel-levels: {exc}") from None
+        raise UserError(f"--magnifications {','.join(f'{m:g}' for m in magnifications)} with --pixel-levels "
+                        f"{','.join(map(str, levels)) or 'none'}: {exc}") from None
     return levels
 
 
 def _magnifications(mags: tuple[float, ...]) -> tuple[float, ...]:
     """--magnifications (default 20x/5x/1.25x, or the --init-from bundle's), checked as the cascade checks them."""
-    from gigagen.train.loop import level_factor
+    from gigagen.train.loop import checked_zooms
 
     if len(mags) < 2 or min(mags) <= 0:
         raise UserError("--magnifications needs at least two positive levels, finest first")
-    level_factor(mags)  # one integer factor between neighbours, or a UserError
+    checked_zooms(mags)  # whole factors between neighbours, or a UserError
     return mags
 
 

@@ -40,16 +40,30 @@ def level_scales(latent_scale: float, pixel_scale: float, n_levels: int, pixel_l
     return tuple(pixel_scale if k in pixel_levels else latent_scale for k in range(n_levels))
 
 
+def level_zooms(magnifications: tuple[float, ...]) -> tuple[int, ...]:
+    """Zoom from each level to its parent, finest first (20x, 5x, 1.25x -> (4, 4)). ValueError unless each is a
+    whole number >= 2, or 1 where a magnification repeats (a pixel level under the latent level of the same
+    magnification; `cond_factors` checks the kinds)."""
+    out = []
+    for a, b in zip(magnifications, magnifications[1:]):
+        z = a / b
+        if z < 1 - 1e-6 or abs(z - round(z)) > 1e-6:
+            raise ValueError(f"magnifications {list(magnifications)} must fall by whole factors, finest first")
+        out.append(int(round(z)))
+    return tuple(out)
+
+
 def cond_factors(magnifications: tuple[float, ...], cells: tuple[int, ...]) -> tuple[int, ...]:
     """Per level, finest first: how many of its cells one cell of its parent covers per side (0 for the
-    layout level). ValueError unless each is a whole number >= 1."""
+    layout level). ValueError unless each is a whole number >= 1, and >= 2 between two levels of one
+    magnification (only pixels under a latent of the same image: anything else would add nothing)."""
     out = []
-    for k in range(len(magnifications) - 1):
-        zoom = magnifications[k] / magnifications[k + 1]
+    for k, zoom in enumerate(level_zooms(magnifications)):
         f = zoom * cells[k + 1] / cells[k]
-        if f < 1 or abs(f - round(f)) > 1e-6:
+        if f < (2 if zoom == 1 else 1) or abs(f - round(f)) > 1e-6:
             raise ValueError(f"level {k + 1} ({magnifications[k + 1]:g}x, {cells[k + 1]} px cells) does not cover "
-                             f"whole cells of level {k} ({magnifications[k]:g}x, {cells[k]} px cells)")
+                             f"whole cells of level {k} ({magnifications[k]:g}x, {cells[k]} px cells)"
+                             + (" with more than one of its own" if zoom == 1 else ""))
         out.append(int(round(f)))
     return (*out, 0)
 

@@ -83,11 +83,6 @@ class BundleConfig:
         """What each level's raw array (latent, or folded pixels in [-1, 1]) is multiplied by for the denoiser."""
         return level_scales(self.latent_scale, self.pixel_scale, len(self.magnifications), self.pixel_levels)
 
-    @property
-    def level_factors(self) -> tuple[int, ...]:
-        """Integer zoom factor between level i and level i+1."""
-        return tuple(int(round(a / b)) for a, b in zip(self.magnifications, self.magnifications[1:]))
-
     def to_json(self) -> str:
         return json.dumps({"format_version": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
 
@@ -129,9 +124,6 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("autoencoder and UNet latent channels differ")
     if cfg.unet.n_levels < len(cfg.magnifications):
         raise ValueError("UNet has fewer level embeddings than the cascade has levels")
-    for a, b in zip(cfg.magnifications, cfg.magnifications[1:]):
-        if b >= a or abs(a / b - round(a / b)) > 1e-6:
-            raise ValueError("magnifications must decrease by integer factors")
     if cfg.tile % cfg.unet.divisor:
         raise ValueError("tile must be a multiple of the UNet divisor")
     if cfg.sample_tile is not None and (cfg.sample_tile < 1 or cfg.sample_tile % cfg.unet.divisor

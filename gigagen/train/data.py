@@ -7,6 +7,8 @@ a multi-gigapixel slide should be given as a cropped region or read at a coarser
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,19 +204,20 @@ class LevelImages:
     masks: list[np.ndarray]  # (H_k, W_k) bool tissue
 
 
-def build_levels(rgb: np.ndarray, n_levels: int, factor: int, align: int) -> LevelImages:
-    """Crop rgb to a multiple of factor^(n-1)*align and box-downsample into n levels, with tissue masks."""
-    m = factor ** (n_levels - 1) * align
+def build_levels(rgb: np.ndarray, zooms: tuple[int, ...], align: int) -> LevelImages:
+    """Crop rgb to a multiple of prod(zooms)*align and box-downsample it level by level (zooms[k] from level k
+    to k + 1; 1 where a magnification repeats, the same image twice), with tissue masks."""
+    m = math.prod(zooms) * align
     h, w = (rgb.shape[0] // m) * m, (rgb.shape[1] // m) * m
     if h == 0 or w == 0:
         raise UserError(f"training image {rgb.shape[1]}x{rgb.shape[0]} is smaller than {m} px at the finest magnification")
     images = [rgb[:h, :w]]
-    for _ in range(n_levels - 1):
-        images.append(downsample(images[-1], factor))
-    mask0 = tissue_mask(images[-1] if n_levels > 1 else images[0])
+    for z in zooms:
+        images.append(downsample(images[-1], z) if z > 1 else images[-1])
+    mask0 = tissue_mask(images[-1])
     masks = []
-    for k in range(n_levels):
-        rep = factor ** (n_levels - 1 - k)
+    for k in range(len(images)):
+        rep = math.prod(zooms[k:])
         masks.append(np.repeat(np.repeat(mask0, rep, axis=0), rep, axis=1))
     return LevelImages(images, masks)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gigagen.engine.condition import NoiseField, augment, cond_for_region, cond_noise_std
-from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales
+from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales, level_zooms
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
@@ -112,15 +112,12 @@ def default_level_probs(n_levels: int) -> tuple[float, ...]:
     return (0.5, 0.3, 0.2) if n_levels == 3 else (0.4,) + (0.6 / (n_levels - 1),) * (n_levels - 1)
 
 
-def level_factor(magnifications: tuple[float, ...]) -> int:
-    """Zoom between neighbouring cascade levels (20x, 5x, 1.25x -> 4); the cascade needs one integer ratio."""
-    if len(magnifications) < 2:
-        return 1
-    f = int(round(magnifications[0] / magnifications[1]))
-    for a, b in zip(magnifications, magnifications[1:]):
-        if f < 2 or abs(a / b - f) > 1e-6:
-            raise UserError(f"magnifications {magnifications} must fall by one integer factor >= 2 per level")
-    return f
+def checked_zooms(magnifications: tuple[float, ...]) -> tuple[int, ...]:
+    """The cascade's zoom from each level to its parent (gigagen.engine.levels.level_zooms), or a UserError."""
+    try:
+        return level_zooms(tuple(magnifications))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 Reads = list[tuple[np.ndarray, float]]  # each input as read: (RGB, its pixel size in um)
@@ -150,7 +147,7 @@ def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, wa
         if warp:
             img = D.elastic_warp(img, np.random.default_rng([cfg.seed, 0xE1A5, i, warp]), strain=cfg.elastic_strain)
         try:
-            out.append(D.build_levels(img, len(cfg.magnifications), level_factor(cfg.magnifications), cfg.ae.factor))
+            out.append(D.build_levels(img, checked_zooms(cfg.magnifications), cfg.ae.factor))
         except UserError:
             if part == 0:
                 raise
@@ -336,13 +333,22 @@ def _take_autoencoder(st: State, bundle: Any, name: str) -> None:
     st.ae_source = name
 
 
-def level_map(old: tuple[float, ...], new: tuple[float, ...]) -> list[int]:
+def level_map(old: tuple[float, ...], new: tuple[float, ...], old_pixels: tuple[int, ...] = (),
+              new_pixels: tuple[int, ...] = ()) -> list[int]:
     """For each level of a new cascade, the level of an old one whose embedding it starts from: the
     layout level from the old layout level, a refinement level from the old refinement level nearest
-    in log-magnification (ties: the finer one)."""
+    in log-magnification (ties: one held the same way, latents or pixels, then the finer one)."""
     refine = range(len(old) - 1) if len(old) > 1 else range(1)
-    out = [min(refine, key=lambda j: (round(abs(math.log(old[j] / m)), 9), j)) for m in new[:-1]]
+    out = [min(refine, key=lambda j: (round(abs(math.log(old[j] / m)), 9), (j in old_pixels) != (k in new_pixels), j))
+           for k, m in enumerate(new[:-1])]
     return out + [len(old) - 1]
+
+
+def parents_read_alike(old: BundleConfig, cfg: TrainConfig, mapping: list[int]) -> bool:
+    """Whether every refinement level of the new cascade has a parent held as its old level's parent was
+    (latents or pixels), so the stem's weights on the parent still read it."""
+    return all((k + 1 in cfg.pixel_levels) == (j + 1 in old.pixel_levels)
+               for k, j in enumerate(mapping[:-1]) if j < len(old.magnifications) - 1)
 
 
 def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
@@ -365,7 +371,8 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     rec = bundle.config.training
     _take_autoencoder(st, bundle, rec.get("autoencoder_from", path.name))
     weights = bundle.unet.state_dict()
-    weights["level_emb.weight"] = weights["level_emb.weight"][level_map(old_mags, tuple(cfg.magnifications))]
+    mapping = level_map(old_mags, tuple(cfg.magnifications), tuple(bundle.config.pixel_levels), tuple(cfg.pixel_levels))
+    weights["level_emb.weight"] = weights["level_emb.weight"][mapping]
     grown = [f"head.{i}." for i in range(old_unet.head_blocks, cfg.unet.head_blocks)]
     for m in (st.unet, st.unet_ema):
         missing, unexpected = m.load_state_dict(weights, strict=False)
@@ -374,12 +381,17 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
     st.unet_step = int(rec.get("unet_step", 0))
     st.unet_seconds = float(rec.get("unet_minutes", 0.0)) * 60
     st.latent_scale = float(bundle.config.latent_scale)
-    if tuple(bundle.config.pixel_levels) == tuple(cfg.pixel_levels):
-        st.pixel_scale = float(bundle.config.pixel_scale)
-    else:  # levels held another way: the pixel scale is measured anew, and how the network read its parents is void
+    if pixel_mags(bundle.config.magnifications, bundle.config.pixel_levels) == pixel_mags(cfg.magnifications, cfg.pixel_levels):
+        st.pixel_scale = float(bundle.config.pixel_scale)  # pixels of the same magnifications: the same scale
+    if not parents_read_alike(bundle.config, cfg, mapping):  # how the network read its parents is void
         forget_parents(st.unet, st.unet_ema)
     st.unet_source = path.name
     st.carried = carry_over(bundle, path.name, cfg)
+
+
+def pixel_mags(magnifications: tuple[float, ...], pixel_levels: tuple[int, ...]) -> list[float]:
+    """The magnifications a cascade holds as pixels (what its pixel scale was measured on)."""
+    return sorted(float(magnifications[k]) for k in pixel_levels)
 
 
 def forget_parents(*unets: UNet) -> None:
@@ -819,7 +831,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             export_bundle(run / "bundle-best.safetensors", cfg, st, current_record(), guided)
         else:
             st.val_stale += 1
-        text = ", ".join(f"{split} {cfg.magnifications[lv]:g}x {v:.4f}" for (split, lv), v in losses.items())
+        text = ", ".join(f"{split} {cfg.magnifications[lv]:g}x{' pixels' if lv in cfg.pixel_levels else ''} {v:.4f}"
+                         for (split, lv), v in losses.items())
         log(f"validation at step {st.unet_step}: {text}; best held-out {st.val_best:.4f} at step {st.val_best_step}")
 
     try:
