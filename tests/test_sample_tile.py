@@ -107,10 +107,12 @@ def test_sample_finest_from_a_noised_latent_starts_at_that_timestep(tmp_path: Pa
     from gigagen.train.gan_decoder import sample_finest
 
     calls: list[tuple[int, np.ndarray]] = []
+    levels: list[int] = []
 
     class Oracle(BundleRunner):
         def model_fn(self, x: np.ndarray, t: int, level: int, cond: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
             calls.append((t, x.copy()))
+            levels.append(level)
             a = float(self.alphas_cumprod[t])
             x0 = np.broadcast_to(z[:, :1, :1], x.shape[1:])[None].repeat(len(x), 0)
             return x0, (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
@@ -126,6 +128,14 @@ def test_sample_finest_from_a_noised_latent_starts_at_that_timestep(tmp_path: Pa
     a = float(runner.alphas_cumprod[499])
     noise = gaussian_region(1, 0, INITIAL, 0, 16, 0, 16, c.ae.latent_ch)  # the level's initial noise
     np.testing.assert_allclose(first_x[0], np.sqrt(a) * z + np.sqrt(1 - a) * noise, atol=1e-5)
+    assert set(levels) == {0}
+    # another refinement level (scripts/sample_level.py): the network is told that level, with its own noise
+    calls.clear()
+    levels.clear()
+    np.testing.assert_allclose(sample_finest(runner, parent, (16, 16), seed=1, steps=20, tile=16, start=(z, 500), level=1), z, atol=1e-5)
+    noise1 = gaussian_region(1, 1, INITIAL, 0, 16, 0, 16, c.ae.latent_ch)
+    assert set(levels) == {1} and not np.allclose(noise1, noise)
+    np.testing.assert_allclose(calls[0][1][0], np.sqrt(a) * z + np.sqrt(1 - a) * noise1, atol=1e-5)
     with pytest.raises(ValueError, match="below the last"):
         sample_finest(runner, parent, (16, 16), seed=1, steps=20, tile=16, start=(z, 10))
     with pytest.raises(ValueError, match="shape"):

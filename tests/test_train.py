@@ -493,3 +493,24 @@ def test_ae_batch_keeps_a_coarse_level_smaller_than_8_px(tmp_path: Path) -> None
     x = L.ae_batch([li], cfg, np.random.default_rng(0))
     assert x.shape == (2, 3, 32, 32)
     assert (x[:, :, :6, :6] < 0.5).all() and (x[:, :, 8:, 8:] == 1).all()  # purple tissue top-left, white padding
+
+
+def test_input_perturbation_noises_the_input_not_the_target() -> None:
+    """Ning et al. 2023: x_t carries eps + gamma xi, the v target eps alone; gamma 0 is the plain pair."""
+    x0 = torch.zeros(1, 4, 64, 64)
+    a = s = torch.full((1, 1, 1, 1), 0.5**0.5)
+    torch.manual_seed(0)
+    xt, target = L.noised_pair(x0, a, s, 0.0)
+    np.testing.assert_allclose(xt.numpy(), target.numpy(), atol=1e-6)  # x0 = 0 and a = s: both are a eps
+    torch.manual_seed(0)
+    xt_p, target_p = L.noised_pair(x0, a, s, 0.3)
+    assert torch.equal(target_p, target)  # the same eps, and the target knows nothing of xi
+    extra = (xt_p - target_p) / s  # gamma xi
+    assert abs(float(extra.std()) - 0.3) < 0.02 and abs(float(extra.mean())) < 0.02
+
+
+def test_cli_input_perturbation_is_recorded_and_checked(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(png), "--out", str(tmp_path / "bad"), "--input-perturbation", "2"]) == 2
+    assert "--input-perturbation" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    cfg = tiny_cfg(png, tmp_path / "r", input_perturbation=0.1)
+    assert read_bundle_config(L.train(cfg, log=lambda s: None, progress=False)).training["input_perturbation"] == 0.1

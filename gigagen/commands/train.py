@@ -105,6 +105,10 @@ def add_parser(subparsers: Any) -> None:
                         "2 px cells for 12) instead of latents; intermediate levels only, e.g. 1 = 5x, whose pixels show the 20x "
                         "level where nuclei are (a 5x latent does not; scripts/cond_information.py). 'none' for none "
                         "(default: none, or the --init-from bundle's)")
+    p.add_argument("--input-perturbation", type=float, default=0.0, metavar="G",
+                   help="the denoiser learns from inputs with (1 + G^2) times the noise variance, its target from the "
+                        "noise without the extra part (Ning et al. 2023): against exposure bias, a sampler drifting on its "
+                        "own trajectory; 0.1 in the paper (default 0: off)")
     p.add_argument("--early-stop", type=int, default=0, metavar="N",
                    help="stop the denoiser after N validations in a row (one per checkpoint) without a lower held-out "
                         "loss; the best is always kept as bundle-best.safetensors (default 0: never stop early)")
@@ -160,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--elastic-aug must be between 0 and 64 deformed copies")
     if args.elastic_strain is not None and not 0.0 < args.elastic_strain <= 0.2:
         raise UserError("--elastic-strain must be in (0, 0.2]: stronger deformations fold the tissue over itself")
+    if not 0.0 <= args.input_perturbation <= 1.0:
+        raise UserError("--input-perturbation must be in [0, 1] (0.1 in Ning et al. 2023)")
     if not 0 <= args.cond_aug_max < 1000 or (args.cond_aug is not None and not 0 <= args.cond_aug < 1000):
         raise UserError("--cond-aug-max and --cond-aug must be timesteps in [0, 1000)")
     if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in args.scale_aug):
@@ -341,7 +347,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         scale_aug=tuple(args.scale_aug), elastic_aug=args.elastic_aug, elastic_strain=ELASTIC_STRAIN if args.elastic_strain is None else args.elastic_strain, early_stop=args.early_stop,
         sample_tile=args.sample_tile, cond_aug_max=args.cond_aug_max, cond_aug=args.cond_aug,
         guidance=_guidance(args.guidance, len(args.magnifications)),
-        pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)),
+        pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)), input_perturbation=args.input_perturbation,
     )
 
 

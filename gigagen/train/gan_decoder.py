@@ -86,15 +86,16 @@ class Bank:
 
 def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, int], seed: int,
                   steps: int = BANK_STEPS, eta: float = 0.0, tile: int | None = None,
-                  start: tuple[np.ndarray, int] | None = None) -> np.ndarray:
-    """The finest level over `shape` latent pixels sampled from noise given a parent latent, as gigagen slide
-    does (default: its 20 DDIM steps, eta 0, the bundle's sampling tile and the runner's conditioning noise).
+                  start: tuple[np.ndarray, int] | None = None, level: int = 0) -> np.ndarray:
+    """The finest level (or with `level` another refinement level) over `shape` cells sampled from noise given
+    its parent level's array, as gigagen slide does (default: its 20 DDIM steps, eta 0, the bundle's sampling
+    tile and the runner's conditioning noise).
 
     start=(z, t0) instead noises the latent z to the first of those timesteps <= t0 and denoises it from there
     (SDEdit, Meng et al. 2022): which noise levels decide what the sample looks like."""
     c = runner.bundle.config
     tiling = Tiling(tile=tile or c.sampling_tile, divisor=c.unet.divisor)
-    store = MemoryStore(LevelSpec(0, shape, c.ae.latent_ch, seed, tiling, runner.cond_noise))
+    store = MemoryStore(LevelSpec(level, shape, c.ae.latent_ch, seed, tiling, runner.cond_noise))
     timesteps = ddim_timesteps(c.n_train_steps, steps)
     if start is not None:
         z, t0 = start
@@ -106,7 +107,7 @@ def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, in
         abar = float(runner.alphas_cumprod[timesteps[0]])
         store.canvas = (np.sqrt(abar) * z + np.sqrt(1.0 - abar) * store.canvas).astype(np.float32)
     plans = step_plans(runner.alphas_cumprod, timesteps)
-    denoise_level(store, parent=parent, factor=c.parent_factors[0], model_fn=runner.model_fn, steps=plans, eta=eta)
+    denoise_level(store, parent=parent, factor=c.parent_factors[level], model_fn=runner.model_fn, steps=plans, eta=eta)
     return store.canvas.astype(np.float32)
 
 

@@ -91,6 +91,7 @@ class TrainConfig:
     guidance: tuple[float, ...] | None = None  # CFG weights per refinement level recorded for sampling (None: carried, else 1)
     early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
     pixel_levels: tuple[int, ...] = ()  # levels the denoiser learns as folded pixels, not latents (gigagen.engine.levels)
+    input_perturbation: float = 0.0  # gamma of Ning et al. 2023: x_t gets (1 + gamma^2) times the noise variance, the target not
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -684,6 +685,17 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
 
 
 @torch.no_grad()
+def noised_pair(x0: torch.Tensor, a: torch.Tensor, s: torch.Tensor, gamma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, v target) for one training step: x_t = a x0 + s eps and v = a eps - s x0 (Salimans & Ho 2022).
+
+    gamma > 0: input perturbation (Ning et al. 2023, "Input perturbation reduces exposure bias in diffusion
+    models"): x_t takes eps + gamma xi with a second noise xi, the target still eps alone, so the network
+    learns to denoise inputs a little off the training distribution, as its own sampling trajectory is."""
+    eps = torch.randn_like(x0)
+    noise = eps + gamma * torch.randn_like(x0) if gamma else eps
+    return a * x0 + s * noise, a * eps - s * x0
+
+
 def val_losses(unet: UNet, vs: ValSet, abar: torch.Tensor, dtype: torch.dtype, batch: int = 40) -> dict[tuple[str, int], float]:
     """Mean v-loss (the training loss) of `unet`, in eval mode (no dropout), on each fixed validation batch."""
     was_training = unet.training
@@ -799,6 +811,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["unet_dropout"] = cfg.unet.dropout
     if cfg.cond_aug_max:
         record["cond_aug_max"] = cfg.cond_aug_max
+    if cfg.input_perturbation:
+        record["input_perturbation"] = cfg.input_perturbation
 
     def current_record() -> dict[str, Any]:
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
@@ -902,9 +916,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             t = torch.from_numpy(rng.integers(0, 1000, size=b)).to(device)
             a = abar[t].sqrt()[:, None, None, None]
             s = (1 - abar[t]).sqrt()[:, None, None, None]
-            eps = torch.randn_like(x0)
-            xt = (a * x0 + s * eps).contiguous(memory_format=torch.channels_last)
-            target = a * eps - s * x0  # v (Salimans & Ho 2022)
+            xt, target = noised_pair(x0, a, s, cfg.input_perturbation)
+            xt = xt.contiguous(memory_format=torch.channels_last)
             cond = cond.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=udtype, enabled=udtype != torch.float32):
                 out = st.unet(xt, t.float(), torch.full((b,), level, dtype=torch.long, device=device), cond, mask, cond_t)
