@@ -8,7 +8,6 @@ a multi-gigapixel slide should be given as a cropped region or read at a coarser
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from pathlib import Path
 
