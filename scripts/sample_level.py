@@ -52,10 +52,8 @@ def band_levels(bundle: ModelBundle, reference: str, level: int, split: str) -> 
     train, held = split_reference(reference, 0.2)
     rgb = train if split == "train" else held
     m = math.prod(zooms[: level + 1]) * c.level_cells[level + 1] * c.unet.divisor
-    rgb = rgb[: rgb.shape[0] // m * m, : rgb.shape[1] // m * m]
-    for z in zooms[:level]:
-        rgb = D.downsample(rgb, z) if z > 1 else rgb
-    return rgb, D.downsample(rgb, zooms[level]) if zooms[level] > 1 else rgb
+    li = D.build_levels(rgb[: rgb.shape[0] // m * m, : rgb.shape[1] // m * m], zooms[: level + 1], 1)
+    return li.images[level], li.images[level + 1]
 
 
 X0_TIMES = (50, 150, 300, 500, 800)
