@@ -14,8 +14,8 @@ import numpy as np
 
 from gigagen import __version__
 from gigagen.config import RunConfig, default_batch_size, validate
-from gigagen.engine.cascade import LevelPlan, local_denoiser, plan_cascade, sample_cascade
-from gigagen.engine.decode import decode_tiles, stream_decode
+from gigagen.engine.cascade import DenoiseFn, LevelPlan, local_denoiser, plan_cascade, sample_cascade, with_decoded_level
+from gigagen.engine.decode import decode_level, decode_tiles, level_tiles, stream_decode
 from gigagen.engine.grid import Tiling
 from gigagen.engine.store import DiskStore, MemoryStore, remove_tree
 from gigagen.engine.tiler import step_plans, tiles_per_level
@@ -155,9 +155,16 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
 
 
 def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
-    """A level as run.json and --plan report it: magnification, array shape in cells, and how it is held."""
+    """A level as run.json and --plan report it: magnification, array shape in cells, how it is held, and
+    whether the denoiser samples it or the level decoder reads it off its parent."""
     kind = "pixels" if plan.level in mc.pixel_levels else "latent"
-    return {"magnification": plan.magnification, "latent_shape": list(plan.shape), "kind": kind, "cell_px": mc.level_cells[plan.level]}
+    return {"magnification": plan.magnification, "latent_shape": list(plan.shape), "kind": kind, "cell_px": mc.level_cells[plan.level],
+            "made_by": "level decoder" if plan.level == mc.decoded_level else "denoiser"}
+
+
+def sampled_plans(plans: list[LevelPlan], mc: Any) -> list[LevelPlan]:
+    """The levels the denoiser samples: all but a decoded level."""
+    return [p for p in plans if p.level != mc.decoded_level]
 
 
 def with_autoguidance(cfg: RunConfig, bundle: Any) -> RunConfig:
@@ -277,13 +284,16 @@ def _run(job: Job, record: dict[str, Any], progress: ProgressFactory) -> dict[st
 
 
 def _evaluations(job: Job, c: Any) -> dict[str, Any]:
+    decode_calls = c.decode_calls  # this process's: the layout image, a decoded level, the slide without a farm
     if job.farm is not None:
         c = job.farm.counters
-    area = job.cfg.steps * sum(p.shape[0] * p.shape[1] for p in job.plans)
+        decode_calls += c.decode_calls
+    # the levels the denoiser samples (a decoded level costs decoder passes only)
+    area = job.cfg.steps * sum(p.shape[0] * p.shape[1] for p in sampled_plans(job.plans, job.runner.bundle.config))
     return {
         "unet_calls": c.unet_calls, "unet_tiles": c.unet_tiles, "unet_latent_pixels": c.unet_pixels,
         "per_latent_pixel_per_step": round(c.unet_pixels / area, 4) if not job.cfg.resume else None,
-        "decode_calls": c.decode_calls,
+        "decode_calls": decode_calls,
         "guide_tiles": c.guide_tiles, "guide_latent_pixels": c.guide_pixels,
     }
 
@@ -292,11 +302,15 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
     """The cascade with one progress bar per level; the layout level is saved as layout.png."""
     cfg, plans, state = job.cfg, job.plans, job.state
     bars: dict[str, Any] = {}
-    n_levels = len(plans)
+    n_levels, n_steps = len(plans), len(job.steps)
+    mc = job.runner.bundle.config
 
     def start(plan: LevelPlan, store: Any) -> None:
-        total = tiles_per_level(store.spec, len(job.steps), store.completed())
-        kind = "layout" if plan.level == n_levels - 1 else "refine"
+        if plan.level == mc.decoded_level:
+            total, kind = (0 if store.completed() >= n_steps else len(level_tiles(store.spec, n_steps))), "decode"
+        else:
+            total = tiles_per_level(store.spec, n_steps, store.completed())
+            kind = "layout" if plan.level == n_levels - 1 else "refine"
         bars["bar"] = progress(f"{kind} {plan.magnification:g}x", total, "tile")
         bars["t0"] = time.perf_counter()
 
@@ -304,21 +318,35 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
         bars["bar"].close()
         timings.stages[f"level{plan.level}_{plan.magnification:g}x"] = round(time.perf_counter() - bars["t0"], 3)
         if plan.level == n_levels - 1:
-            _save_layout(job, store.view(len(job.steps)), plan)
+            _save_layout(job, store.view(n_steps), plan)
 
     def on_tiles(n: int) -> None:
         bars["bar"].update(n)
 
-    if job.farm is not None:
-        denoise = job.farm.denoiser(job.steps, cfg.eta, on_tiles)
-    else:
-        denoise = local_denoiser(job.runner.model_fn, job.steps, cfg.eta, on_tiles)
+    denoise = _denoiser(job, on_tiles)
     make_store = (lambda spec: MemoryStore(spec, state.root)) if state.store_kind == "memory" else (lambda spec: DiskStore(spec, state.root))
     store = sample_cascade(
-        plans, channels=job.runner.bundle.config.ae.latent_ch, n_steps=len(job.steps), seed=cfg.seed, tiling=job.tiling,
+        plans, channels=mc.ae.latent_ch, n_steps=n_steps, seed=cfg.seed, tiling=job.tiling,
         denoise=denoise, make_store=make_store, cond_noise=job.runner.cond_noise, on_level_start=start, on_level_done=done,
     )
-    return store.view(len(job.steps))
+    return store.view(n_steps)
+
+
+def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
+    """Every level's sampler: the farm's or this process's denoiser, and the level decoder at a decoded level
+    (run here even with a farm: it is one decoder pass over a level 16x smaller than the slide)."""
+    if job.farm is not None:
+        denoise = job.farm.denoiser(job.steps, job.cfg.eta, on_tiles)
+    else:
+        denoise = local_denoiser(job.runner.model_fn, job.steps, job.cfg.eta, on_tiles)
+    mc, k = job.runner.bundle.config, job.runner.bundle.config.decoded_level
+
+    def decode(store: Any, parent: Any, factor: int) -> None:
+        assert k is not None
+        decode_level(store, parent, job.runner.level_decode_fn, ae_factor=mc.ae.factor, cell=mc.level_cells[k],
+                     scale=mc.level_scales[k], halo=mc.ae.decode_halo, n_steps=len(job.steps), on_tiles=on_tiles)
+
+    return with_decoded_level(denoise, k, decode)
 
 
 def _decode(job: Job, latent: Any, writer: Any, progress: ProgressFactory) -> None:
@@ -383,10 +411,12 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     mc = bundle.config
     kind = choose_store(cfg, plans, mc.ae.latent_ch)
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
-    evals = evaluations(cfg, plans, cfg.tile, mc.unet.divisor, mc.guide_levels)
+    evals = evaluations(cfg, sampled_plans(plans, mc), cfg.tile, mc.unet.divisor, mc.guide_levels)
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
     calib = calibrate(runner, cfg.tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
-    seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor)
+    k = mc.decoded_level
+    decoded = plans[k + 1].shape[0] * plans[k + 1].shape[1] if k is not None else 0
+    seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor, decoded)
     if cfg.workers:
         seconds = {k: v / cfg.workers if k != "pyramid_and_export" else v for k, v in seconds.items()}
         seconds["total"] = seconds["sampling"] + seconds["decode"] + seconds["pyramid_and_export"]

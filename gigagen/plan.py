@@ -110,9 +110,12 @@ def calibrate(runner: Any, tile: int, batch_size: int, chunk_latent: int) -> dic
     return {"unet_s_per_latent_px": unet, "decode_s_per_latent_px": decode}
 
 
-def predict_seconds(cfg: RunConfig, plans: list[LevelPlan], evals: dict[str, int], calib: dict[str, float], ae_factor: int) -> dict[str, float]:
+def predict_seconds(cfg: RunConfig, plans: list[LevelPlan], evals: dict[str, int], calib: dict[str, float], ae_factor: int,
+                    decoded_latent_px: int = 0) -> dict[str, float]:
+    """Seconds per stage; `decoded_latent_px`: the latent a decoded level is read off (BundleConfig.decoded_level),
+    counted as decoding, which it is (the level decoder has the autoencoder decoder's architecture)."""
     sampling = evals["unet_latent_pixels"] * calib["unet_s_per_latent_px"]
-    latent0 = -(-cfg.width // ae_factor) * -(-cfg.height // ae_factor)
+    latent0 = -(-cfg.width // ae_factor) * -(-cfg.height // ae_factor) + decoded_latent_px
     decode = latent0 * calib["decode_s_per_latent_px"] * 1.3  # halo overhead of 6 latent px around 64
     io = cfg.width * cfg.height * (1 + len(cfg.formats)) / 1e6 / IO_MPX_PER_S
     return {"sampling": sampling, "decode": decode, "pyramid_and_export": io, "total": sampling + decode + io}

@@ -9,7 +9,7 @@ import torch
 
 from gigagen.models.checkpoint import BundleConfig, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
-from gigagen.models.vae import Autoencoder, AutoencoderConfig
+from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 
 torch.set_num_threads(2)
 
@@ -27,7 +27,8 @@ def make_bundle(path: Path, seed: int = 0, **overrides) -> Path:
     cfg = tiny_config(**overrides)
     unet = UNet(cfg.unet)
     torch.nn.init.normal_(unet.out.weight, std=0.05)
-    save_bundle(path, cfg, Autoencoder(cfg.ae), unet)
+    level_decoder = Decoder(cfg.ae) if cfg.decoded_level is not None else None  # random, unlike the autoencoder's
+    save_bundle(path, cfg, Autoencoder(cfg.ae), unet, level_decoder=level_decoder)
     return path
 
 

@@ -131,3 +131,20 @@ def test_workers_noise_parents_like_one_process(tmp_path: Path, cluster) -> None
     np.testing.assert_array_equal(_level0(farmed), _level0(local))
     assert _slide(bundle, other, "--scheduler", address).returncode == 0  # the bundle's 300
     assert not np.array_equal(_level0(other), _level0(local))
+
+
+def test_a_decoded_level_on_a_farm_matches_one_process(tmp_path: Path, cluster) -> None:
+    """The client reads the decoded level off its parent in the farm's latent store; the workers then refine
+    from it as one process does, and the level decoder's passes reach the record."""
+    from conftest import make_bundle
+    from test_decoded_level import DECODED
+
+    address, _ = cluster
+    bundle = make_bundle(tmp_path / "d.safetensors", decoded_level=1, **DECODED)
+    local, farmed = tmp_path / "local", tmp_path / "farmed"
+    assert _slide(bundle, local).returncode == 0
+    proc = _slide(bundle, farmed, "--scheduler", address)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(_level0(farmed), _level0(local))
+    a, b = (json.loads((p / "run.json").read_text())["network_evaluations"] for p in (local, farmed))
+    assert a["unet_latent_pixels"] == b["unet_latent_pixels"] and a["decode_calls"] == b["decode_calls"] > 0

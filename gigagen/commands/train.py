@@ -65,6 +65,11 @@ def add_parser(subparsers: Any) -> None:
                    help="with --decoder-of: first grow the decoder by a full-resolution residual refiner of W channels "
                         "(two PixelNorm ResBlocks; its output starts at zero), trained with the rest (default 0: keep the "
                         "decoder's architecture)")
+    p.add_argument("--decoder-level", type=int, default=None, metavar="K",
+                   help="with --decoder-of: tune a second decoder (the level decoder, from the autoencoder's) that draws "
+                        "pixel level K from the latent level K + 1 of its own magnification (e.g. 1 for --magnifications "
+                        "20,5,5,1.25 --pixel-levels 1); the run's bundle then reads level K off that latent instead of "
+                        "sampling it (default: tune the autoencoder's decoder)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
@@ -170,8 +175,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--cond-aug-max and --cond-aug must be timesteps in [0, 1000)")
     if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in args.scale_aug):
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
-    if args.decoder_refine and not args.decoder_of:
-        raise UserError("--decoder-refine grows the decoder of a --decoder-of run; give it the bundle to fine-tune")
+    if (args.decoder_refine or args.decoder_level is not None) and not args.decoder_of:
+        raise UserError("--decoder-refine and --decoder-level tune the decoder of a --decoder-of run; give it the bundle to fine-tune")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
     if args.decoder_of:
         if args.sample_tile is not None or args.cond_aug is not None or args.cond_aug_max or args.guidance is not None:
@@ -267,6 +272,7 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     args.pixel_levels = _bundle_pixel_levels(args, b, "--decoder-of")
     if args.decoder_refine < 0 or (args.decoder_refine and b.ae.refine_ch):
         raise UserError(f"--decoder-refine must be >= 0, and 0 for a bundle whose decoder has a refiner already ({b.ae.refine_ch} channels)")
+    _check_decoder_level(args.decoder_level, args.decoder_refine, b)
     f = b.ae.factor
     if args.ae_crop % f or args.gan_anchor_px < 1 or args.ae_crop % args.gan_anchor_px:
         raise UserError(f"--decoder-of: --ae-crop must be a multiple of the autoencoder factor {f} and of --gan-anchor-px")
@@ -274,7 +280,25 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     cfg = _train_config(args, b.ae, b.unet)
     return dataclasses.replace(cfg, mpp0=b.mpp0, decoder_of=args.decoder_of, gan_adv=args.gan_adv, gan_anchor_pool=args.gan_anchor_px,
                                gan_bank_seeds=args.gan_bank_seeds, gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix,
-                               gan_refine=args.decoder_refine)
+                               gan_refine=args.decoder_refine, decoder_level=args.decoder_level)
+
+
+def _check_decoder_level(level: int | None, refine: int, b: Any) -> None:
+    """--decoder-level names a pixel level under the latent of its own magnification; the level decoder keeps the
+    autoencoder decoder's architecture, so no refiner grows on either while a bundle has one."""
+    from gigagen.models.checkpoint import validate_config
+
+    if level is None:
+        if refine and b.decoded_level is not None:
+            raise UserError("--decoder-refine: this bundle reads a level with a level decoder of the autoencoder decoder's architecture; grow no refiner on it")
+        return
+    if refine:
+        raise UserError("--decoder-refine grows the autoencoder's decoder; it cannot be combined with --decoder-level")
+    try:
+        validate_config(dataclasses.replace(b, decoded_level=level))
+    except (ValueError, IndexError):
+        raise UserError(f"--decoder-level {level} must be a pixel level under the latent level of its own magnification "
+                        f"(this bundle: magnifications {list(b.magnifications)}, pixel levels {list(b.pixel_levels) or 'none'})") from None
 
 
 def _bundle_pixel_levels(args: argparse.Namespace, b: Any, flag: str) -> tuple[int, ...]:

@@ -86,3 +86,14 @@ def sample_cascade(
             on_level_done(plan, store)
         parent = store.view(n_steps)
     return store
+
+
+def with_decoded_level(denoise: DenoiseFn, level: int | None, decode: DenoiseFn) -> DenoiseFn:
+    """`denoise` at every level but `level` (BundleConfig.decoded_level), which `decode` writes instead."""
+    if level is None:
+        return denoise
+
+    def run(store: Any, parent: "StateView | None", factor: int) -> None:
+        (decode if store.spec.level == level else denoise)(store, parent, factor)
+
+    return run

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from gigagen.engine.grid import Tile
+from gigagen.engine.levels import fold
+from gigagen.engine.store import LevelSpec
+from gigagen.engine.tiler import step_batches
 
 # latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) float in [-1, 1]
 DecodeFn = Callable[[np.ndarray], np.ndarray]
@@ -47,3 +50,25 @@ def stream_decode(
         raise ValueError("decode chunk must be a multiple of the autoencoder factor")
     for tile in decode_tiles(out_h, out_w, chunk):
         yield tile, decode_region(latent, decode_fn, factor, tile, halo)
+
+
+def level_tiles(spec: LevelSpec, n_steps: int) -> list[Tile]:
+    """The tiles a decoded level is written in: those of its last step's grid, so a disk store reads the final
+    state back exactly as it reads a sampled level's (DiskStore.read assembles state n from step n - 1's tiles)."""
+    return [t for batch in step_batches(spec, n_steps - 1) for t in batch]
+
+
+def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int, cell: int, scale: float, halo: int,
+                 n_steps: int, on_tiles: Callable[[int], None] | None = None) -> None:
+    """Write a pixel level that is read off its parent latent of the same magnification instead of sampled
+    (BundleConfig.decoded_level): each tile's pixels decoded with `halo` latent px of context, rounded to
+    uint8 as training's pixels are, folded into cells of `cell` px and scaled; committed as the level's final
+    state n_steps, so the cascade and --resume treat it like a sampled level. Nothing to do once committed."""
+    if store.completed() >= n_steps:
+        return
+    for tile in level_tiles(store.spec, n_steps):
+        px = decode_region(parent, decode_fn, ae_factor, Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell), halo)
+        store.write(n_steps, tile, fold(px.astype(np.float32) / 127.5 - 1.0, cell) * np.float32(scale))
+        if on_tiles:
+            on_tiles(1)
+    store.commit(n_steps)

@@ -1,7 +1,9 @@
 """Model bundles in one safetensors file: weights plus the configuration that rebuilds them.
 
 Layout: tensors "ae.*" (Autoencoder), "unet.*" (UNet) and, optionally, "guide.*" (a smaller, weaker
-UNet on the same latents for autoguidance, Karras et al. 2024); safetensors metadata "gigagen.bundle" holds
+UNet on the same latents for autoguidance, Karras et al. 2024) and "level_decoder.*" (a second Decoder of the
+autoencoder's architecture that reads one pixel level off the latent level above it; BundleConfig.decoded_level);
+safetensors metadata "gigagen.bundle" holds
 BundleConfig as JSON (nanoGPT habit: a checkpoint carries its model's arguments). Anything a user can
 get wrong (missing file, not safetensors, wrong keys or shapes) raises UserError.
 """
@@ -21,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from gigagen.engine.levels import cond_factors, level_cells, level_scales
 from gigagen.errors import UserError
 from gigagen.models.unet import UNet, UNetConfig
-from gigagen.models.vae import Autoencoder, AutoencoderConfig
+from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 
 META_KEY = "gigagen.bundle"
 FORMAT_VERSION = 1
@@ -57,6 +59,9 @@ class BundleConfig:
     # that brings their [-1, 1] pixel values to about unit variance, as latent_scale does for latents
     pixel_levels: tuple[int, ...] = ()
     pixel_scale: float = 1.0
+    # a pixel level under the latent level of its own magnification that the cascade does not sample but reads
+    # off that latent with the bundle's level decoder (`gigagen train --decoder-of B --decoder-level K`)
+    decoded_level: int | None = None
 
     @property
     def guidance_per_level(self) -> tuple[float, ...]:
@@ -114,6 +119,7 @@ class ModelBundle:
     unet: UNet
     identity: str  # "name@sha256-prefix" of the file, recorded in every slide's metadata
     guide: UNet | None = None
+    level_decoder: Decoder | None = None  # reads config.decoded_level off the latent above it
 
 
 def validate_config(cfg: BundleConfig) -> None:
@@ -141,16 +147,23 @@ def validate_config(cfg: BundleConfig) -> None:
     cond_factors(cfg.magnifications, cfg.level_cells)  # raises ValueError for pixel levels the cascade cannot use
     if cfg.pixel_scale <= 0:
         raise ValueError("pixel_scale must be positive")
+    k = cfg.decoded_level
+    if k is not None and (k not in cfg.pixel_levels or cfg.magnifications[k] != cfg.magnifications[k + 1]):
+        raise ValueError(f"decoded_level {k} must be a pixel level under the latent level of its own magnification")
     if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
 
 
-def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None) -> None:
+def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,
+                level_decoder: Decoder | None = None) -> None:
     """Write weights and config atomically (temp file, then rename)."""
     validate_config(cfg)
     if (guide is None) != (cfg.guide is None):
         raise ValueError("a guide network is saved exactly when the configuration names one")
+    if (level_decoder is None) != (cfg.decoded_level is None):
+        raise ValueError("a level decoder is saved exactly when the configuration names a decoded level")
     modules = {"ae": ae, "unet": unet} | ({"guide": guide} if guide is not None else {})
+    modules |= {"level_decoder": level_decoder} if level_decoder is not None else {}
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -198,7 +211,9 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
         raise UserError(f"checkpoint {path} is corrupt ({exc})") from None
     ae, unet = Autoencoder(cfg.ae), UNet(cfg.unet)
     guide = UNet(cfg.guide) if cfg.guide is not None else None
+    level_decoder = Decoder(cfg.ae) if cfg.decoded_level is not None else None
     modules = (("ae.", ae), ("unet.", unet)) + ((("guide.", guide),) if guide is not None else ())
+    modules += (("level_decoder.", level_decoder),) if level_decoder is not None else ()
     known = tuple(prefix for prefix, _ in modules)
     stray = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
     if stray:
@@ -210,7 +225,7 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"checkpoint {path} does not match its configuration: {first}") from None
-    for module in (ae, unet, guide):
+    for module in (ae, unet, guide, level_decoder):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
-    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide)
+    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder)

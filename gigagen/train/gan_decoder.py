@@ -21,6 +21,14 @@ bundle's own samples, to draw what a PatchGAN discriminator cannot tell from rea
 
 The encoder, the denoiser, the guide and the latent scale are the bundle's, untouched: only the decoder
 changes, so inference costs exactly what it did (more with a refiner: measured 9-15% on 2048^2 slides at W 32).
+
+With `--decoder-level K` (K a pixel level under the latent level K + 1 of its own magnification) the same
+fine-tune makes a second decoder, the bundle's *level decoder*: it learns to draw level K's pixels from level
+K + 1's latents, sampled (from the real level K + 2) and real, and the exported bundle no longer samples
+level K by diffusion but reads it off level K + 1 with that decoder (BundleConfig.decoded_level). Why: a
+small denoiser sampling 5x pixels draws speckle even from the real 5x latent, while a decoder reads that
+latent as fibres and nuclei; adversarially tuned, it draws them crisply enough for the 20x level, which was
+trained on real 5x pixels, to refine (model card, 2026-12-04 third).
 """
 
 from __future__ import annotations
@@ -76,7 +84,7 @@ class PatchDiscriminator(nn.Module):
 
 @dataclass
 class Bank:
-    """Per training image and orientation: the 20x pixels, the real latent and a sampled latent (scaled)."""
+    """Per training image and orientation: the target pixels, the real latent and a sampled latent (scaled)."""
 
     images: list[np.ndarray]  # (H, W, 3) uint8
     real: list[np.ndarray]  # (C, H/f, W/f)
@@ -111,16 +119,23 @@ def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, in
     return store.canvas.astype(np.float32)
 
 
+def bank_levels(decoder_level: int | None) -> tuple[int, int]:
+    """(the level whose pixels the decoder draws, the latent level it reads): the finest level's own latent,
+    or with --decoder-level K, level K's pixels from level K + 1's latent."""
+    return (0, 0) if decoder_level is None else (decoder_level, decoder_level + 1)
+
+
 def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, device: torch.device,
-               log: Callable[[str], None], progress: bool, cache: Path | None = None) -> Bank:
-    """Sample the finest level of every training image, orientation and seed (the slow part: one full
-    denoising per entry). With `cache`, samples of the same bundle and seeds are read back from there
-    (a resumed run does not sample again) and new ones are written to it."""
+               log: Callable[[str], None], progress: bool, cache: Path | None = None, decoder_level: int | None = None) -> Bank:
+    """Sample the decoded latent level (bank_levels) of every training image, orientation and seed from its real
+    parent (the slow part: one full denoising per entry). With `cache`, samples of the same bundle, level and
+    seeds are read back from there (a resumed run does not sample again) and new ones are written to it."""
     from tqdm import tqdm
 
     c = bundle.config
     f = c.ae.factor
-    key = f"{bundle.identity} seeds={seeds} images={[li.images[0].shape for li in levels]}"
+    pix, lat = bank_levels(decoder_level)
+    key = f"{bundle.identity} seeds={seeds} level={lat} images={[li.images[0].shape for li in levels]}"
     cached: list[np.ndarray] = []
     if cache is not None and cache.is_file():
         try:
@@ -134,16 +149,16 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
     bar = tqdm(total=len(levels) * 8 * seeds, desc="sampling the decoder's bank", unit="image", disable=not progress or bool(cached))
     for i, li in enumerate(levels):
         for k in range(8):
-            img = np.ascontiguousarray(D.dihedral(li.images[0], k))
-            real = level_array(bundle, img, 0, device)
-            parent = level_array(bundle, D.dihedral(li.images[1], k), 1, device)
-            mask = D.dihedral(li.masks[0], k)[f // 2 :: f, f // 2 :: f]
+            img = np.ascontiguousarray(D.dihedral(li.images[pix], k))
+            real = level_array(bundle, np.ascontiguousarray(D.dihedral(li.images[lat], k)), lat, device)
+            parent = level_array(bundle, D.dihedral(li.images[lat + 1], k), lat + 1, device)
+            mask = D.dihedral(li.masks[lat], k)[f // 2 :: f, f // 2 :: f]
             for s in range(seeds):
                 n = len(bank.sampled)
                 bank.images.append(img)
                 bank.real.append(real)
                 bank.masks.append(mask)
-                bank.sampled.append(cached[n] if cached else sample_finest(runner, parent, real.shape[1:], seed=(i * 8 + k) * seeds + s))
+                bank.sampled.append(cached[n] if cached else sample_finest(runner, parent, real.shape[1:], seed=(i * 8 + k) * seeds + s, level=lat))
                 bar.update(1)
     bar.close()
     if cache is not None and not cached:
@@ -223,6 +238,8 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
             raise UserError(f"--resume: {path} is not a --decoder-of {cfg.decoder_of} run; resume it with its own options")
         if blob.get("identity", bundle.identity) != bundle.identity:
             raise UserError(f"--resume: --decoder-of {cfg.decoder_of} is now {bundle.identity}, not the {blob['identity']} this run started from")
+        if blob.get("config", {}).get("decoder_level") != cfg.decoder_level:
+            raise UserError(f"--resume: {path} tuned a decoder for --decoder-level {blob.get('config', {}).get('decoder_level')}; resume it with its own options")
         st = new_gan_state(bundle, cfg, str(cfg.decoder_of))
         if blob.get("refine_ch", 0) != st.original.cfg.refine_ch:
             raise UserError(f"--resume: {path} grew a refiner of {blob.get('refine_ch', 0)} channels; resume it with --decoder-refine {blob.get('refine_ch', 0)}")
@@ -280,14 +297,23 @@ def mixed_autoencoder(bundle: ModelBundle, original: Decoder, tuned: nn.Module, 
 
 
 def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> None:
-    """The bundle whole, with the fine-tuned (EMA) decoder mixed by cfg.gan_mix and the fine-tune's record."""
-    ae = mixed_autoencoder(bundle, st.original, st.decoder_ema, cfg.gan_mix)
+    """The bundle whole, with the fine-tuned (EMA) decoder mixed by cfg.gan_mix and the fine-tune's record:
+    as its autoencoder's decoder, or with --decoder-level K as its level decoder for level K."""
     rec = {"refine_ch": st.original.cfg.refine_ch, "steps": st.step, "minutes": round(st.seconds / 60, 1),
            "decoder_of": Path(st.decoder_of).name, "batch": cfg.ae_batch, "crop": cfg.ae_crop, "adv_weight": cfg.gan_adv,
            "anchor_pool": cfg.gan_anchor_pool, "lr": cfg.gan_lr,
            "bank_seeds": cfg.gan_bank_seeds, "mix": cfg.gan_mix, "seed": cfg.seed}
+    if cfg.decoder_level is not None:
+        level_decoder = Decoder(st.original.cfg)
+        level_decoder.load_state_dict(mixed_decoder(st.original, st.decoder_ema, cfg.gan_mix))
+        training = bundle.config.training | {"level_decoder_gan": rec | {"level": cfg.decoder_level}}
+        save_bundle(path, dataclasses.replace(bundle.config, decoded_level=cfg.decoder_level, training=training),
+                    bundle.ae, bundle.unet, bundle.guide, level_decoder)
+        return
+    ae = mixed_autoencoder(bundle, st.original, st.decoder_ema, cfg.gan_mix)
     training = bundle.config.training | {"decoder_gan": rec}
-    save_bundle(path, dataclasses.replace(bundle.config, ae=st.original.cfg, training=training), ae, bundle.unet, bundle.guide)
+    save_bundle(path, dataclasses.replace(bundle.config, ae=st.original.cfg, training=training), ae, bundle.unet, bundle.guide,
+                bundle.level_decoder)
 
 
 def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> Path:
@@ -319,10 +345,11 @@ def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], N
 
     # a run resumed at its step limit only re-exports (e.g. with another --gan-mix): no bank needed
     levels = load_training_levels(cfg) if steps_left() else []
-    small = [li.images[0].shape for li in levels if min(li.images[0].shape[:2]) < cfg.ae_crop]
+    pix = bank_levels(cfg.decoder_level)[0]
+    small = [li.images[pix].shape for li in levels if min(li.images[pix].shape[:2]) < cfg.ae_crop]
     if small:
-        raise UserError(f"--decoder-of: a {small[0][1]}x{small[0][0]} px training image is smaller than --ae-crop {cfg.ae_crop}")
-    bank = build_bank(bundle, levels, cfg.gan_bank_seeds, device, log, progress, run / "bank.npz") if levels else None
+        raise UserError(f"--decoder-of: a {small[0][1]}x{small[0][0]} px training image (at the decoded level) is smaller than --ae-crop {cfg.ae_crop}")
+    bank = build_bank(bundle, levels, cfg.gan_bank_seeds, device, log, progress, run / "bank.npz", cfg.decoder_level) if levels else None
     f, scale = bundle.config.ae.factor, bundle.config.latent_scale
     rng = np.random.default_rng([cfg.seed, st.step])
     logger = Logger(run)

@@ -82,6 +82,7 @@ class TrainConfig:
     gan_max_steps: int | None = None
     gan_mix: float = 0.5  # exported decoder = (1 - mix) original + mix fine-tuned (WiSE-FT)
     gan_refine: int = 0  # grow the decoder by a full-resolution refiner of this many channels first (0: do not)
+    decoder_level: int | None = None  # with decoder_of: tune a level decoder that reads this pixel level off the latent above
     scale_aug: tuple[float, ...] = ()  # extra pixel-size scales at which the denoiser's latents are encoded
     elastic_aug: int = 0  # elastically deformed copies of each training part the denoiser also learns from
     elastic_strain: float = D.ELASTIC_STRAIN  # their control-point displacement std per spacing (data.elastic_field)
@@ -411,7 +412,9 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     it goes on guiding the same levels with the same weight, unless the cascade changes. Its fine-tuned
     decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder. Its
     sampling tile, conditioning noise and guidance weights, measured on the network that now trains on
-    (--sample-tile, --cond-aug and --guidance replace them)."""
+    (--sample-tile, --cond-aug and --guidance replace them). Not its level decoder (BundleConfig.decoded_level):
+    tuned on the old denoiser's samples, it is dropped, and the continued bundle samples that level by diffusion
+    until a new one is tuned (--decoder-of B --decoder-level K)."""
     c, rec = bundle.config, bundle.config.training
     out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug}  # how it samples best
     same_levels = tuple(c.magnifications) == tuple(cfg.magnifications) and tuple(c.pixel_levels) == tuple(cfg.pixel_levels)
@@ -485,7 +488,7 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
                                    sample_tile=cfg.sample_tile or main.config.sample_tile,
                                    cond_aug=main.config.cond_aug if cfg.cond_aug is None else cfg.cond_aug,
                                    guidance=main.config.guidance if cfg.guidance is None else cfg.guidance)
-        save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema)
+        save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema, main.level_decoder)
         return
     guide, guide_fields = carried_guide(st)
     bcfg = BundleConfig(

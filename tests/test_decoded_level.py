@@ -1,0 +1,152 @@
+"""A decoded level (BundleConfig.decoded_level, gigagen train --decoder-of B --decoder-level K): a pixel level under
+the latent of its own magnification that the cascade reads off that latent with the bundle's level decoder
+instead of sampling it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_bundle
+from gigagen.cli import main
+from gigagen.engine.decode import decode_level, to_uint8
+from gigagen.engine.grid import Tiling
+from gigagen.engine.levels import fold
+from gigagen.engine.store import DiskStore, LevelSpec, MemoryStore
+from gigagen.errors import UserError
+from gigagen.models.checkpoint import load_bundle, read_bundle_config
+from gigagen.train import loop as L
+from test_pixel_levels import AE4, UNDER, UNET12
+from test_train import png, tiny_cfg  # noqa: F401  (png is a fixture)
+
+UNET4 = dataclasses.replace(UNET12, n_levels=4)
+DECODED = dict(ae=AE4, unet=UNET4, magnifications=UNDER, pixel_levels=(1,), pixel_scale=2.0)
+
+
+def fake_decode(z: np.ndarray) -> np.ndarray:
+    """(1, 12, h, w) -> (1, 3, 8h, 8w) in [-1, 1]: each latent pixel's first three channels over 8 x 8 px."""
+    return np.tanh(np.kron(z[:, :3], np.ones((8, 8), np.float32)))
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_decode_level_writes_the_folded_decoding_of_its_parent(kind: str, tmp_path: Path) -> None:
+    """Every cell of the decoded level is the parent's decoding, rounded to uint8 as training's pixels are, folded
+    into 2 px cells and scaled, whatever tiles it was written in (grid-shifted, unaligned to the latent); the
+    level is committed at the last step, so a store reads it back and a second call changes nothing."""
+    rng = np.random.default_rng(0)
+    parent = rng.standard_normal((12, 8, 10)).astype(np.float32)  # 5x latent: 64 x 80 px at 5x
+    spec = LevelSpec(1, (32, 40), 12, seed=3, tiling=Tiling(tile=12, divisor=4))  # 2 px cells over the same field
+    store = MemoryStore(spec) if kind == "memory" else DiskStore(spec, str(tmp_path / "state"))
+    counted: list[int] = []
+    decode_level(store, parent, fake_decode, ae_factor=8, cell=2, scale=2.0, halo=1, n_steps=5, on_tiles=counted.append)
+    want = fold(to_uint8(fake_decode(parent[None])[0]).astype(np.float32) / 127.5 - 1.0, 2) * 2.0
+    got = store.view(5)[:, 0:32, 0:40]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert store.completed() == 5 and sum(counted) > 1  # several tiles
+    decode_level(store, parent * 0, fake_decode, ae_factor=8, cell=2, scale=2.0, halo=1, n_steps=5)  # already done
+    np.testing.assert_array_equal(store.view(5)[:, 0:32, 0:40], got)
+
+
+def test_bundle_config_checks_the_decoded_level(tmp_path: Path) -> None:
+    b = load_bundle(make_bundle(tmp_path / "d.safetensors", decoded_level=1, **DECODED))
+    assert b.config.decoded_level == 1 and b.level_decoder is not None
+    assert not torch.equal(b.level_decoder.stem.weight, b.ae.decoder.stem.weight)  # its own weights, read back
+    for bad in (0, 2):  # the finest latent; the 5x latent itself (not a pixel level)
+        with pytest.raises(ValueError, match="decoded_level"):
+            make_bundle(tmp_path / "bad.safetensors", decoded_level=bad, **DECODED)
+    with pytest.raises(ValueError, match="decoded_level"):  # pixels under a coarser latent, not their own
+        make_bundle(tmp_path / "bad.safetensors", decoded_level=1, ae=AE4, unet=UNET12, pixel_levels=(1,), pixel_scale=2.0)
+    # a file naming a decoded level without the level decoder's tensors is refused in one line
+    from safetensors.torch import load_file, save_file
+
+    plain = make_bundle(tmp_path / "plain.safetensors", **DECODED)
+    meta = json.loads(read_bundle_config(plain).to_json())
+    meta["decoded_level"] = 1
+    save_file(load_file(str(plain)), str(tmp_path / "half.safetensors"), metadata={"gigagen.bundle": json.dumps(meta)})
+    with pytest.raises(UserError, match="does not match its configuration"):
+        load_bundle(tmp_path / "half.safetensors")
+
+
+def _slide(checkpoint: Path, out: Path, *extra: str) -> dict:
+    assert main(["slide", "--size", "256", "--steps", "2", "--checkpoint", str(checkpoint), "--out", str(out), "--quiet", "--seed", "5",
+                 "--formats", "none", *extra]) == 0
+    return json.loads((out / "run.json").read_text())
+
+
+def test_slide_reads_the_decoded_level_off_its_latent_and_samples_the_rest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Against the same bundle that samples its 5x pixels: the denoiser evaluates exactly the other levels' pixels
+    (the --plan estimate too), the level decoder's weights reach the slide, and run.json says who made each level."""
+    import zarr
+
+    sampled = make_bundle(tmp_path / "s.safetensors", **DECODED)
+    decoded = make_bundle(tmp_path / "d.safetensors", decoded_level=1, **DECODED)
+    other = make_bundle(tmp_path / "o.safetensors", decoded_level=1, **DECODED)
+    b_dec, b_oth = load_bundle(decoded), load_bundle(other)
+    assert torch.equal(b_dec.unet.out.weight, b_oth.unet.out.weight)  # the same seed: only the level decoder differs
+    with torch.no_grad():
+        for p in b_oth.level_decoder.parameters():
+            p.add_(0.1)
+    from gigagen.models.checkpoint import save_bundle
+
+    save_bundle(other, b_oth.config, b_oth.ae, b_oth.unet, level_decoder=b_oth.level_decoder)
+    rs, rd = _slide(sampled, tmp_path / "s"), _slide(decoded, tmp_path / "d")
+    level1 = 2 * 32 * 32  # the 5x pixel level's cells times steps (one tile per step at 256 px)
+    ns, nd = rs["network_evaluations"], rd["network_evaluations"]
+    assert ns["unet_latent_pixels"] - nd["unet_latent_pixels"] == level1
+    assert nd["decode_calls"] > ns["decode_calls"]
+    assert [lv["made_by"] for lv in rd["levels"]] == ["denoiser", "level decoder", "denoiser", "denoiser"]
+    assert [lv["made_by"] for lv in rs["levels"]] == ["denoiser"] * 4
+    capsys.readouterr()
+    assert main(["slide", "--size", "256", "--steps", "2", "--checkpoint", str(decoded), "--plan"]) == 0
+    assert "5x pixels 32x32 (decoded), 5x latent" in capsys.readouterr().out
+    assert main(["slide", "--size", "256", "--steps", "2", "--checkpoint", str(decoded), "--plan", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["network_evaluations"]["unet_latent_pixels"] == nd["unet_latent_pixels"]
+    px = [zarr.open_group(str(tmp_path / n / "slide.ome.zarr"), mode="r")["0"][:] for n in ("d",)]
+    _slide(other, tmp_path / "o")
+    px.append(zarr.open_group(str(tmp_path / "o" / "slide.ome.zarr"), mode="r")["0"][:])
+    assert not np.array_equal(px[0], px[1])  # the 20x level is conditioned on what the level decoder drew
+    # on disk (per-tile latent files) the same slide, pixel for pixel
+    _slide(decoded, tmp_path / "disk", "--memory-budget", "1KiB")
+    assert json.loads((tmp_path / "disk" / "run.json").read_text())["latent_store"] == "disk"
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "disk" / "slide.ome.zarr"), mode="r")["0"][:], px[0])
+
+
+def test_decoder_of_with_decoder_level_tunes_a_level_decoder(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """The run's bundle is the trained bundle with a level decoder for level 1 (started from the autoencoder's
+    decoder), its autoencoder and denoiser untouched; it makes a slide; bad levels are one line, exit 2."""
+    first = L.train(tiny_cfg(png, tmp_path / "a", ae=AE4, unet=UNET4, pixel_levels=(1,), magnifications=UNDER,
+                             level_probs=(0.4, 0.2, 0.2, 0.2), holdout_frac=0.25, decoder_every=0, tile=8, layout_tile=2),
+                  log=lambda s: None, progress=False)
+    base = ["train", str(png), "--mpp", "0.5", "--quiet", "--threads", "1", "--ae-crop", "16", "--ae-batch", "2",
+            "--gan-anchor-px", "4", "--gan-bank-seeds", "1", "--gan-max-steps", "2", "--gan-mix", "1"]
+    assert main(base + ["--out", str(tmp_path / "d"), "--decoder-of", str(first), "--decoder-level", "1"]) == 0
+    a, d = load_bundle(first), load_bundle(tmp_path / "d" / "bundle.safetensors")
+    assert d.config.decoded_level == 1 and d.config.training["level_decoder_gan"]["level"] == 1
+    assert "decoder_gan" not in d.config.training
+    for x, y in ((a.ae, d.ae), (a.unet, d.unet)):
+        for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
+            assert torch.equal(p, q), name
+    assert d.level_decoder is not None and not torch.equal(d.level_decoder.stem.weight, a.ae.decoder.stem.weight)
+    rec = _slide(tmp_path / "d" / "bundle.safetensors", tmp_path / "slide")
+    assert rec["levels"][1]["made_by"] == "level decoder"
+    # the autoencoder's decoder tuned on the decoded bundle keeps its level decoder
+    assert main(base + ["--out", str(tmp_path / "e"), "--decoder-of", str(tmp_path / "d" / "bundle.safetensors")]) == 0
+    e = load_bundle(tmp_path / "e" / "bundle.safetensors")
+    assert e.config.decoded_level == 1 and torch.equal(e.level_decoder.stem.weight, d.level_decoder.stem.weight)
+    capsys.readouterr()
+    for flags, says in ((["--decoder-level", "2"], "--decoder-level 2"), (["--decoder-level", "0"], "--decoder-level 0"),
+                        (["--decoder-level", "1", "--decoder-refine", "8"], "--decoder-level"),
+                        (["--decoder-refine", "8"], "refiner")):
+        src = str(tmp_path / "d" / "bundle.safetensors") if flags == ["--decoder-refine", "8"] else str(first)
+        assert main(base + ["--out", str(tmp_path / "f"), "--decoder-of", src, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+    assert main(base + ["--out", str(tmp_path / "f"), "--decoder-level", "1"]) == 2  # needs --decoder-of
+    assert "--decoder-of" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()
