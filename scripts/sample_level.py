@@ -2,7 +2,8 @@
 """Can a refinement level draw its own magnification? Sample cascade level K of the held-out band (or the
 training part) from the band's *real* level K + 1, as `gigagen slide` samples it, and write it between the
 real level K and, when the parent is a latent of the same magnification (a pixel level under its latent),
-the autoencoder's decoding of that real parent: the deterministic reading of the same information.
+the autoencoder's decoding of that real parent: the deterministic reading of the same information (and, for a
+bundle's decoded level, its level decoder's reading, which is what `gigagen slide` uses there).
 
 `scripts/sample_real_parent.py` does this for the 20x level with nucleus and texture statistics; this script
 is for the levels above it, whose bands are too small for 256 px statistics tiles, so it writes images only.
@@ -97,6 +98,10 @@ def main() -> int:
     if c.magnifications[args.level] == c.magnifications[args.level + 1]:
         rows.append(as_image(runner, parent, args.level + 1))
         print(f"row {len(rows)}: the autoencoder's decoding of the real parent latent")
+    if c.decoded_level == args.level:  # what gigagen slide makes of this level: the level decoder's reading
+        with torch.no_grad():
+            rows.append(to_uint8(runner.level_decode_fn(parent[None])[0].transpose(1, 2, 0)))
+        print(f"row {len(rows)}: the level decoder's reading of the real parent latent (gigagen slide's level {args.level})")
     errors = x0_errors(runner, args.level, level_array(bundle, rgb, args.level), parent, X0_TIMES)
     print("x0 error / variance from the real level noised to t = "
           + ", ".join(f"{t}: {e:.3f}" for t, e in zip(X0_TIMES, errors)))
