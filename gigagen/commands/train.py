@@ -296,7 +296,7 @@ def _check_decoder_level(level: int | None, refine: int, b: Any) -> None:
         raise UserError("--decoder-refine grows the autoencoder's decoder; it cannot be combined with --decoder-level")
     try:
         validate_config(dataclasses.replace(b, decoded_level=level))
-    except (ValueError, IndexError):
+    except ValueError:
         raise UserError(f"--decoder-level {level} must be a pixel level under the latent level of its own magnification "
                         f"(this bundle: magnifications {list(b.magnifications)}, pixel levels {list(b.pixel_levels) or 'none'})") from None
 
