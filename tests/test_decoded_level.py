@@ -117,14 +117,22 @@ def test_slide_reads_the_decoded_level_off_its_latent_and_samples_the_rest(tmp_p
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "disk" / "slide.ome.zarr"), mode="r")["0"][:], px[0])
 
 
+GAN_BASE = ["--mpp", "0.5", "--quiet", "--threads", "1", "--ae-crop", "16", "--ae-batch", "2",
+            "--gan-anchor-px", "4", "--gan-bank-seeds", "1", "--gan-max-steps", "2", "--gan-mix", "1"]
+
+
+def _trained_under(png: Path, out: Path) -> Path:
+    """A tiny trained bundle of the 20, 5 px, 5, 1.25x cascade."""
+    return L.train(tiny_cfg(png, out, ae=AE4, unet=UNET4, pixel_levels=(1,), magnifications=UNDER,
+                            level_probs=(0.4, 0.2, 0.2, 0.2), holdout_frac=0.25, decoder_every=0, tile=8, layout_tile=2),
+                   log=lambda s: None, progress=False)
+
+
 def test_decoder_of_with_decoder_level_tunes_a_level_decoder(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     """The run's bundle is the trained bundle with a level decoder for level 1 (started from the autoencoder's
     decoder), its autoencoder and denoiser untouched; it makes a slide; bad levels are one line, exit 2."""
-    first = L.train(tiny_cfg(png, tmp_path / "a", ae=AE4, unet=UNET4, pixel_levels=(1,), magnifications=UNDER,
-                             level_probs=(0.4, 0.2, 0.2, 0.2), holdout_frac=0.25, decoder_every=0, tile=8, layout_tile=2),
-                  log=lambda s: None, progress=False)
-    base = ["train", str(png), "--mpp", "0.5", "--quiet", "--threads", "1", "--ae-crop", "16", "--ae-batch", "2",
-            "--gan-anchor-px", "4", "--gan-bank-seeds", "1", "--gan-max-steps", "2", "--gan-mix", "1"]
+    first = _trained_under(png, tmp_path / "a")
+    base = ["train", str(png), *GAN_BASE]
     assert main(base + ["--out", str(tmp_path / "d"), "--decoder-of", str(first), "--decoder-level", "1"]) == 0
     a, d = load_bundle(first), load_bundle(tmp_path / "d" / "bundle.safetensors")
     assert d.config.decoded_level == 1 and d.config.training["level_decoder_gan"]["level"] == 1
@@ -150,3 +158,58 @@ def test_decoder_of_with_decoder_level_tunes_a_level_decoder(png: Path, tmp_path
     assert main(base + ["--out", str(tmp_path / "f"), "--decoder-level", "1"]) == 2  # needs --decoder-of
     assert "--decoder-of" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+
+
+def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png: Path, tmp_path: Path,  # noqa: F811
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--decoded-parents: level 1's pixels are the level decoder's reading of the real level-2 latent, exactly as a
+    slide's decoded level (within 1/255), for training and validation alike; the run keeps the level decoder bit for
+    bit; bad uses are one line, exit 2, nothing written; a resume must say --decoded-parents again."""
+    from gigagen.engine.levels import unfold
+    from gigagen.models.denoiser import BundleRunner
+
+    first = _trained_under(png, tmp_path / "a")
+    assert main(["train", str(png), *GAN_BASE, "--out", str(tmp_path / "d"), "--decoder-of", str(first), "--decoder-level", "1"]) == 0
+    decoded = tmp_path / "d" / "bundle.safetensors"
+    d = load_bundle(decoded)
+    cfg = tiny_cfg(png, tmp_path / "x", ae=AE4, unet=UNET4, pixel_levels=(1,), magnifications=UNDER, tile=8, layout_tile=2,
+                   level_probs=(0.5, 0.0, 0.3, 0.2), init_from=str(decoded), decoded_parents=True)
+    st = L.new_state(cfg, torch.device("cpu"))
+    L.init_from_bundle(st, decoded, cfg, torch.device("cpu"))
+    reader = L.level_reader(st, cfg, torch.device("cpu"))
+    rgb = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(png).convert("RGB"))[:64, :96]
+    runner = BundleRunner(d, torch.device("cpu"), torch.bfloat16)
+    from gigagen.train.loop import level_array
+
+    want = to_uint8(runner.level_decode_fn(level_array(d, rgb, 2)[None])[0].transpose(1, 2, 0))
+    got = reader(rgb)
+    assert np.abs(got.astype(int) - want).max() <= 1 and np.abs(got.astype(int) - rgb).mean() > 1  # not the real pixels
+    ls = L.encode_all([L.D.build_levels(rgb, (4, 1, 4), 1)], st.ae_ema, cfg, torch.device("cpu"), torch.bfloat16,
+                      lambda _: None, orientations=1, reread=(1, lambda im: 255 - im))
+    np.testing.assert_allclose(unfold(ls.latents[0][1], 2), L.D.to_tensor_range(255 - L.D.build_levels(rgb, (4, 1, 4), 1).images[1]),
+                               atol=1e-6)
+
+    base = ["train", str(png), "--mpp", "0.5", "--quiet", "--threads", "1", "--unet-batch", "2", "--unet-max-steps", "5",
+            "--decoder-every", "0", "--holdout-frac", "0.25"]
+    assert main(base + ["--out", str(tmp_path / "p"), "--init-from", str(decoded), "--decoded-parents", "--level-probs", "0.5,0,0.3,0.2"]) == 0
+    p = load_bundle(tmp_path / "p" / "bundle.safetensors")
+    assert p.config.decoded_level == 1 and p.config.training["decoded_parents"] is True
+    assert p.config.training["level_decoder_gan"] == d.config.training["level_decoder_gan"]
+    for (name, x), y in zip(d.level_decoder.state_dict().items(), p.level_decoder.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert not torch.equal(p.unet.out.weight, d.unet.out.weight)  # the denoiser trained on
+    assert _slide(tmp_path / "p" / "bundle.safetensors", tmp_path / "slide")["levels"][1]["made_by"] == "level decoder"
+    capsys.readouterr()
+    for flags, says in ((["--decoded-parents", "--level-probs", "0.5,0,0.3,0.2"], "--init-from"),
+                        (["--init-from", str(first), "--decoded-parents", "--level-probs", "0.5,0,0.3,0.2"], "level decoder"),
+                        (["--init-from", str(decoded), "--decoded-parents", "--level-probs", "0.4,0.1,0.3,0.2"], "share 0"),
+                        (["--init-from", str(decoded), "--decoded-parents"], "share 0")):
+        assert main(base + ["--out", str(tmp_path / "f"), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "f").exists()
+    before = (tmp_path / "p" / "bundle.safetensors").read_bytes()
+    with pytest.raises(UserError, match="--decoded-parents"):
+        L.train(dataclasses.replace(cfg, out=str(tmp_path / "p"), init_from=None, decoded_parents=False, unet_max_steps=6),
+                resume=True, log=lambda s: None, progress=False)
+    assert (tmp_path / "p" / "bundle.safetensors").read_bytes() == before

@@ -110,6 +110,11 @@ def add_parser(subparsers: Any) -> None:
                         "2 px cells for 12) instead of latents; intermediate levels only, e.g. 1 = 5x, whose pixels show the 20x "
                         "level where nuclei are (a 5x latent does not; scripts/cond_information.py). 'none' for none "
                         "(default: none, or the --init-from bundle's)")
+    p.add_argument("--decoded-parents", action="store_true",
+                   help="with --init-from a bundle that reads a level with a level decoder (--decoder-level): learn the "
+                        "level below it from the level decoder's reading of the real latent above, as gigagen slide "
+                        "gives it, instead of from the real pixels; the bundle keeps its level decoder (that level's "
+                        "--level-probs share must be 0: it is read, not sampled)")
     p.add_argument("--input-perturbation", type=float, default=0.0, metavar="G",
                    help="the denoiser learns from inputs with (1 + G^2) times the noise variance, its target from the "
                         "noise without the extra part (Ning et al. 2023): against exposure bias, a sampler drifting on its "
@@ -175,6 +180,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--cond-aug-max and --cond-aug must be timesteps in [0, 1000)")
     if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in args.scale_aug):
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
+    if args.decoded_parents and (args.decoder_of or args.guide_of or not (args.init_from or args.resume)):
+        raise UserError("--decoded-parents continues an --init-from bundle that has a level decoder (or --resume such a run)")
     if (args.decoder_refine or args.decoder_level is not None) and not args.decoder_of:
         raise UserError("--decoder-refine and --decoder-level tune the decoder of a --decoder-of run; give it the bundle to fine-tune")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
@@ -214,12 +221,26 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)))
     if args.pixel_levels is None:
         args.pixel_levels = tuple(b.pixel_levels)
+    if args.decoded_parents:
+        _check_decoded_parents(args, b)
     heads = b.unet.head_blocks if args.unet_head_blocks is None else args.unet_head_blocks
     if heads < b.unet.head_blocks:
         raise UserError(f"--unet-head-blocks {heads}: {args.init_from}'s denoiser has {b.unet.head_blocks}; a run can grow it, not cut it")
     unet = dataclasses.replace(b.unet, n_levels=len(args.magnifications), dropout=args.unet_dropout,
                                cond_aug=b.unet.cond_aug or args.cond_aug_max > 0, head_blocks=heads)
     return dataclasses.replace(_train_config(args, b.ae, unet), mpp0=b.mpp0)
+
+
+def _check_decoded_parents(args: argparse.Namespace, b: Any) -> None:
+    """--decoded-parents keeps the bundle's level decoder, so the cascade must stay the bundle's and the decoded
+    level must get no denoiser steps (gigagen slide never samples it)."""
+    k = b.decoded_level
+    if k is None:
+        raise UserError(f"--decoded-parents: {args.init_from} reads no level with a level decoder (make one with --decoder-of B --decoder-level K)")
+    if tuple(args.magnifications) != tuple(b.magnifications) or tuple(args.pixel_levels) != tuple(b.pixel_levels):
+        raise UserError("--decoded-parents keeps the bundle's level decoder: keep its --magnifications and --pixel-levels")
+    if args.level_probs is None or len(args.level_probs) != len(b.magnifications) or args.level_probs[k]:
+        raise UserError(f"--decoded-parents: give --level-probs with share 0 for level {k}, which the level decoder reads (e.g. 0.35,0,0.45,0.2)")
 
 
 def _take_bundle_tiles(args: argparse.Namespace, b: Any, magnifications: tuple[float, ...]) -> None:
@@ -372,6 +393,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         sample_tile=args.sample_tile, cond_aug_max=args.cond_aug_max, cond_aug=args.cond_aug,
         guidance=_guidance(args.guidance, len(args.magnifications)),
         pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)), input_perturbation=args.input_perturbation,
+        decoded_parents=args.decoded_parents,
     )
 
 

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from gigagen.engine.condition import NoiseField, augment, cond_for_region, cond_noise_std
+from gigagen.engine.decode import stream_decode
 from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales, level_zooms
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
-from gigagen.models.vae import Autoencoder, AutoencoderConfig
+from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 from gigagen.sampling.schedules import cosine_alphas_cumprod
 from gigagen.train import data as D
 from gigagen.train.losses import ae_loss
@@ -93,6 +94,7 @@ class TrainConfig:
     early_stop: int = 0  # stop the denoiser after this many held-out validations without a new best (0 = never)
     pixel_levels: tuple[int, ...] = ()  # levels the denoiser learns as folded pixels, not latents (gigagen.engine.levels)
     input_perturbation: float = 0.0  # gamma of Ning et al. 2023: x_t gets (1 + gamma^2) times the noise variance, the target not
+    decoded_parents: bool = False  # with init_from a decoded-level bundle: that level's pixels are its level decoder's reading
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -311,6 +313,8 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     st.carried = blob.get("carried", {})
     for k, default in (("val_best", math.inf), ("val_best_step", 0), ("val_stale", 0), ("val_last_step", -1)):
         setattr(st, k, blob.get(k, default))
+    if bool(st.carried.get("level_decoder")) != cfg.decoded_parents:
+        raise UserError(f"--resume: {path} belongs to a run {'with' if st.carried.get('level_decoder') else 'without'} --decoded-parents; resume it the same way")
     if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
@@ -414,7 +418,8 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     sampling tile, conditioning noise and guidance weights, measured on the network that now trains on
     (--sample-tile, --cond-aug and --guidance replace them). Not its level decoder (BundleConfig.decoded_level):
     tuned on the old denoiser's samples, it is dropped, and the continued bundle samples that level by diffusion
-    until a new one is tuned (--decoder-of B --decoder-level K)."""
+    until a new one is tuned (--decoder-of B --decoder-level K); unless cfg.decoded_parents, where the run learns
+    the level below from that very decoder's readings, and keeps it (frozen) with its record."""
     c, rec = bundle.config, bundle.config.training
     out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug}  # how it samples best
     same_levels = tuple(c.magnifications) == tuple(cfg.magnifications) and tuple(c.pixel_levels) == tuple(cfg.pixel_levels)
@@ -422,6 +427,9 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
         out["guidance"] = tuple(c.guidance)
     if "decoder_gan" in rec:
         out["record"]["decoder_gan"] = rec["decoder_gan"]
+    if cfg.decoded_parents:
+        out["level_decoder"] = {"level": c.decoded_level, "weights": bundle.level_decoder.state_dict()}
+        out["record"]["level_decoder_gan"] = rec.get("level_decoder_gan", {})
     if bundle.guide is not None and same_levels:  # a guide conditions on the parents it learned
         out["guide"] = {"config": dataclasses.asdict(c.guide), "autoguidance": c.autoguidance,
                         "levels": list(c.guide_levels), "weights": bundle.guide.state_dict()}
@@ -498,8 +506,43 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         cond_aug=st.carried.get("cond_aug", 0) if cfg.cond_aug is None else cfg.cond_aug,
         guidance=st.carried.get("guidance", ()) if cfg.guidance is None else cfg.guidance,
         pixel_levels=tuple(cfg.pixel_levels), pixel_scale=float(st.pixel_scale or 1.0),
+        decoded_level=st.carried["level_decoder"]["level"] if "level_decoder" in st.carried else None,
     )
-    save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide)
+    save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide, carried_level_decoder(st, cfg))
+
+
+def carried_level_decoder(st: State, cfg: TrainConfig) -> Decoder | None:
+    """The level decoder a --decoded-parents run keeps (see carry_over), rebuilt; None if none."""
+    ld = st.carried.get("level_decoder")
+    if not ld:
+        return None
+    decoder = Decoder(cfg.ae)
+    decoder.load_state_dict(ld["weights"])
+    return decoder.requires_grad_(False).eval()
+
+
+def level_reader(st: State, cfg: TrainConfig, device: torch.device) -> Callable[[np.ndarray], np.ndarray] | None:
+    """--decoded-parents: (H, W, 3) uint8 -> the same image as `gigagen slide` makes its decoded level: encoded
+    (bf16, as training encodes), read back by the level decoder (bf16 autocast, as BundleRunner) in halo'd
+    chunks, rounded to uint8 (as the slide's store holds it). None without a carried level decoder."""
+    decoder = carried_level_decoder(st, cfg)
+    if decoder is None:
+        return None
+    decoder.to(device=device, memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def decode(z: np.ndarray) -> np.ndarray:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return decoder(torch.from_numpy(z).to(device)).float().clamp(-1, 1).cpu().numpy()
+
+    def read(rgb: np.ndarray) -> np.ndarray:
+        z = encode_image(st.ae_ema, rgb, device, torch.bfloat16)
+        out = np.empty_like(rgb)
+        for tile, px in stream_decode(z, decode, cfg.ae.factor, rgb.shape[0], rgb.shape[1], halo=cfg.ae.decode_halo):
+            out[tile.y0 : tile.y1, tile.x0 : tile.x1] = px.transpose(1, 2, 0)
+        return out
+
+    return read
 
 
 def ae_batch(levels: list[D.LevelImages], cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
@@ -562,10 +605,12 @@ class LatentSet:
 
 
 def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
-               log: Callable[[str], None], orientations: int = 8) -> LatentSet:
+               log: Callable[[str], None], orientations: int = 8,
+               reread: tuple[int, Callable[[np.ndarray], np.ndarray]] | None = None) -> LatentSet:
     """Every image in its first `orientations` dihedral orientations (the first unjittered, the others
     stain-jittered); variant i is image i // orientations in orientation i % orientations. Pixel levels
-    (cfg.pixel_levels) are folded into cells instead of encoded."""
+    (cfg.pixel_levels) are folded into cells instead of encoded; with `reread` (level K, reader: level_reader),
+    level K's pixels are first replaced by the reader's version (its tissue mask stays the real one's)."""
     cells = cfg.cells
     lats, masks = [], []
     rng = np.random.default_rng(cfg.seed + 1)
@@ -575,6 +620,8 @@ def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, d
             vl, vm = [], []
             for level, (img, mask) in enumerate(zip(li.images, li.masks)):
                 jittered = D.stain_jitter(D.dihedral(img, k), np.random.default_rng(seed), cfg.jitter if k else 0.0)
+                if reread is not None and level == reread[0]:
+                    jittered = reread[1](jittered)
                 f = cells[level]
                 vl.append(fold(D.to_tensor_range(jittered), f) if level in cfg.pixel_levels else encode_image(ae, jittered, device, dtype))
                 vm.append(D.dihedral(mask, k)[f // 2 :: f, f // 2 :: f])
@@ -636,14 +683,15 @@ def augment_cond(cond: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, ab
 
 
 def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float | tuple[float, ...], train: LatentSet, device: torch.device,
-                       log: Callable[[str], None], reads: Reads | None = None) -> dict[str, LatentSet]:
+                       log: Callable[[str], None], reads: Reads | None = None,
+                       reread: tuple[int, Callable[[np.ndarray], np.ndarray]] | None = None) -> dict[str, LatentSet]:
     """The scaled latents validation measures: "train", the training images as they are (unrotated,
     unjittered, scale 1: `train`), and "held", the held-out bands, encoded here the same way (none with
     --holdout-frac 0)."""
     splits = {"train": train}
     held = load_training_levels(cfg, part=1, reads=reads) if cfg.holdout_frac > 0 else []
     if held:
-        ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1)
+        ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1, reread=reread)
         splits["held"] = ls.scaled(latent_scale)
     else:
         log("no held-out band large enough for validation: no bundle-best.safetensors, no early stopping")
@@ -816,6 +864,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["cond_aug_max"] = cfg.cond_aug_max
     if cfg.input_perturbation:
         record["input_perturbation"] = cfg.input_perturbation
+    if cfg.decoded_parents:
+        record["decoded_parents"] = True
 
     def current_record() -> dict[str, Any]:
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
@@ -883,7 +933,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         st.ae_ema.eval()
         scaled = [li for scale in cfg.scale_aug for li in load_training_levels(cfg, scale, reads=reads)]
         warped = [li for k in range(1, cfg.elastic_aug + 1) for li in load_training_levels(cfg, warp=k, reads=reads)]
-        latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log)
+        reader = level_reader(st, cfg, device)
+        reread = (st.carried["level_decoder"]["level"], reader) if reader is not None else None
+        latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread)
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
             log(f"latent_scale = {st.latent_scale:.4f}")
@@ -897,7 +949,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
         n = len(cfg.inputs)  # variant 8 i is input i unrotated and unjittered at scale 1 (encode_all)
         unrotated = LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])
-        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads), cfg, device)
+        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads, reread), cfg, device)
         del reads  # every variant is built; the levels hold what the decoder steps need
         if st.val_last_step != st.unet_step:
             validate()  # where this run starts (a new denoiser or an --init-from bundle's)
