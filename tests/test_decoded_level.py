@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,23 @@ def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png
         L.train(dataclasses.replace(cfg, out=str(tmp_path / "p"), init_from=None, decoded_parents=False, unet_max_steps=6),
                 resume=True, log=lambda s: None, progress=False)
     assert (tmp_path / "p" / "bundle.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("budget", ["2GiB", "0"])  # latents in memory (checkpointed) and in per-tile files
+def test_a_run_killed_around_the_decoded_level_resumes_to_the_same_pixels(tmp_path: Path, budget: str) -> None:
+    """SIGKILL while the 5x latent is sampled, right after the level decoder wrote the 5x pixels, and while the 20x
+    level is sampled: the resumed slide equals an uninterrupted one pixel for pixel."""
+    from test_resume import _cmd, _completed, _kill_when, _pixels
+
+    bundle = make_bundle(tmp_path / "d.safetensors", decoded_level=1, **DECODED)
+    ref, out = tmp_path / "ref", tmp_path / "slide"
+    subprocess.run(_cmd(bundle, ref), check=True)
+    cmd = _cmd(bundle, out, "--memory-budget", budget)
+    _kill_when(cmd, lambda: _completed(out, 2) >= 2)
+    _kill_when(cmd + ["--resume"], lambda: _completed(out, 1) >= 1)  # the decoded level commits all its steps at once
+    _kill_when(cmd + ["--resume"], lambda: _completed(out, 0) >= 2)
+    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for got, want in zip(_pixels(out), _pixels(ref), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert [lv["made_by"] for lv in json.loads((out / "run.json").read_text())["levels"]][1] == "level decoder"
