@@ -177,7 +177,8 @@ def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png
                    level_probs=(0.5, 0.0, 0.3, 0.2), init_from=str(decoded), decoded_parents=True)
     st = L.new_state(cfg, torch.device("cpu"))
     L.init_from_bundle(st, decoded, cfg, torch.device("cpu"))
-    reader = L.level_reader(st, cfg, torch.device("cpu"))
+    level, reader = L.parent_reread(st, cfg, None, torch.device("cpu"))
+    assert level == 1
     rgb = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(png).convert("RGB"))[:64, :96]
     runner = BundleRunner(d, torch.device("cpu"), torch.bfloat16)
     from gigagen.train.loop import level_array
@@ -200,6 +201,12 @@ def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png
         assert torch.equal(x, y), name
     assert not torch.equal(p.unet.out.weight, d.unet.out.weight)  # the denoiser trained on
     assert _slide(tmp_path / "p" / "bundle.safetensors", tmp_path / "slide")["levels"][1]["made_by"] == "level decoder"
+    # a guide learns from what its denoiser learned from: decoded parents for p, the real pixels for d
+    assert L.parent_reread(st, cfg, p, torch.device("cpu"))[0] == 1 and L.parent_reread(st, cfg, d, torch.device("cpu")) is None
+    assert main(base + ["--out", str(tmp_path / "g"), "--guide-of", str(tmp_path / "p" / "bundle.safetensors"), "--unet-base", "4",
+                        "--unet-mult", "1,2", "--level-probs", "1,0,0,0"]) == 0
+    g = load_bundle(tmp_path / "g" / "bundle.safetensors")
+    assert g.guide is not None and g.config.decoded_level == 1 and torch.equal(g.level_decoder.stem.weight, p.level_decoder.stem.weight)
     capsys.readouterr()
     for flags, says in ((["--decoded-parents", "--level-probs", "0.5,0,0.3,0.2"], "--init-from"),
                         (["--init-from", str(first), "--decoded-parents", "--level-probs", "0.5,0,0.3,0.2"], "level decoder"),

@@ -518,17 +518,25 @@ def carried_level_decoder(st: State, cfg: TrainConfig) -> Decoder | None:
         return None
     decoder = Decoder(cfg.ae)
     decoder.load_state_dict(ld["weights"])
-    return decoder.requires_grad_(False).eval()
+    return decoder
 
 
-def level_reader(st: State, cfg: TrainConfig, device: torch.device) -> Callable[[np.ndarray], np.ndarray] | None:
-    """--decoded-parents: (H, W, 3) uint8 -> the same image as `gigagen slide` makes its decoded level: encoded
-    (bf16, as training encodes), read back by the level decoder (bf16 autocast, as BundleRunner) in halo'd
-    chunks, rounded to uint8 (as the slide's store holds it). None without a carried level decoder."""
+def parent_reread(st: State, cfg: TrainConfig, guided: Any, device: torch.device) -> tuple[int, Callable[[np.ndarray], np.ndarray]] | None:
+    """(decoded level, level_reader) when this run learns from a level decoder's readings: a --decoded-parents run,
+    or a guide for a bundle trained so (a guide must see the inputs its denoiser saw); else None."""
+    if guided is not None:
+        if not guided.config.training.get("decoded_parents"):
+            return None
+        return guided.config.decoded_level, level_reader(st.ae_ema, guided.level_decoder, device)
     decoder = carried_level_decoder(st, cfg)
-    if decoder is None:
-        return None
-    decoder.to(device=device, memory_format=torch.channels_last)
+    return None if decoder is None else (st.carried["level_decoder"]["level"], level_reader(st.ae_ema, decoder, device))
+
+
+def level_reader(ae: Autoencoder, decoder: Decoder, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """(H, W, 3) uint8 -> the same image as `gigagen slide` makes a decoded level: encoded (bf16, as training
+    encodes), read back by the level decoder (bf16 autocast, as BundleRunner) in halo'd chunks, rounded to uint8
+    (as the slide's store holds it)."""
+    decoder = copy.deepcopy(decoder).requires_grad_(False).eval().to(device=device, memory_format=torch.channels_last)
 
     @torch.no_grad()
     def decode(z: np.ndarray) -> np.ndarray:
@@ -536,9 +544,9 @@ def level_reader(st: State, cfg: TrainConfig, device: torch.device) -> Callable[
             return decoder(torch.from_numpy(z).to(device)).float().clamp(-1, 1).cpu().numpy()
 
     def read(rgb: np.ndarray) -> np.ndarray:
-        z = encode_image(st.ae_ema, rgb, device, torch.bfloat16)
+        z = encode_image(ae, rgb, device, torch.bfloat16)
         out = np.empty_like(rgb)
-        for tile, px in stream_decode(z, decode, cfg.ae.factor, rgb.shape[0], rgb.shape[1], halo=cfg.ae.decode_halo):
+        for tile, px in stream_decode(z, decode, ae.cfg.factor, rgb.shape[0], rgb.shape[1], halo=ae.cfg.decode_halo):
             out[tile.y0 : tile.y1, tile.x0 : tile.x1] = px.transpose(1, 2, 0)
         return out
 
@@ -933,8 +941,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         st.ae_ema.eval()
         scaled = [li for scale in cfg.scale_aug for li in load_training_levels(cfg, scale, reads=reads)]
         warped = [li for k in range(1, cfg.elastic_aug + 1) for li in load_training_levels(cfg, warp=k, reads=reads)]
-        reader = level_reader(st, cfg, device)
-        reread = (st.carried["level_decoder"]["level"], reader) if reader is not None else None
+        reread = parent_reread(st, cfg, guided, device)
         latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread)
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
