@@ -217,10 +217,14 @@ def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png
         assert says in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "f").exists()
     before = (tmp_path / "p" / "bundle.safetensors").read_bytes()
-    with pytest.raises(UserError, match="--decoded-parents"):
-        L.train(dataclasses.replace(cfg, out=str(tmp_path / "p"), init_from=None, decoded_parents=False, unet_max_steps=6),
-                resume=True, log=lambda s: None, progress=False)
+    resumed = dataclasses.replace(cfg, out=str(tmp_path / "p"), init_from=None, unet_max_steps=6, holdout_frac=0.25)
+    for bad, says in ((dict(decoded_parents=False), "--decoded-parents"), (dict(level_probs=(0.4, 0.1, 0.3, 0.2)), "share 0")):
+        with pytest.raises(UserError, match=says):
+            L.train(dataclasses.replace(resumed, **bad), resume=True, log=lambda s: None, progress=False)
     assert (tmp_path / "p" / "bundle.safetensors").read_bytes() == before
+    L.train(resumed, resume=True, log=lambda s: None, progress=False)
+    q = load_bundle(tmp_path / "p" / "bundle.safetensors")
+    assert q.config.training["unet_step"] == 6 and torch.equal(q.level_decoder.stem.weight, d.level_decoder.stem.weight)
 
 
 @pytest.mark.parametrize("budget", ["2GiB", "0"])  # latents in memory (checkpointed) and in per-tile files

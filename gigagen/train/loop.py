@@ -428,6 +428,8 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     if "decoder_gan" in rec:
         out["record"]["decoder_gan"] = rec["decoder_gan"]
     if cfg.decoded_parents:
+        if bundle.level_decoder is None:
+            raise UserError(f"--decoded-parents: {name} reads no level with a level decoder")
         out["level_decoder"] = {"level": c.decoded_level, "weights": bundle.level_decoder.state_dict()}
         out["record"]["level_decoder_gan"] = rec.get("level_decoder_gan", {})
     if bundle.guide is not None and same_levels:  # a guide conditions on the parents it learned
@@ -845,6 +847,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         init_from_bundle(st, Path(cfg.init_from), cfg, device)
     elif cfg.init_autoencoder and not resume:
         init_autoencoder(st, Path(cfg.init_autoencoder), cfg, device)
+    decoded = st.carried.get("level_decoder", {}).get("level")
+    if decoded is not None and cfg.level_probs[decoded]:  # --resume with other shares; a new run is checked by the CLI
+        raise UserError(f"--decoded-parents: level {decoded} is read by the level decoder; give it --level-probs share 0")
     for m in (st.ae, st.ae_ema, st.unet, st.unet_ema):
         m.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout
     rng = np.random.default_rng([cfg.seed, st.ae_step, st.unet_step])
