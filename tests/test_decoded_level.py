@@ -166,6 +166,8 @@ def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png
     """--decoded-parents: level 1's pixels are the level decoder's reading of the real level-2 latent, exactly as a
     slide's decoded level (within 1/255), for training and validation alike; the run keeps the level decoder bit for
     bit; bad uses are one line, exit 2, nothing written; a resume must say --decoded-parents again."""
+    from PIL import Image
+
     from gigagen.engine.levels import unfold
     from gigagen.models.denoiser import BundleRunner
 
@@ -179,17 +181,15 @@ def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png
     L.init_from_bundle(st, decoded, cfg, torch.device("cpu"))
     level, reader = L.parent_reread(st, cfg, None, torch.device("cpu"))
     assert level == 1
-    rgb = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(png).convert("RGB"))[:64, :96]
+    rgb = np.asarray(Image.open(png).convert("RGB"))[:64, :96]
     runner = BundleRunner(d, torch.device("cpu"), torch.bfloat16)
-    from gigagen.train.loop import level_array
-
-    want = to_uint8(runner.level_decode_fn(level_array(d, rgb, 2)[None])[0].transpose(1, 2, 0))
+    want = to_uint8(runner.level_decode_fn(L.level_array(d, rgb, 2)[None])[0].transpose(1, 2, 0))
     got = reader(rgb)
     assert np.abs(got.astype(int) - want).max() <= 1 and np.abs(got.astype(int) - rgb).mean() > 1  # not the real pixels
-    ls = L.encode_all([L.D.build_levels(rgb, (4, 1, 4), 1)], st.ae_ema, cfg, torch.device("cpu"), torch.bfloat16,
-                      lambda _: None, orientations=1, reread=(1, lambda im: 255 - im))
-    np.testing.assert_allclose(unfold(ls.latents[0][1], 2), L.D.to_tensor_range(255 - L.D.build_levels(rgb, (4, 1, 4), 1).images[1]),
-                               atol=1e-6)
+    levels = L.D.build_levels(rgb, (4, 1, 4), 1)
+    ls = L.encode_all([levels], st.ae_ema, cfg, torch.device("cpu"), torch.bfloat16, lambda _: None, orientations=1,
+                      reread=(1, lambda im: 255 - im))
+    np.testing.assert_allclose(unfold(ls.latents[0][1], 2), L.D.to_tensor_range(255 - levels.images[1]), atol=1e-6)
 
     base = ["train", str(png), "--mpp", "0.5", "--quiet", "--threads", "1", "--unet-batch", "2", "--unet-max-steps", "5",
             "--decoder-every", "0", "--holdout-frac", "0.25"]
