@@ -159,7 +159,14 @@ def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
     whether the denoiser samples it or the level decoder reads it off its parent."""
     kind = "pixels" if plan.level in mc.pixel_levels else "latent"
     return {"magnification": plan.magnification, "latent_shape": list(plan.shape), "kind": kind, "cell_px": mc.level_cells[plan.level],
-            "made_by": "level decoder" if plan.level == mc.decoded_level else "denoiser"}
+            "made_by": made_by(plan.level, mc)}
+
+
+def made_by(level: int, mc: Any) -> str:
+    """What writes a level: the denoiser, or at the decoded level the level decoder (and its nucleus stamps)."""
+    if level != mc.decoded_level:
+        return "denoiser"
+    return "level decoder with nucleus stamps" if mc.nucleus_stamps is not None else "level decoder"
 
 
 def sampled_plans(plans: list[LevelPlan], mc: Any) -> list[LevelPlan]:
@@ -343,8 +350,10 @@ def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
 
     def decode(store: Any, parent: Any, factor: int) -> None:
         assert k is not None
+        stamps = (mc.nucleus_stamps, job.cfg.seed, k) if mc.nucleus_stamps is not None else None
         decode_level(store, parent, job.runner.level_decode_fn, ae_factor=mc.ae.factor, cell=mc.level_cells[k],
-                     scale=mc.level_scales[k], halo=mc.ae.decode_halo, n_steps=len(job.steps), on_tiles=on_tiles)
+                     scale=mc.level_scales[k], halo=mc.ae.decode_halo, n_steps=len(job.steps), on_tiles=on_tiles,
+                     stamps=stamps)
 
     return with_decoded_level(denoise, k, decode)
 

@@ -10,6 +10,7 @@ real and generated parents) limit quality; if they do not, the 20x denoiser itse
     .venv/bin/python scripts/sample_real_parent.py [--checkpoint B] [--steps 20] [--autoguidance 1,1.5] [--out PNG]
     .venv/bin/python scripts/sample_real_parent.py --split train --from-real 299,599,999   # SDEdit: where nuclei are decided
     .venv/bin/python scripts/sample_real_parent.py --checkpoint B --parent decoded   # a decoded 5x level: its reading of the real 5x latent
+    .venv/bin/python scripts/sample_real_parent.py --checkpoint B --parent decoded-real-nuclei   # nucleus stamps where the real nuclei are
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.engine.decode import to_uint8  # noqa: E402
+from gigagen.engine.nuclei import detect_centres, sampled_stamps, stamp  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
@@ -36,11 +38,13 @@ from gigagen.train.loop import level_array, checked_zooms  # noqa: E402
 
 
 def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: str = "held",
-              decoded: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              decoded: bool = False, real_nuclei: bool = False, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The held-out band (or with split "train" the training part; cut to whole parent tiles, at most `width` px
     wide) and its real parent as the denoiser sees it (scaled: the 5x latent, or at a pixel level its folded pixels).
     With `decoded` (a bundle whose level 1 is decoded), the parent is the level decoder's reading of the real
-    latent above it, as `gigagen slide` makes it (through uint8, as the slide's store holds it), not the real pixels."""
+    latent above it, as `gigagen slide` makes it (through uint8, as the slide's store holds it), not the real pixels;
+    with the bundle's nucleus stamps painted at centres sampled for `seed` as a slide paints them, or with
+    `real_nuclei` at the real nucleus centres as training paints them."""
     f, zoom = bundle.config.ae.factor, checked_zooms(bundle.config.magnifications)[0]
     train, held = split_reference(reference, 0.2)
     part = train if split == "train" else held
@@ -51,6 +55,11 @@ def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: 
         if decoded:
             runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16)
             coarse = to_uint8(runner.level_decode_fn(level_array(bundle, coarse, 2)[None])[0].transpose(1, 2, 0))
+            spec = bundle.config.nucleus_stamps
+            if spec is not None and real_nuclei:
+                coarse = stamp(coarse, detect_centres(part, bundle.config.mpp0) / zoom, spec)
+            elif spec is not None:
+                coarse = sampled_stamps(coarse, spec, seed, 1)
         return part, level_array(bundle, coarse, 1)  # the 5x latent, or its pixels at a pixel level
 
 
@@ -108,9 +117,11 @@ def main() -> int:
                    help="timestep(s) T0, comma-separated: instead of sampling from pure noise, noise the part's real latent "
                         "to T0 and denoise it from there (SDEdit), one sample each: at which noise levels the network "
                         "loses what the real latent had (999 is pure noise)")
-    p.add_argument("--parent", default="real", choices=("real", "decoded"),
+    p.add_argument("--parent", default="real", choices=("real", "decoded", "decoded-real-nuclei"),
                    help="the 5x parent: the real one (default), or for a bundle with a decoded level 1 the level "
-                        "decoder's reading of the real 5x latent (what the 20x level gets in a slide, short of the latent's errors)")
+                        "decoder's reading of the real 5x latent (what the 20x level gets in a slide, short of the latent's "
+                        "errors; with the bundle's nucleus stamps at sampled centres), or that reading with the stamps at "
+                        "the real nucleus centres (what training gives it)")
     p.add_argument("--out", default=None, help="PNG: real band above, the sampled bands below (one per weight)")
     p.add_argument("--crop", default=None, help="X0,X1: write only these columns of the band to --out, at half size (docs)")
     p.add_argument("--zoom", default=None, help="X0,X1,Y0,Y1: write this window of every row to --out side by side, at full "
@@ -118,10 +129,11 @@ def main() -> int:
     args = p.parse_args()
     bundle = load_bundle(args.checkpoint)
     weights = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [bundle.config.autoguidance]
-    if args.parent == "decoded" and bundle.config.decoded_level != 1:
+    if args.parent != "real" and bundle.config.decoded_level != 1:
         print("sample_real_parent: --parent decoded needs a bundle that reads its level 1 with a level decoder", file=sys.stderr)
         return 2
-    held, parent = held_band(bundle, args.reference, args.width, args.split, args.parent == "decoded")
+    held, parent = held_band(bundle, args.reference, args.width, args.split, args.parent != "real",
+                             args.parent == "decoded-real-nuclei", args.seed)
     noises = [int(t) for t in args.cond_aug.split(",")] if args.cond_aug else [bundle.config.cond_aug]
     rows = [held]
     if args.split == "train":  # the decoder's ceiling: what the sample would look like if the latent were right
@@ -141,7 +153,7 @@ def main() -> int:
             runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32,
                                   bundle.config.guidance_per_level, ag, ca)
             sampled = sample(runner, parent, held.shape, args)
-            report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the {'level-decoded' if args.parent == 'decoded' else 'real'} "
+            report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the {args.parent if args.parent != 'real' else 'real'} "
                                   f"{bundle.config.magnifications[1]:g}x parent "
                                   f"of the {'training part' if args.split == 'train' else 'held-out band'} "
                                   f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g}, cond-aug {ca})")

@@ -188,7 +188,7 @@ def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png
     assert np.abs(got.astype(int) - want).max() <= 1 and np.abs(got.astype(int) - rgb).mean() > 1  # not the real pixels
     levels = L.D.build_levels(rgb, (4, 1, 4), 1)
     ls = L.encode_all([levels], st.ae_ema, cfg, torch.device("cpu"), torch.bfloat16, lambda _: None, orientations=1,
-                      reread=(1, lambda im: 255 - im))
+                      reread=(1, lambda im, _finest: 255 - im))
     np.testing.assert_allclose(unfold(ls.latents[0][1], 2), L.D.to_tensor_range(255 - levels.images[1]), atol=1e-6)
 
     base = ["train", str(png), "--mpp", "0.5", "--quiet", "--threads", "1", "--unet-batch", "2", "--unet-max-steps", "5",
@@ -245,3 +245,54 @@ def test_a_run_killed_around_the_decoded_level_resumes_to_the_same_pixels(tmp_pa
     for got, want in zip(_pixels(out), _pixels(ref), strict=True):
         np.testing.assert_array_equal(got, want)
     assert [lv["made_by"] for lv in json.loads((out / "run.json").read_text())["levels"]][1] == "level decoder"
+
+
+def test_nucleus_stamps_mark_the_real_nuclei_in_training_and_sampled_ones_in_a_slide(png: Path, tmp_path: Path,  # noqa: F811
+                                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--nucleus-stamps: the reading the level below learns from has a black stamp at each real nucleus (found at
+    the finest level), the bundle records the fitted stamps, a slide paints sampled ones (its 20x level differs
+    from the same bundle's without stamps); bad uses are one line and exit 2; a resume must keep the flag."""
+    from PIL import Image
+
+    from gigagen.engine.nuclei import MARKER, detect_centres
+    from gigagen.models.checkpoint import save_bundle
+
+    first = _trained_under(png, tmp_path / "a")
+    assert main(["train", str(png), *GAN_BASE, "--out", str(tmp_path / "d"), "--decoder-of", str(first), "--decoder-level", "1"]) == 0
+    decoded = tmp_path / "d" / "bundle.safetensors"
+    base = ["train", str(png), "--mpp", "0.5", "--quiet", "--threads", "1", "--unet-batch", "2", "--unet-max-steps", "5",
+            "--decoder-every", "0", "--holdout-frac", "0.25", "--init-from", str(decoded), "--level-probs", "0.5,0,0.3,0.2"]
+    assert main(base + ["--out", str(tmp_path / "p"), "--decoded-parents", "--nucleus-stamps"]) == 0
+    p = load_bundle(tmp_path / "p" / "bundle.safetensors")
+    spec = p.config.nucleus_stamps
+    assert spec is not None and spec.colour == MARKER and spec.scale > 0 and p.config.training["nucleus_stamps"] is True
+
+    rgb = np.asarray(Image.open(png).convert("RGB"))
+    small = L.D.downsample(rgb, 4)
+    plain = L.level_reader(p.ae, p.level_decoder, torch.device("cpu"))(small, rgb)
+    stamped = L.level_reader(p.ae, p.level_decoder, torch.device("cpu"), spec, 4, 0.5)(small, rgb)
+    centres = detect_centres(rgb, 0.5) / 4
+    assert len(centres) > 10
+    at = stamped[centres[:, 0].astype(int), centres[:, 1].astype(int)].astype(int)
+    assert (at.sum(axis=1) < 60).all()  # black at every real nucleus
+    changed = (stamped != plain).any(axis=2)
+    assert changed.sum() <= len(centres) * 16  # and nowhere far from one
+
+    with_stamps = _slide(tmp_path / "p" / "bundle.safetensors", tmp_path / "s1")
+    assert with_stamps["levels"][1]["made_by"] == "level decoder with nucleus stamps"
+    save_bundle(tmp_path / "n.safetensors", dataclasses.replace(p.config, nucleus_stamps=None), p.ae, p.unet, p.guide, p.level_decoder)
+    assert _slide(tmp_path / "n.safetensors", tmp_path / "s2")["levels"][1]["made_by"] == "level decoder"
+    from test_resume import _pixels
+
+    assert any((a != b).any() for a, b in zip(_pixels(tmp_path / "s1"), _pixels(tmp_path / "s2")))
+
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "f"), "--nucleus-stamps"]) == 2
+    err = capsys.readouterr().err
+    assert "--decoded-parents" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "f").exists()
+    cfg = tiny_cfg(png, tmp_path / "p", ae=AE4, unet=UNET4, pixel_levels=(1,), magnifications=UNDER, tile=8, layout_tile=2,
+                   level_probs=(0.5, 0.0, 0.3, 0.2), decoded_parents=True, unet_max_steps=6, holdout_frac=0.25)
+    before = (tmp_path / "p" / "bundle.safetensors").read_bytes()
+    with pytest.raises(UserError, match="--nucleus-stamps"):
+        L.train(cfg, resume=True, log=lambda s: None, progress=False)
+    assert (tmp_path / "p" / "bundle.safetensors").read_bytes() == before

@@ -105,7 +105,7 @@ def _print_plan(plan: dict, as_json: bool) -> None:
     d, ev, sec = plan["disk_bytes"], plan["network_evaluations"], plan["seconds_on_this_machine"]
     print(f"slide        {plan['width']}x{plan['height']} px at 20x, {plan['steps']} steps, blend {plan['blend']}, model {plan['model']}")
     print("levels       " + ", ".join(f"{lv['magnification']:g}x {lv['kind']} {lv['latent_shape'][0]}x{lv['latent_shape'][1]}"
-                                      + (" (decoded)" if lv["made_by"] == "level decoder" else "") for lv in plan["levels"]))
+                                      + (" (decoded)" if lv["made_by"].startswith("level decoder") else "") for lv in plan["levels"]))
     print(f"disk         {gb(d['total'])} at most (zarr {gb(d['zarr'])}, tiffs {gb(d['tiffs'])}, latent state {gb(d['latent_state'])})")
     print(f"memory       {gb(plan['peak_memory_bytes'])} peak resident (latents {plan['latent_store']})")
     guide = f" (+ {ev['guide_tiles']} of the smaller autoguidance network)" if ev["guide_tiles"] else ""

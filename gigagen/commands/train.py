@@ -115,6 +115,11 @@ def add_parser(subparsers: Any) -> None:
                         "level below it from the level decoder's reading of the real latent above, as gigagen slide "
                         "gives it, instead of from the real pixels; the bundle keeps its level decoder (that level's "
                         "--level-probs share must be 0: it is read, not sampled)")
+    p.add_argument("--nucleus-stamps", action="store_true",
+                   help="with --decoded-parents: the level decoder's reading carries a small black disc at each real "
+                        "nucleus centre (found at the finest level), and gigagen slide paints them at centres it samples "
+                        "(a hard-core point process whose density is fitted to the training image): the level below then "
+                        "learns where to draw nuclei from the stamps, which the latent above cannot tell it")
     p.add_argument("--input-perturbation", type=float, default=0.0, metavar="G",
                    help="the denoiser learns from inputs with (1 + G^2) times the noise variance, its target from the "
                         "noise without the extra part (Ning et al. 2023): against exposure bias, a sampler drifting on its "
@@ -182,6 +187,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
     if args.decoded_parents and (args.decoder_of or args.guide_of or not (args.init_from or args.resume)):
         raise UserError("--decoded-parents continues an --init-from bundle that has a level decoder (or --resume such a run)")
+    if args.nucleus_stamps and not args.decoded_parents:
+        raise UserError("--nucleus-stamps paints into the level decoder's reading: give --decoded-parents too")
     if (args.decoder_refine or args.decoder_level is not None) and not args.decoder_of:
         raise UserError("--decoder-refine and --decoder-level tune the decoder of a --decoder-of run; give it the bundle to fine-tune")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
@@ -393,7 +400,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         sample_tile=args.sample_tile, cond_aug_max=args.cond_aug_max, cond_aug=args.cond_aug,
         guidance=_guidance(args.guidance, len(args.magnifications)),
         pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)), input_perturbation=args.input_perturbation,
-        decoded_parents=args.decoded_parents,
+        decoded_parents=args.decoded_parents, nucleus_stamps=args.nucleus_stamps,
     )
 
 

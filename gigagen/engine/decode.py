@@ -8,6 +8,7 @@ import numpy as np
 
 from gigagen.engine.grid import Tile
 from gigagen.engine.levels import fold
+from gigagen.engine.nuclei import StampSpec, sampled_stamps
 from gigagen.engine.store import LevelSpec
 from gigagen.engine.tiler import step_batches
 
@@ -58,16 +59,35 @@ def level_tiles(spec: LevelSpec, n_steps: int) -> list[Tile]:
     return [t for batch in step_batches(spec, n_steps - 1) for t in batch]
 
 
+def stamped_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int, stamps: StampSpec,
+                   seed: int, level: int) -> np.ndarray:
+    """decode_region with nucleus stamps painted at centres sampled for (seed, level) (engine.nuclei): decoded with
+    `stamps.halo` px more on every side (within the latent), so the tile equals the untiled level's."""
+    m = -(-stamps.halo // factor) * factor
+    h, w = latent.shape[1] * factor, latent.shape[2] * factor
+    big = Tile(max(tile.y0 - m, 0), min(tile.y1 + m, h), max(tile.x0 - m, 0), min(tile.x1 + m, w))
+    px = decode_region(latent, decode_fn, factor, big, halo).transpose(1, 2, 0)
+    px = sampled_stamps(np.ascontiguousarray(px), stamps, seed, level, big.y0, big.x0)
+    oy, ox = tile.y0 - big.y0, tile.x0 - big.x0
+    return np.ascontiguousarray(px[oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0].transpose(2, 0, 1))
+
+
 def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int, cell: int, scale: float, halo: int,
-                 n_steps: int, on_tiles: Callable[[int], None] | None = None) -> None:
+                 n_steps: int, on_tiles: Callable[[int], None] | None = None,
+                 stamps: tuple[StampSpec, int, int] | None = None) -> None:
     """Write a pixel level that is read off its parent latent of the same magnification instead of sampled
     (BundleConfig.decoded_level): each tile's pixels decoded with `halo` latent px of context, rounded to
-    uint8 as training's pixels are, folded into cells of `cell` px and scaled; committed as the level's final
-    state n_steps, so the cascade and --resume treat it like a sampled level. Nothing to do once committed."""
+    uint8 as training's pixels are, with `stamps` (spec, seed, level) nucleus stamps painted in, folded into
+    cells of `cell` px and scaled; committed as the level's final state n_steps, so the cascade and --resume
+    treat it like a sampled level. Nothing to do once committed."""
     if store.completed() >= n_steps:
         return
     for tile in level_tiles(store.spec, n_steps):
-        px = decode_region(parent, decode_fn, ae_factor, Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell), halo)
+        px_tile = Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell)
+        if stamps is None:
+            px = decode_region(parent, decode_fn, ae_factor, px_tile, halo)
+        else:
+            px = stamped_region(parent, decode_fn, ae_factor, px_tile, halo, *stamps)
         store.write(n_steps, tile, fold(px.astype(np.float32) / 127.5 - 1.0, cell) * np.float32(scale))
         if on_tiles:
             on_tiles(1)

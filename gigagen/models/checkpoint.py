@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gigagen.engine.levels import cond_factors, level_cells, level_scales
+from gigagen.engine.nuclei import StampSpec
 from gigagen.errors import UserError
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
@@ -62,6 +63,8 @@ class BundleConfig:
     # a pixel level under the latent level of its own magnification that the cascade does not sample but reads
     # off that latent with the bundle's level decoder (`gigagen train --decoder-of B --decoder-level K`)
     decoded_level: int | None = None
+    # with a decoded level: the nucleus stamps painted into it (gigagen.engine.nuclei; `gigagen train --nucleus-stamps`)
+    nucleus_stamps: StampSpec | None = None
 
     @property
     def guidance_per_level(self) -> tuple[float, ...]:
@@ -101,6 +104,8 @@ class BundleConfig:
         if d.get("guide") is not None:
             d["guide"] = _dataclass_from(UNetConfig, d["guide"])
         d["magnifications"] = tuple(d["magnifications"])
+        if d.get("nucleus_stamps") is not None:
+            d["nucleus_stamps"] = StampSpec.from_dict(d["nucleus_stamps"])
         return _dataclass_from(BundleConfig, d)
 
 
@@ -150,6 +155,9 @@ def validate_config(cfg: BundleConfig) -> None:
     k = cfg.decoded_level
     if k is not None and (k not in cfg.pixel_levels or cfg.magnifications[k] != cfg.magnifications[k + 1]):
         raise ValueError(f"decoded_level {k} must be a pixel level under the latent level of its own magnification")
+    st = cfg.nucleus_stamps
+    if st is not None and (k is None or st.radius <= 0 or st.spacing < 0 or st.window < 1 or st.scale <= 0):
+        raise ValueError("nucleus_stamps need a decoded level, a positive radius, window and scale, and a spacing >= 0")
     if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
 

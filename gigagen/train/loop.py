@@ -26,6 +26,7 @@ import torch
 from gigagen.engine.condition import NoiseField, augment, cond_for_region, cond_noise_std
 from gigagen.engine.decode import stream_decode
 from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales, level_zooms
+from gigagen.engine.nuclei import StampSpec, detect_centres, fit_spec, stamp
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
@@ -95,6 +96,7 @@ class TrainConfig:
     pixel_levels: tuple[int, ...] = ()  # levels the denoiser learns as folded pixels, not latents (gigagen.engine.levels)
     input_perturbation: float = 0.0  # gamma of Ning et al. 2023: x_t gets (1 + gamma^2) times the noise variance, the target not
     decoded_parents: bool = False  # with init_from a decoded-level bundle: that level's pixels are its level decoder's reading
+    nucleus_stamps: bool = False  # with decoded_parents: that reading carries stamps at the real nucleus centres (engine.nuclei)
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -315,6 +317,8 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
         setattr(st, k, blob.get(k, default))
     if bool(st.carried.get("level_decoder")) != cfg.decoded_parents:
         raise UserError(f"--resume: {path} belongs to a run {'with' if st.carried.get('level_decoder') else 'without'} --decoded-parents; resume it the same way")
+    if bool(st.carried.get("nucleus_stamps")) != cfg.nucleus_stamps and st.unet_step > 0:
+        raise UserError(f"--resume: {path} belongs to a run {'with' if st.carried.get('nucleus_stamps') else 'without'} --nucleus-stamps; resume it the same way")
     if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
@@ -432,6 +436,8 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
             raise UserError(f"--decoded-parents: {name} reads no level with a level decoder")
         out["level_decoder"] = {"level": c.decoded_level, "weights": bundle.level_decoder.state_dict()}
         out["record"]["level_decoder_gan"] = rec.get("level_decoder_gan", {})
+        if cfg.nucleus_stamps and c.nucleus_stamps is not None:  # the stamps its denoiser learnt from
+            out["nucleus_stamps"] = c.nucleus_stamps.to_dict()
     if bundle.guide is not None and same_levels:  # a guide conditions on the parents it learned
         out["guide"] = {"config": dataclasses.asdict(c.guide), "autoguidance": c.autoguidance,
                         "levels": list(c.guide_levels), "weights": bundle.guide.state_dict()}
@@ -509,6 +515,7 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         guidance=st.carried.get("guidance", ()) if cfg.guidance is None else cfg.guidance,
         pixel_levels=tuple(cfg.pixel_levels), pixel_scale=float(st.pixel_scale or 1.0),
         decoded_level=st.carried["level_decoder"]["level"] if "level_decoder" in st.carried else None,
+        nucleus_stamps=StampSpec.from_dict(st.carried["nucleus_stamps"]) if st.carried.get("nucleus_stamps") else None,
     )
     save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide, carried_level_decoder(st, cfg))
 
@@ -523,21 +530,36 @@ def carried_level_decoder(st: State, cfg: TrainConfig) -> Decoder | None:
     return decoder
 
 
-def parent_reread(st: State, cfg: TrainConfig, guided: Any, device: torch.device) -> tuple[int, Callable[[np.ndarray], np.ndarray]] | None:
-    """(decoded level, level_reader) when this run learns from a level decoder's readings: a --decoded-parents run,
-    or a guide for a bundle trained so (a guide must see the inputs its denoiser saw); else None."""
+def parent_reread(st: State, cfg: TrainConfig, guided: Any, device: torch.device) -> tuple[int, Reader] | None:
+    """(decoded level, level_reader) when this run learns from a level decoder's readings: a --decoded-parents run
+    (with its nucleus stamps, if any), or a guide for a bundle trained so (a guide must see the inputs its denoiser
+    saw); else None."""
     if guided is not None:
-        if not guided.config.training.get("decoded_parents"):
+        c = guided.config
+        if not c.training.get("decoded_parents"):
             return None
-        return guided.config.decoded_level, level_reader(st.ae_ema, guided.level_decoder, device)
+        k = c.decoded_level
+        return k, level_reader(st.ae_ema, guided.level_decoder, device, c.nucleus_stamps,
+                               round(c.magnifications[0] / c.magnifications[k]), c.mpp0)
     decoder = carried_level_decoder(st, cfg)
-    return None if decoder is None else (st.carried["level_decoder"]["level"], level_reader(st.ae_ema, decoder, device))
+    if decoder is None:
+        return None
+    k = st.carried["level_decoder"]["level"]
+    spec = st.carried.get("nucleus_stamps")
+    return k, level_reader(st.ae_ema, decoder, device, StampSpec.from_dict(spec) if spec else None,
+                           round(cfg.magnifications[0] / cfg.magnifications[k]), cfg.mpp0)
 
 
-def level_reader(ae: Autoencoder, decoder: Decoder, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+Reader = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]  # (level image, finest image) -> what the level is read as
+
+
+def level_reader(ae: Autoencoder, decoder: Decoder, device: torch.device, stamps: StampSpec | None = None,
+                 fine: int = 4, fine_mpp: float = 0.5) -> Reader:
     """(H, W, 3) uint8 -> the same image as `gigagen slide` makes a decoded level: encoded (bf16, as training
     encodes), read back by the level decoder (bf16 autocast, as BundleRunner) in halo'd chunks, rounded to uint8
-    (as the slide's store holds it)."""
+    (as the slide's store holds it). With `stamps`, a stamp is painted at each real nucleus centre, found on the
+    finest level's image of the same variant (`fine` times larger, `fine_mpp` um/px): where a slide paints
+    sampled ones (engine.nuclei)."""
     decoder = copy.deepcopy(decoder).requires_grad_(False).eval().to(device=device, memory_format=torch.channels_last)
 
     @torch.no_grad()
@@ -545,14 +567,28 @@ def level_reader(ae: Autoencoder, decoder: Decoder, device: torch.device) -> Cal
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return decoder(torch.from_numpy(z).to(device)).float().clamp(-1, 1).cpu().numpy()
 
-    def read(rgb: np.ndarray) -> np.ndarray:
+    def read(rgb: np.ndarray, finest: np.ndarray | None = None) -> np.ndarray:
         z = encode_image(ae, rgb, device, torch.bfloat16)
         out = np.empty_like(rgb)
         for tile, px in stream_decode(z, decode, ae.cfg.factor, rgb.shape[0], rgb.shape[1], halo=ae.cfg.decode_halo):
             out[tile.y0 : tile.y1, tile.x0 : tile.x1] = px.transpose(1, 2, 0)
-        return out
+        if stamps is None:
+            return out
+        assert finest is not None, "stamps need the finest level's image"
+        return stamp(out, detect_centres(finest, fine_mpp) / fine, stamps)
 
     return read
+
+
+def fit_stamps(levels: list[D.LevelImages], level: int, read: Reader, cfg: TrainConfig) -> StampSpec:
+    """engine.nuclei.fit_spec on the training images as they are (no orientation, jitter or warp): the level's
+    readings without stamps, and the real nucleus centres found at the finest level."""
+    fine = round(cfg.magnifications[0] / cfg.magnifications[level])
+    readings = [read(li.images[level], None) for li in levels]
+    centres = [detect_centres(li.images[0], cfg.mpp0) / fine for li in levels]
+    if not sum(len(c) for c in centres):
+        raise UserError("--nucleus-stamps: no nucleus-like objects found in the training images at the finest level")
+    return fit_spec(readings, centres, mpp=cfg.mpp0 * fine)
 
 
 def ae_batch(levels: list[D.LevelImages], cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
@@ -616,11 +652,12 @@ class LatentSet:
 
 def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
                log: Callable[[str], None], orientations: int = 8,
-               reread: tuple[int, Callable[[np.ndarray], np.ndarray]] | None = None) -> LatentSet:
+               reread: tuple[int, Reader] | None = None) -> LatentSet:
     """Every image in its first `orientations` dihedral orientations (the first unjittered, the others
     stain-jittered); variant i is image i // orientations in orientation i % orientations. Pixel levels
     (cfg.pixel_levels) are folded into cells instead of encoded; with `reread` (level K, reader: level_reader),
-    level K's pixels are first replaced by the reader's version (its tissue mask stays the real one's)."""
+    level K's pixels are first replaced by the reader's version (its tissue mask stays the real one's; the reader
+    also gets the variant's finest image, where nucleus stamps find the real nuclei)."""
     cells = cfg.cells
     lats, masks = [], []
     rng = np.random.default_rng(cfg.seed + 1)
@@ -630,8 +667,10 @@ def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, d
             vl, vm = [], []
             for level, (img, mask) in enumerate(zip(li.images, li.masks)):
                 jittered = D.stain_jitter(D.dihedral(img, k), np.random.default_rng(seed), cfg.jitter if k else 0.0)
+                if level == 0:
+                    finest = jittered
                 if reread is not None and level == reread[0]:
-                    jittered = reread[1](jittered)
+                    jittered = reread[1](jittered, finest)
                 f = cells[level]
                 vl.append(fold(D.to_tensor_range(jittered), f) if level in cfg.pixel_levels else encode_image(ae, jittered, device, dtype))
                 vm.append(D.dihedral(mask, k)[f // 2 :: f, f // 2 :: f])
@@ -694,7 +733,7 @@ def augment_cond(cond: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, ab
 
 def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float | tuple[float, ...], train: LatentSet, device: torch.device,
                        log: Callable[[str], None], reads: Reads | None = None,
-                       reread: tuple[int, Callable[[np.ndarray], np.ndarray]] | None = None) -> dict[str, LatentSet]:
+                       reread: tuple[int, Reader] | None = None) -> dict[str, LatentSet]:
     """The scaled latents validation measures: "train", the training images as they are (unrotated,
     unjittered, scale 1: `train`), and "held", the held-out bands, encoded here the same way (none with
     --holdout-frac 0)."""
@@ -879,6 +918,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["input_perturbation"] = cfg.input_perturbation
     if cfg.decoded_parents:
         record["decoded_parents"] = True
+    if cfg.nucleus_stamps:
+        record["nucleus_stamps"] = True
 
     def current_record() -> dict[str, Any]:
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
@@ -946,6 +987,12 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         st.ae_ema.eval()
         scaled = [li for scale in cfg.scale_aug for li in load_training_levels(cfg, scale, reads=reads)]
         warped = [li for k in range(1, cfg.elastic_aug + 1) for li in load_training_levels(cfg, warp=k, reads=reads)]
+        if cfg.nucleus_stamps and "nucleus_stamps" not in st.carried:  # fitted once; a resume keeps it
+            k, read = parent_reread(st, cfg, guided, device) or (None, None)
+            assert k is not None and read is not None, "--nucleus-stamps needs --decoded-parents"
+            spec = fit_stamps(levels, k, read, cfg)
+            st.carried["nucleus_stamps"] = spec.to_dict()
+            log(f"nucleus stamps fitted on the training images: {spec}")
         reread = parent_reread(st, cfg, guided, device)
         latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread)
         if not st.latent_scale:
