@@ -146,8 +146,11 @@ def sampled_stamps(rgb: np.ndarray, spec: StampSpec, seed: int, level: int, y0: 
 
 def fit_spec(readings: list[np.ndarray], centres: list[np.ndarray], *, mpp: float, window: int = 8, seed: int = 0) -> StampSpec:
     """A StampSpec for one level from training images: `readings` are the level as the slide will have it
-    (the level decoder's reading), `centres` the real nucleus centres at that level's px. The intensity's weights are least squares of the real centre density on the
-    readings' features on stained pixels; its scale then makes the hard-core process's count over the readings the real count."""
+    (the level decoder's reading), `centres` the real nucleus centres at that level's px. The intensity's weights
+    are least squares of the real centre density on the readings' features on stained pixels; its scale then makes
+    the hard-core process's count over the readings the real count."""
+    from scipy import ndimage
+
     xs, ys = [], []
     for rd, c in zip(readings, centres):
         f = features(rd, window)
@@ -155,8 +158,6 @@ def fit_spec(readings: list[np.ndarray], centres: list[np.ndarray], *, mpp: floa
         iy = np.clip(c[:, 0].astype(int), 0, rd.shape[0] - 1)
         ix = np.clip(c[:, 1].astype(int), 0, rd.shape[1] - 1)
         np.add.at(count, (iy, ix), 1.0)
-        from scipy import ndimage
-
         on = stained(rd)  # the intensity is 0 elsewhere: fit it where it is not
         xs.append(f[on])
         ys.append(ndimage.uniform_filter(count, window, mode="nearest")[on])

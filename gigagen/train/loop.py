@@ -317,8 +317,8 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
         setattr(st, k, blob.get(k, default))
     if bool(st.carried.get("level_decoder")) != cfg.decoded_parents:
         raise UserError(f"--resume: {path} belongs to a run {'with' if st.carried.get('level_decoder') else 'without'} --decoded-parents; resume it the same way")
-    if bool(st.carried.get("nucleus_stamps")) != cfg.nucleus_stamps and st.unet_step > 0:
-        raise UserError(f"--resume: {path} belongs to a run {'with' if st.carried.get('nucleus_stamps') else 'without'} --nucleus-stamps; resume it the same way")
+    if ("nucleus_stamps" in st.carried) != cfg.nucleus_stamps:
+        raise UserError(f"--resume: {path} belongs to a run {'with' if 'nucleus_stamps' in st.carried else 'without'} --nucleus-stamps; resume it the same way")
     if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
@@ -436,8 +436,8 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
             raise UserError(f"--decoded-parents: {name} reads no level with a level decoder")
         out["level_decoder"] = {"level": c.decoded_level, "weights": bundle.level_decoder.state_dict()}
         out["record"]["level_decoder_gan"] = rec.get("level_decoder_gan", {})
-        if cfg.nucleus_stamps and c.nucleus_stamps is not None:  # the stamps its denoiser learnt from
-            out["nucleus_stamps"] = c.nucleus_stamps.to_dict()
+        if cfg.nucleus_stamps:  # the stamps its denoiser learnt from, or None: fitted when the denoiser phase starts
+            out["nucleus_stamps"] = c.nucleus_stamps.to_dict() if c.nucleus_stamps is not None else None
     if bundle.guide is not None and same_levels:  # a guide conditions on the parents it learned
         out["guide"] = {"config": dataclasses.asdict(c.guide), "autoguidance": c.autoguidance,
                         "levels": list(c.guide_levels), "weights": bundle.guide.state_dict()}
@@ -987,7 +987,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         st.ae_ema.eval()
         scaled = [li for scale in cfg.scale_aug for li in load_training_levels(cfg, scale, reads=reads)]
         warped = [li for k in range(1, cfg.elastic_aug + 1) for li in load_training_levels(cfg, warp=k, reads=reads)]
-        if cfg.nucleus_stamps and "nucleus_stamps" not in st.carried:  # fitted once; a resume keeps it
+        if cfg.nucleus_stamps and not st.carried.get("nucleus_stamps"):  # fitted once; a resume keeps it
             k, read = parent_reread(st, cfg, guided, device) or (None, None)
             assert k is not None and read is not None, "--nucleus-stamps needs --decoded-parents"
             spec = fit_stamps(levels, k, read, cfg)
