@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.engine.decode import to_uint8  # noqa: E402
-from gigagen.engine.nuclei import detect_centres, sampled_stamps, stamp  # noqa: E402
+from gigagen.engine.nuclei import sampled_stamps, stamp  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
@@ -57,7 +57,7 @@ def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: 
             coarse = to_uint8(runner.level_decode_fn(level_array(bundle, coarse, 2)[None])[0].transpose(1, 2, 0))
             spec = bundle.config.nucleus_stamps
             if spec is not None and real_nuclei:
-                coarse = stamp(coarse, detect_centres(part, bundle.config.mpp0) / zoom, spec)
+                coarse = stamp(coarse, M.nucleus_centres(part, bundle.config.mpp0) / zoom, spec)
             elif spec is not None:
                 coarse = sampled_stamps(coarse, spec, seed, 1)
         return part, level_array(bundle, coarse, 1)  # the 5x latent, or its pixels at a pixel level
@@ -130,7 +130,7 @@ def main() -> int:
     bundle = load_bundle(args.checkpoint)
     weights = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [bundle.config.autoguidance]
     if args.parent != "real" and bundle.config.decoded_level != 1:
-        print("sample_real_parent: --parent decoded needs a bundle that reads its level 1 with a level decoder", file=sys.stderr)
+        print(f"sample_real_parent: --parent {args.parent} needs a bundle that reads its level 1 with a level decoder", file=sys.stderr)
         return 2
     held, parent = held_band(bundle, args.reference, args.width, args.split, args.parent != "real",
                              args.parent == "decoded-real-nuclei", args.seed)
@@ -153,7 +153,7 @@ def main() -> int:
             runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16 if args.precision == "bf16" else torch.float32,
                                   bundle.config.guidance_per_level, ag, ca)
             sampled = sample(runner, parent, held.shape, args)
-            report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the {args.parent if args.parent != 'real' else 'real'} "
+            report(held, sampled, f"{bundle.config.magnifications[0]:g}x sampled from the {args.parent} "
                                   f"{bundle.config.magnifications[1]:g}x parent "
                                   f"of the {'training part' if args.split == 'train' else 'held-out band'} "
                                   f"({args.steps} steps, eta {args.eta:g}, autoguidance {ag:g}, cond-aug {ca})")

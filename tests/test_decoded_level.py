@@ -254,7 +254,8 @@ def test_nucleus_stamps_mark_the_real_nuclei_in_training_and_sampled_ones_in_a_s
     from the same bundle's without stamps); bad uses are one line and exit 2; a resume must keep the flag."""
     from PIL import Image
 
-    from gigagen.engine.nuclei import MARKER, detect_centres
+    from gigagen.engine.nuclei import MARKER
+    from gigagen.train.metrics import nucleus_centres
     from gigagen.models.checkpoint import save_bundle
 
     first = _trained_under(png, tmp_path / "a")
@@ -271,7 +272,7 @@ def test_nucleus_stamps_mark_the_real_nuclei_in_training_and_sampled_ones_in_a_s
     small = L.D.downsample(rgb, 4)
     plain = L.level_reader(p.ae, p.level_decoder, torch.device("cpu"))(small, rgb)
     stamped = L.level_reader(p.ae, p.level_decoder, torch.device("cpu"), spec, 4, 0.5)(small, rgb)
-    centres = detect_centres(rgb, 0.5) / 4
+    centres = nucleus_centres(rgb, 0.5) / 4
     assert len(centres) > 10
     at = stamped[centres[:, 0].astype(int), centres[:, 1].astype(int)].astype(int)
     assert (at.sum(axis=1) < 60).all()  # black at every real nucleus

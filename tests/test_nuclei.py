@@ -8,6 +8,7 @@ import numpy as np
 from gigagen.engine import nuclei as N
 from gigagen.engine.decode import stamped_region, to_uint8
 from gigagen.engine.grid import Tile
+from gigagen.train.metrics import nucleus_centres
 
 PINK, PURPLE, WHITE = (230, 150, 190), (90, 55, 110), (245, 245, 245)
 
@@ -35,13 +36,13 @@ def spec(**kw: float) -> N.StampSpec:
     return N.StampSpec(**(base | kw))  # type: ignore[arg-type]
 
 
-def test_detect_centres_finds_each_disc_at_its_centre() -> None:
+def test_nucleus_centres_finds_each_disc_at_its_centre() -> None:
     img, centres = tissue()
-    found = N.detect_centres(img, 0.5)
+    found = nucleus_centres(img, 0.5)
     assert len(found) == len(centres)
     d = np.hypot(*(found[:, None, :] - centres[None, :, :] + 0.5).transpose(2, 0, 1)).min(axis=1)
     assert d.max() < 0.75, d.max()  # pixel centres vs continuous centres
-    assert len(N.detect_centres(np.full((64, 64, 3), 245, np.uint8), 0.5)) == 0
+    assert len(nucleus_centres(np.full((64, 64, 3), 245, np.uint8), 0.5)) == 0
 
 
 def test_stamp_paints_a_disc_of_the_colour_and_leaves_the_rest() -> None:

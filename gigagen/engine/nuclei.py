@@ -21,8 +21,6 @@ import numpy as np
 from gigagen.engine.noise import gaussian_region
 
 NOISE_KEY = 0x5741  # the `step` key of the stamps' noise: above any DDIM step index
-MIN_AREA_UM2, MAX_AREA_UM2 = 5.0, 300.0  # nucleus-like objects, as gigagen.train.metrics.nuclei counts them
-H_THRESHOLD = 0.05  # hematoxylin optical density, as gigagen.train.metrics.nuclei
 # a stamp's colour: black, which no H&E pixel is, so the level below cannot take the reading's own dark texture for
 # a stamp (the real nuclei's median colour was tried first: at 5x it is the epidermis' own purple, and the 20x level
 # learnt to ignore stamps of it; MODEL_CARD.md, 2026-12-04 fourth)
@@ -55,12 +53,13 @@ class StampSpec:
         return int(np.ceil(self.window / 2 + self.spacing + self.radius)) + 2
 
 
-def stained(rgb: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels with stain (the fixed thresholds of gigagen.train.data.tissue_mask, without its
-    image-wide Otsu step, so a pixel's answer does not depend on the tile around it)."""
+def stained(rgb: np.ndarray, sat_threshold: float = 0.07) -> np.ndarray:
+    """(H, W) bool: pixels with stain: saturated, or darker than the background and a little saturated. With the
+    fixed default threshold a pixel's answer does not depend on the tile around it (gigagen.train.data.tissue_mask
+    raises the threshold to an image's Otsu level)."""
     x = rgb.astype(np.float32) / 255.0
     sat = x.max(axis=2) - x.min(axis=2)
-    return (sat > 0.07) | ((x.mean(axis=2) < 0.85) & (sat > 0.03))
+    return (sat > sat_threshold) | ((x.mean(axis=2) < 0.85) & (sat > 0.03))
 
 
 def features(rgb: np.ndarray, window: int) -> np.ndarray:
@@ -77,26 +76,12 @@ def features(rgb: np.ndarray, window: int) -> np.ndarray:
 
 def intensity(rgb: np.ndarray, spec: StampSpec) -> np.ndarray:
     """Expected stamp candidates per pixel before hard-core thinning, (H, W) in [0, 1]; 0 off stained pixels."""
-    lam = features(rgb, spec.window) @ np.asarray(spec.weights, np.float32)
-    return np.clip(spec.scale * np.maximum(lam, 0.0) * stained(rgb), 0.0, 1.0).astype(np.float32)
+    return _intensity(features(rgb, spec.window), stained(rgb), spec)
 
 
-def detect_centres(rgb: np.ndarray, mpp: float) -> np.ndarray:
-    """(N, 2) float (y, x) centres of the nucleus-like objects of an (H, W, 3) uint8 image at `mpp` um/px:
-    connected regions of high hematoxylin in tissue, of 5..300 um2 (what gigagen evaluate counts)."""
-    from scipy import ndimage
-    from skimage.color import rgb2hed
-
-    from gigagen.train.data import tissue_mask
-
-    h = ndimage.gaussian_filter(rgb2hed(rgb)[..., 0], 1.0)
-    blobs = ndimage.binary_opening((h > H_THRESHOLD) & tissue_mask(rgb), iterations=1)
-    lab, n = ndimage.label(blobs)
-    if not n:
-        return np.zeros((0, 2), np.float64)
-    area = np.bincount(lab.ravel())[1:] * mpp * mpp
-    keep = np.nonzero((area >= MIN_AREA_UM2) & (area <= MAX_AREA_UM2))[0] + 1
-    return np.array(ndimage.center_of_mass(blobs, lab, keep), np.float64).reshape(-1, 2)
+def _intensity(f: np.ndarray, on: np.ndarray, spec: StampSpec) -> np.ndarray:
+    lam = f @ np.asarray(spec.weights, np.float32)
+    return np.clip(spec.scale * np.maximum(lam, 0.0) * on, 0.0, 1.0).astype(np.float32)
 
 
 def sample_centres(lam: np.ndarray, spec: StampSpec, seed: int, level: int, y0: int, x0: int) -> np.ndarray:
@@ -151,15 +136,14 @@ def fit_spec(readings: list[np.ndarray], centres: list[np.ndarray], *, mpp: floa
     the hard-core process's count over the readings the real count."""
     from scipy import ndimage
 
+    feats = [(features(rd, window), stained(rd)) for rd in readings]
     xs, ys = [], []
-    for rd, c in zip(readings, centres):
-        f = features(rd, window)
+    for (f, on), rd, c in zip(feats, readings, centres):
         count = np.zeros(rd.shape[:2], np.float32)
         iy = np.clip(c[:, 0].astype(int), 0, rd.shape[0] - 1)
         ix = np.clip(c[:, 1].astype(int), 0, rd.shape[1] - 1)
         np.add.at(count, (iy, ix), 1.0)
-        on = stained(rd)  # the intensity is 0 elsewhere: fit it where it is not
-        xs.append(f[on])
+        xs.append(f[on])  # the intensity is 0 off stained pixels: fit it where it is not
         ys.append(ndimage.uniform_filter(count, window, mode="nearest")[on])
     w, *_ = np.linalg.lstsq(np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64), rcond=None)
     # a disc a little smaller than a typical nucleus (a mark, not a drawing); centres no closer than its diameter
@@ -171,6 +155,6 @@ def fit_spec(readings: list[np.ndarray], centres: list[np.ndarray], *, mpp: floa
     for _ in range(20):  # bisection: the count rises with the scale
         mid = (lo * hi) ** 0.5
         s = replace(spec, scale=mid)
-        got = sum(len(sample_centres(intensity(rd, s), s, seed, 0, 0, 0)) for rd in readings)
+        got = sum(len(sample_centres(_intensity(f, on, s), s, seed, 0, 0, 0)) for f, on in feats)
         lo, hi = (mid, hi) if got < want else (lo, mid)
     return replace(spec, scale=round((lo * hi) ** 0.5, 5))

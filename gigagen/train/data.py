@@ -106,15 +106,15 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
+    from gigagen.engine.nuclei import stained
+
     x = rgb.astype(np.float32) / 255.0
     sat = x.max(axis=2) - x.min(axis=2)
-    dark = x.mean(axis=2) < 0.85
     try:
         thr = max(float(threshold_otsu(sat)), 0.07)
     except ValueError:
         thr = 0.07
-    mask = (sat > thr) | (dark & (sat > 0.03))
-    mask = ndimage.binary_closing(mask, iterations=2)
+    mask = ndimage.binary_closing(stained(rgb, thr), iterations=2)
     return ndimage.binary_opening(mask, iterations=1)
 
 

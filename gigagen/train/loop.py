@@ -26,13 +26,14 @@ import torch
 from gigagen.engine.condition import NoiseField, augment, cond_for_region, cond_noise_std
 from gigagen.engine.decode import stream_decode
 from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales, level_zooms
-from gigagen.engine.nuclei import StampSpec, detect_centres, fit_spec, stamp
+from gigagen.engine.nuclei import StampSpec, fit_spec, stamp
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 from gigagen.sampling.schedules import cosine_alphas_cumprod
 from gigagen.train import data as D
+from gigagen.train import metrics as M
 from gigagen.train.losses import ae_loss
 
 
@@ -575,7 +576,7 @@ def level_reader(ae: Autoencoder, decoder: Decoder, device: torch.device, stamps
         if stamps is None:
             return out
         assert finest is not None, "stamps need the finest level's image"
-        return stamp(out, detect_centres(finest, fine_mpp) / fine, stamps)
+        return stamp(out, M.nucleus_centres(finest, fine_mpp) / fine, stamps)
 
     return read
 
@@ -585,7 +586,7 @@ def fit_stamps(levels: list[D.LevelImages], level: int, read: Reader, cfg: Train
     readings without stamps, and the real nucleus centres found at the finest level."""
     fine = round(cfg.magnifications[0] / cfg.magnifications[level])
     readings = [read(li.images[level], None) for li in levels]
-    centres = [detect_centres(li.images[0], cfg.mpp0) / fine for li in levels]
+    centres = [M.nucleus_centres(li.images[0], cfg.mpp0) / fine for li in levels]
     if not sum(len(c) for c in centres):
         raise UserError("--nucleus-stamps: no nucleus-like objects found in the training images at the finest level")
     return fit_spec(readings, centres, mpp=cfg.mpp0 * fine)

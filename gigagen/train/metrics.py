@@ -52,28 +52,42 @@ class Nuclei:
     areas_um2: np.ndarray  # areas of every object
 
 
+def nucleus_objects(rgb: np.ndarray, mpp: float, thr: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nucleus-like objects of one (H, W, 3) uint8 image: connected regions of high hematoxylin (rgb2hed) of
+    5..300 um2, in tissue -> (tissue mask, labels, label ids kept, their areas in um2)."""
+    from scipy import ndimage
+    from skimage.color import rgb2hed
+
+    tm = tissue_mask(rgb)
+    h = ndimage.gaussian_filter(rgb2hed(rgb)[..., 0], 1.0)
+    lab, n = ndimage.label(ndimage.binary_opening((h > thr) & tm, iterations=1))
+    a = np.bincount(lab.ravel(), minlength=n + 1)[1:] * (mpp * mpp)
+    keep = np.nonzero((a >= 5) & (a <= 300))[0]
+    return tm, lab, keep + 1, a[keep]
+
+
+def nucleus_centres(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    """(N, 2) float (y, x) centres of an image's nucleus-like objects (nucleus_objects): where nucleus stamps
+    mark the real nuclei (gigagen.engine.nuclei)."""
+    from scipy import ndimage
+
+    _, lab, ids, _ = nucleus_objects(rgb, mpp)
+    return np.array(ndimage.center_of_mass(lab > 0, lab, ids), np.float64).reshape(-1, 2)
+
+
 def nuclei(tiles: np.ndarray, mpp: float = 0.5, h_thresh: float | None = None) -> Nuclei:
-    """Nucleus-like objects: connected regions of high hematoxylin (rgb2hed) of 5..300 um2, in tissue.
+    """Nucleus-like objects (nucleus_objects) per mm2 of tissue, and their areas.
 
     The hematoxylin threshold is fixed (default 0.05, chosen on the real region) so that paler or
     darker generated nuclei change the count rather than the threshold.
     """
-    from scipy import ndimage
-    from skimage.color import rgb2hed
-
     thr = 0.05 if h_thresh is None else h_thresh
-    px_area = mpp * mpp
     areas, tissue_px = [], 0
     for t in tiles:
-        tm = tissue_mask(t)
+        tm, _, _, a = nucleus_objects(t, mpp, thr)
         tissue_px += int(tm.sum())
-        h = ndimage.gaussian_filter(rgb2hed(t)[..., 0], 1.0)
-        blobs = ndimage.binary_opening((h > thr) & tm, iterations=1)
-        lab, n = ndimage.label(blobs)
-        if n:
-            a = np.bincount(lab.ravel())[1:] * px_area
-            areas.extend(a[(a >= 5) & (a <= 300)].tolist())
-    tissue_mm2 = tissue_px * px_area / 1e6
+        areas.extend(a.tolist())
+    tissue_mm2 = tissue_px * mpp * mpp / 1e6
     return Nuclei(len(areas) / tissue_mm2 if tissue_mm2 > 0 else 0.0, np.array(areas))
 
 
