@@ -163,10 +163,13 @@ def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
 
 
 def made_by(level: int, mc: Any) -> str:
-    """What writes a level: the denoiser, or at the decoded level the level decoder (and its nucleus stamps)."""
+    """What writes a level: the denoiser, or at the decoded level the level decoder (with its noise and its nucleus
+    stamps, if any)."""
     if level != mc.decoded_level:
         return "denoiser"
-    return "level decoder with nucleus stamps" if mc.nucleus_stamps is not None else "level decoder"
+    extras = [f"{mc.level_decoder_noise} noise channels"] if mc.level_decoder_noise else []
+    extras += ["nucleus stamps"] if mc.nucleus_stamps is not None else []
+    return "level decoder" + (" with " + " and ".join(extras) if extras else "")
 
 
 def sampled_plans(plans: list[LevelPlan], mc: Any) -> list[LevelPlan]:
@@ -353,7 +356,7 @@ def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
         stamps = (mc.nucleus_stamps, job.cfg.seed, k) if mc.nucleus_stamps is not None else None
         decode_level(store, parent, job.runner.level_decode_fn, ae_factor=mc.ae.factor, cell=mc.level_cells[k],
                      scale=mc.level_scales[k], halo=mc.ae.decode_halo, n_steps=len(job.steps), on_tiles=on_tiles,
-                     stamps=stamps)
+                     stamps=stamps, noise=mc.level_noise(job.cfg.seed))
 
     return with_decoded_level(denoise, k, decode)
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.engine.condition import cond_for_region  # noqa: E402
-from gigagen.engine.decode import to_uint8  # noqa: E402
+from gigagen.engine.decode import read_level, to_uint8  # noqa: E402
 from gigagen.engine.levels import unfold  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
@@ -100,7 +100,7 @@ def main() -> int:
         print(f"row {len(rows)}: the autoencoder's decoding of the real parent latent")
     if c.decoded_level == args.level:  # what gigagen slide makes of this level: the level decoder's reading
         with torch.no_grad():
-            rows.append(to_uint8(runner.level_decode_fn(parent[None])[0].transpose(1, 2, 0)))
+            rows.append(read_level(parent, runner.level_decode_fn, c.ae.factor, c.level_noise(int(args.seeds.split(",")[0]))))
         print(f"row {len(rows)}: the level decoder's reading of the real parent latent (gigagen slide's level {args.level})")
     errors = x0_errors(runner, args.level, level_array(bundle, rgb, args.level), parent, X0_TIMES)
     print("x0 error / variance from the real level noised to t = "

@@ -26,7 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gigagen.engine.decode import to_uint8  # noqa: E402
+from gigagen.engine.decode import read_level, to_uint8  # noqa: E402
 from gigagen.engine.nuclei import sampled_stamps, stamp  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
@@ -54,7 +54,7 @@ def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: 
     with torch.no_grad():
         if decoded:
             runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16)
-            coarse = to_uint8(runner.level_decode_fn(level_array(bundle, coarse, 2)[None])[0].transpose(1, 2, 0))
+            coarse = read_level(level_array(bundle, coarse, 2), runner.level_decode_fn, f, bundle.config.level_noise(seed))
             spec = bundle.config.nucleus_stamps
             if spec is not None and real_nuclei:
                 coarse = stamp(coarse, M.nucleus_centres(part, bundle.config.mpp0) / zoom, spec)

@@ -27,7 +27,7 @@ def make_bundle(path: Path, seed: int = 0, **overrides) -> Path:
     cfg = tiny_config(**overrides)
     unet = UNet(cfg.unet)
     torch.nn.init.normal_(unet.out.weight, std=0.05)
-    level_decoder = Decoder(cfg.ae) if cfg.decoded_level is not None else None  # random, unlike the autoencoder's
+    level_decoder = Decoder(cfg.ae, cfg.level_decoder_noise) if cfg.decoded_level is not None else None  # random, unlike the autoencoder's
     save_bundle(path, cfg, Autoencoder(cfg.ae), unet, level_decoder=level_decoder)
     return path
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_bundle
 from gigagen.cli import main
-from gigagen.engine.decode import decode_level, to_uint8
+from gigagen.engine.decode import decode_level, read_level, to_uint8
 from gigagen.engine.grid import Tiling
 from gigagen.engine.levels import fold
 from gigagen.engine.store import DiskStore, LevelSpec, MemoryStore
@@ -53,6 +53,27 @@ def test_decode_level_writes_the_folded_decoding_of_its_parent(kind: str, tmp_pa
     np.testing.assert_array_equal(store.view(5)[:, 0:32, 0:40], got)
 
 
+def noisy_decode(z: np.ndarray) -> np.ndarray:
+    """fake_decode of a latent plus its first three noise channels (a level decoder that samples)."""
+    return np.tanh(np.kron(z[:, :3] + z[:, 12:15], np.ones((8, 8), np.float32)))
+
+
+def test_a_noise_fed_level_decoder_reads_noise_of_seed_level_and_position(tmp_path: Path) -> None:
+    """With noise (BundleConfig.level_decoder_noise) the decoded level written tile by tile into a disk store equals
+    the whole level decoded at once with the same (seed, level) noise; another seed or level draws another level."""
+    parent = np.random.default_rng(0).standard_normal((12, 8, 10)).astype(np.float32)
+    spec = LevelSpec(1, (32, 40), 12, seed=3, tiling=Tiling(tile=12, divisor=4))
+    store = DiskStore(spec, str(tmp_path / "state"))
+    decode_level(store, parent, noisy_decode, ae_factor=8, cell=2, scale=2.0, halo=1, n_steps=5, noise=(3, 1, 4))
+    whole = read_level(parent, noisy_decode, 8, (3, 1, 4))
+    np.testing.assert_allclose(store.view(5)[:, 0:32, 0:40], fold(whole.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0, 2) * 2.0,
+                               atol=1e-6)
+    plain = read_level(parent, fake_decode, 8)
+    for other in ((4, 1, 4), (3, 0, 4)):
+        assert (np.abs(read_level(parent, noisy_decode, 8, other).astype(int) - whole).mean() > 10)
+    assert np.abs(whole.astype(int) - plain).mean() > 10  # the noise is read, not ignored
+
+
 def test_bundle_config_checks_the_decoded_level(tmp_path: Path) -> None:
     b = load_bundle(make_bundle(tmp_path / "d.safetensors", decoded_level=1, **DECODED))
     assert b.config.decoded_level == 1 and b.level_decoder is not None
@@ -60,6 +81,11 @@ def test_bundle_config_checks_the_decoded_level(tmp_path: Path) -> None:
     for bad in (0, 2):  # the finest latent; the 5x latent itself (not a pixel level)
         with pytest.raises(ValueError, match="decoded_level"):
             make_bundle(tmp_path / "bad.safetensors", decoded_level=bad, **DECODED)
+    with pytest.raises(ValueError, match="level_decoder_noise"):  # noise for a level decoder it does not have
+        make_bundle(tmp_path / "bad.safetensors", level_decoder_noise=4, **DECODED)
+    n = load_bundle(make_bundle(tmp_path / "n.safetensors", decoded_level=1, level_decoder_noise=4, **DECODED))
+    assert n.config.level_noise(9) == (9, 1, 4) and b.config.level_noise(9) is None
+    assert n.level_decoder.stem.in_channels == 12 + 4 and n.ae.decoder.stem.in_channels == 12
     with pytest.raises(ValueError, match="decoded_level"):  # pixels under a coarser latent, not their own
         make_bundle(tmp_path / "bad.safetensors", decoded_level=1, ae=AE4, unet=UNET12, pixel_levels=(1,), pixel_scale=2.0)
     # a file naming a decoded level without the level decoder's tensors is refused in one line
@@ -159,6 +185,44 @@ def test_decoder_of_with_decoder_level_tunes_a_level_decoder(png: Path, tmp_path
     assert main(base + ["--out", str(tmp_path / "f"), "--decoder-level", "1"]) == 2  # needs --decoder-of
     assert "--decoder-of" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+
+
+def test_decoder_noise_tunes_a_level_decoder_that_samples(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """--decoder-noise N: the level decoder reads N noise channels, trained (the mode-seeking term logged) from zero
+    weights in the bundle's decoder to weights it hears; a slide draws its decoded level from them, the same pixels
+    on disk as in memory; bad uses and a resume with other noise are one line, exit 2, the bundle untouched."""
+    from gigagen.models.checkpoint import save_bundle
+    from test_resume import _pixels
+
+    first = _trained_under(png, tmp_path / "a")
+    base = ["train", str(png), *GAN_BASE]
+    tuned = ["--decoder-of", str(first), "--decoder-level", "1"]
+    assert main(base + ["--out", str(tmp_path / "d"), *tuned, "--decoder-noise", "4"]) == 0
+    path = tmp_path / "d" / "bundle.safetensors"
+    d = load_bundle(path)
+    assert d.config.level_decoder_noise == 4 and d.config.training["level_decoder_gan"]["noise_ch"] == 4
+    assert d.level_decoder.stem.weight[:, 12:].abs().min() > 0  # it hears every noise channel
+    assert "spread" in (tmp_path / "d" / "loss.csv").read_text().splitlines()[-1]
+    assert _slide(path, tmp_path / "s1")["levels"][1]["made_by"] == "level decoder with 4 noise channels"
+    with torch.no_grad():
+        d.level_decoder.stem.weight[:, 12:] = 0
+    save_bundle(tmp_path / "deaf.safetensors", d.config, d.ae, d.unet, level_decoder=d.level_decoder)
+    _slide(tmp_path / "deaf.safetensors", tmp_path / "s2")
+    assert any((a != b).any() for a, b in zip(_pixels(tmp_path / "s1"), _pixels(tmp_path / "s2")))  # the noise reaches the slide
+    _slide(path, tmp_path / "s3", "--memory-budget", "1KiB")
+    for a, b in zip(_pixels(tmp_path / "s1"), _pixels(tmp_path / "s3"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    capsys.readouterr()
+    before = path.read_bytes()
+    for flags, says in ((["--out", str(tmp_path / "f"), "--decoder-of", str(first), "--decoder-noise", "4"], "--decoder-level"),
+                        (["--out", str(tmp_path / "f"), *tuned, "--decoder-noise", "-1"], "--decoder-noise"),
+                        (["--out", str(tmp_path / "f"), "--init-from", str(path), "--decoded-parents", "--level-probs", "0.5,0,0.3,0.2"],
+                         "samples"),
+                        (["--out", str(tmp_path / "d"), *tuned, "--resume"], "--decoder-noise 4")):
+        assert main(base + flags) == 2, flags
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "f").exists() and path.read_bytes() == before
 
 
 def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png: Path, tmp_path: Path,  # noqa: F811

@@ -70,6 +70,12 @@ def add_parser(subparsers: Any) -> None:
                         "pixel level K from the latent level K + 1 of its own magnification (e.g. 1 for --magnifications "
                         "20,5,5,1.25 --pixel-levels 1); the run's bundle then reads level K off that latent instead of "
                         "sampling it (default: tune the autoencoder's decoder)")
+    p.add_argument("--decoder-noise", type=int, default=0, metavar="N",
+                   help="with --decoder-level: the level decoder also reads N standard normal channels (a function of the "
+                        "slide's seed, level and position), trained to draw the detail its latent leaves open; its real "
+                        "latents keep only the real pixels' --gan-anchor-px block means (default 0: deterministic)")
+    p.add_argument("--gan-diversity", type=float, default=0.01,
+                   help="with --decoder-noise: weight of the mode-seeking term that keeps the noise in use (default 0.01)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
@@ -191,6 +197,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--nucleus-stamps paints into the level decoder's reading: give --decoded-parents too")
     if (args.decoder_refine or args.decoder_level is not None) and not args.decoder_of:
         raise UserError("--decoder-refine and --decoder-level tune the decoder of a --decoder-of run; give it the bundle to fine-tune")
+    if args.decoder_noise and args.decoder_level is None:
+        raise UserError("--decoder-noise feeds noise to a level decoder: give --decoder-of B --decoder-level K too")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
     if args.decoder_of:
         if args.sample_tile is not None or args.cond_aug is not None or args.cond_aug_max or args.guidance is not None:
@@ -244,6 +252,9 @@ def _check_decoded_parents(args: argparse.Namespace, b: Any) -> None:
     k = b.decoded_level
     if k is None:
         raise UserError(f"--decoded-parents: {args.init_from} reads no level with a level decoder (make one with --decoder-of B --decoder-level K)")
+    if b.level_decoder_noise:
+        # its readings of a real latent invent detail the real finer level does not have: nothing to learn from
+        raise UserError(f"--decoded-parents: {args.init_from}'s level decoder samples (--decoder-noise); train the finer levels on real pixels instead")
     if tuple(args.magnifications) != tuple(b.magnifications) or tuple(args.pixel_levels) != tuple(b.pixel_levels):
         raise UserError("--decoded-parents keeps the bundle's level decoder: keep its --magnifications and --pixel-levels")
     if args.level_probs is None or len(args.level_probs) != len(b.magnifications) or args.level_probs[k]:
@@ -296,6 +307,8 @@ def _decoder_config(args: argparse.Namespace) -> Any:
         raise UserError("--gan-adv must be >= 0, --gan-bank-seeds and --gan-max-steps >= 1")
     if not 0.0 <= args.gan_mix <= 1.0:
         raise UserError("--gan-mix must be in [0, 1]")
+    if args.decoder_noise < 0 or args.gan_diversity < 0:
+        raise UserError("--decoder-noise and --gan-diversity must be >= 0")
     b = read_bundle_config(Path(args.decoder_of))
     args.pixel_levels = _bundle_pixel_levels(args, b, "--decoder-of")
     if args.decoder_refine < 0 or (args.decoder_refine and b.ae.refine_ch):
@@ -308,7 +321,8 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     cfg = _train_config(args, b.ae, b.unet)
     return dataclasses.replace(cfg, mpp0=b.mpp0, decoder_of=args.decoder_of, gan_adv=args.gan_adv, gan_anchor_pool=args.gan_anchor_px,
                                gan_bank_seeds=args.gan_bank_seeds, gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix,
-                               gan_refine=args.decoder_refine, decoder_level=args.decoder_level)
+                               gan_refine=args.decoder_refine, decoder_level=args.decoder_level, decoder_noise=args.decoder_noise,
+                               gan_diversity=args.gan_diversity)
 
 
 def _check_decoder_level(level: int | None, refine: int, b: Any) -> None:

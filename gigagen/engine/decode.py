@@ -8,12 +8,24 @@ import numpy as np
 
 from gigagen.engine.grid import Tile
 from gigagen.engine.levels import fold
+from gigagen.engine.noise import gaussian_region
 from gigagen.engine.nuclei import StampSpec, sampled_stamps
 from gigagen.engine.store import LevelSpec
 from gigagen.engine.tiler import step_batches
 
-# latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) float in [-1, 1]
+# latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) float in [-1, 1]; a level decoder with noise channels
+# (BundleConfig.level_decoder_noise) takes them after the latent's: (1, C + noise, h, w)
 DecodeFn = Callable[[np.ndarray], np.ndarray]
+# (seed, level, channels) of the noise a level decoder reads: a function of (seed, level, latent position)
+LevelNoise = tuple[int, int, int]
+LEVEL_NOISE_KEY = 0x5742  # the `step` key of a level decoder's noise: above any DDIM step, not the stamps' key
+
+
+def level_noise(noise: LevelNoise, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """The level decoder's standard normal input for latent rows y0:y1, cols x0:x1 of the latent it reads:
+    the same numbers whatever tile asks, so a tiled decode equals the untiled one."""
+    seed, level, channels = noise
+    return gaussian_region(seed, level, LEVEL_NOISE_KEY, y0, y1, x0, x1, channels)
 
 
 def decode_tiles(out_h: int, out_w: int, chunk: int) -> list[Tile]:
@@ -26,9 +38,11 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def decode_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int) -> np.ndarray:
+def decode_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int,
+                  noise: LevelNoise | None = None) -> np.ndarray:
     """Decode pixel tile `tile` (any f-aligned start) from latent (C, H, W) with `halo` latent pixels of context
-    (the decoder's own: AutoencoderConfig.decode_halo).
+    (the decoder's own: AutoencoderConfig.decode_halo), and with `noise` the level decoder's noise channels
+    (level_noise) over the same latent window.
 
     The autoencoder decoder has no spatial statistics (PixelNorm), so with a halo wider than its
     receptive field every pixel equals the untiled decode.
@@ -37,10 +51,19 @@ def decode_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Ti
     ly1, lx1 = -(-tile.y1 // factor), -(-tile.x1 // factor)
     a0, b0 = max(ly0 - halo, 0), max(lx0 - halo, 0)
     a1, b1 = min(ly1 + halo, latent.shape[1]), min(lx1 + halo, latent.shape[2])
-    z = np.asarray(latent[:, a0:a1, b0:b1], dtype=np.float32)[None]
-    px = decode_fn(z)[0]
+    z = np.asarray(latent[:, a0:a1, b0:b1], dtype=np.float32)
+    if noise is not None:
+        z = np.concatenate([z, level_noise(noise, a0, a1, b0, b1)])
+    px = decode_fn(z[None])[0]
     oy, ox = tile.y0 - a0 * factor, tile.x0 - b0 * factor
     return to_uint8(px[:, oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0])
+
+
+def read_level(latent: np.ndarray, decode_fn: DecodeFn, factor: int, noise: LevelNoise | None = None) -> np.ndarray:
+    """A whole latent (C, h, w) decoded at once, with the level decoder's `noise` if any -> (h*f, w*f, 3) uint8
+    (scripts and tests; gigagen slide decodes in tiles, which give the same pixels)."""
+    h, w = latent.shape[1] * factor, latent.shape[2] * factor
+    return decode_region(latent, decode_fn, factor, Tile(0, h, 0, w), 0, noise).transpose(1, 2, 0)
 
 
 def stream_decode(
@@ -60,13 +83,13 @@ def level_tiles(spec: LevelSpec, n_steps: int) -> list[Tile]:
 
 
 def stamped_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int, stamps: StampSpec,
-                   seed: int, level: int) -> np.ndarray:
+                   seed: int, level: int, noise: LevelNoise | None = None) -> np.ndarray:
     """decode_region with nucleus stamps painted at centres sampled for (seed, level) (engine.nuclei): decoded with
     `stamps.halo` px more on every side (within the latent), so the tile equals the untiled level's."""
     m = -(-stamps.halo // factor) * factor
     h, w = latent.shape[1] * factor, latent.shape[2] * factor
     big = Tile(max(tile.y0 - m, 0), min(tile.y1 + m, h), max(tile.x0 - m, 0), min(tile.x1 + m, w))
-    px = decode_region(latent, decode_fn, factor, big, halo).transpose(1, 2, 0)
+    px = decode_region(latent, decode_fn, factor, big, halo, noise).transpose(1, 2, 0)
     px = sampled_stamps(np.ascontiguousarray(px), stamps, seed, level, big.y0, big.x0)
     oy, ox = tile.y0 - big.y0, tile.x0 - big.x0
     return np.ascontiguousarray(px[oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0].transpose(2, 0, 1))
@@ -74,9 +97,10 @@ def stamped_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: T
 
 def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int, cell: int, scale: float, halo: int,
                  n_steps: int, on_tiles: Callable[[int], None] | None = None,
-                 stamps: tuple[StampSpec, int, int] | None = None) -> None:
+                 stamps: tuple[StampSpec, int, int] | None = None, noise: LevelNoise | None = None) -> None:
     """Write a pixel level that is read off its parent latent of the same magnification instead of sampled
-    (BundleConfig.decoded_level): each tile's pixels decoded with `halo` latent px of context, rounded to
+    (BundleConfig.decoded_level): each tile's pixels decoded with `halo` latent px of context (and the level
+    decoder's `noise`), rounded to
     uint8 as training's pixels are, with `stamps` (spec, seed, level) nucleus stamps painted in, folded into
     cells of `cell` px and scaled; committed as the level's final state n_steps, so the cascade and --resume
     treat it like a sampled level. Nothing to do once committed."""
@@ -85,9 +109,9 @@ def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int
     for tile in level_tiles(store.spec, n_steps):
         px_tile = Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell)
         if stamps is None:
-            px = decode_region(parent, decode_fn, ae_factor, px_tile, halo)
+            px = decode_region(parent, decode_fn, ae_factor, px_tile, halo, noise)
         else:
-            px = stamped_region(parent, decode_fn, ae_factor, px_tile, halo, *stamps)
+            px = stamped_region(parent, decode_fn, ae_factor, px_tile, halo, *stamps, noise=noise)
         store.write(n_steps, tile, fold(px.astype(np.float32) / 127.5 - 1.0, cell) * np.float32(scale))
         if on_tiles:
             on_tiles(1)

@@ -65,11 +65,22 @@ class BundleConfig:
     decoded_level: int | None = None
     # with a decoded level: the nucleus stamps painted into it (gigagen.engine.nuclei; `gigagen train --nucleus-stamps`)
     nucleus_stamps: StampSpec | None = None
+    # with a decoded level: standard normal channels its level decoder reads next to the latent, drawn per
+    # (seed, level, position) (engine.decode.level_noise), so it draws detail the latent does not fix (0: none)
+    level_decoder_noise: int = 0
 
     @property
     def guidance_per_level(self) -> tuple[float, ...]:
         """The default guidance weight of every refinement level, finest first."""
         return self.guidance or (1.0,) * (len(self.magnifications) - 1)
+
+    def level_noise(self, seed: int) -> tuple[int, int, int] | None:
+        """(seed, decoded level, channels): the noise the level decoder reads in a slide of this seed
+        (engine.decode.LevelNoise), or None for a deterministic level decoder."""
+        if not self.level_decoder_noise:
+            return None
+        assert self.decoded_level is not None  # validate_config
+        return seed, self.decoded_level, self.level_decoder_noise
 
     @property
     def sampling_tile(self) -> int:
@@ -158,6 +169,8 @@ def validate_config(cfg: BundleConfig) -> None:
     st = cfg.nucleus_stamps
     if st is not None and (k is None or st.radius <= 0 or st.spacing < 0 or st.window < 1 or st.scale <= 0):
         raise ValueError("nucleus_stamps need a decoded level, a positive radius, window and scale, and a spacing >= 0")
+    if cfg.level_decoder_noise < 0 or (cfg.level_decoder_noise and k is None):
+        raise ValueError("level_decoder_noise must be >= 0, and 0 without a decoded level")
     if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
 
@@ -219,7 +232,7 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
         raise UserError(f"checkpoint {path} is corrupt ({exc})") from None
     ae, unet = Autoencoder(cfg.ae), UNet(cfg.unet)
     guide = UNet(cfg.guide) if cfg.guide is not None else None
-    level_decoder = Decoder(cfg.ae) if cfg.decoded_level is not None else None
+    level_decoder = Decoder(cfg.ae, cfg.level_decoder_noise) if cfg.decoded_level is not None else None
     modules = (("ae.", ae), ("unet.", unet)) + ((("guide.", guide),) if guide is not None else ())
     modules += (("level_decoder.", level_decoder),) if level_decoder is not None else ()
     known = tuple(prefix for prefix, _ in modules)

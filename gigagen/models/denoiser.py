@@ -194,12 +194,15 @@ class BundleRunner:
 
     @torch.no_grad()
     def level_decode_fn(self, z: np.ndarray) -> np.ndarray:
-        """As decode_fn, with the bundle's level decoder: the pixels of its decoded level from the latent above."""
+        """As decode_fn, with the bundle's level decoder: the pixels of its decoded level from the latent above
+        (followed by its BundleConfig.level_decoder_noise channels of engine.decode.level_noise, if any)."""
         assert self.bundle.level_decoder is not None, "this bundle has no decoded level"
         return self._decode(self.bundle.level_decoder, z)
 
     def _decode(self, decoder: torch.nn.Module, z: np.ndarray) -> np.ndarray:
-        zt = self._tensor(z) / self.bundle.config.latent_scale
+        zt = self._tensor(z)
+        c = self.bundle.config.ae.latent_ch  # channels past the latent's are a level decoder's noise: already unit
+        zt = torch.cat([zt[:, :c] / self.bundle.config.latent_scale, zt[:, c:]], 1)
         with self._autocast():
             px = decoder(zt)
         self.counters.decode_calls += 1

@@ -65,11 +65,15 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: AutoencoderConfig) -> None:
+    """Latent -> pixels. With `noise_ch`, it reads that many standard normal channels after the latent's (a level
+    decoder that samples: BundleConfig.level_decoder_noise); the autoencoder's own decoder reads none."""
+
+    def __init__(self, cfg: AutoencoderConfig, noise_ch: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.noise_ch = noise_ch
         chs = [cfg.base_ch * m for m in cfg.ch_mult][::-1]
-        self.stem = nn.Conv2d(cfg.latent_ch, chs[0], 3, padding=1)
+        self.stem = nn.Conv2d(cfg.latent_ch + noise_ch, chs[0], 3, padding=1)
         blocks: list[nn.Module] = []
         cin = chs[0]
         for i, c in enumerate(chs):

@@ -29,6 +29,16 @@ level K by diffusion but reads it off level K + 1 with that decoder (BundleConfi
 small denoiser sampling 5x pixels draws speckle even from the real 5x latent, while a decoder reads that
 latent as fibres and nuclei; adversarially tuned, it draws them crisply enough for the 20x level, which was
 trained on real 5x pixels, to refine (model card, 2026-12-04 third).
+
+With `--decoder-noise N` the level decoder also reads N standard normal channels next to the latent (at slide
+time a function of seed, level and position: engine.decode.level_noise), so it can *sample* the detail the latent
+does not fix (where each nucleus sits in an 8 x 8 px cell) instead of drawing one deterministic guess. Why: a
+deterministic decoder under an adversarial loss draws hatching where the latent is uncertain, and the 20x level
+reads hatching as small nuclei (model card, 2026-12-04 third). A pixel reconstruction loss would teach the decoder
+to ignore its noise (pix2pix's finding, Isola et al. 2017), so such a run keeps the real latents' decodings only
+to the real pixels' `gan_anchor_pool`-px block means, and a mode-seeking term (Mao et al. 2019) rewards outputs
+that differ where the noise differs. The noise's weights start small and random (zero in the anchor decoder), so
+the run starts where the bundle's decoder is.
 """
 
 from __future__ import annotations
@@ -54,12 +64,13 @@ from gigagen.models.denoiser import BundleRunner
 from gigagen.models.vae import Autoencoder, Decoder
 from gigagen.sampling.schedules import ddim_timesteps
 from gigagen.train import data as D
-from gigagen.train.losses import ae_loss
+from gigagen.train.losses import ae_loss, ssim
 from gigagen.train.loop import (Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, ema_update,
                                 level_array, load_training_levels, save_atomic)
 
 BANK_STEPS = 20  # DDIM steps of the bank's samples: gigagen slide's default
 ANCHOR_WEIGHT = 1.0
+NOISE_INIT_STD = 0.02  # of the stem weights a noise channel starts with: a small nudge the adversary can grow
 
 
 class PatchDiscriminator(nn.Module):
@@ -201,7 +212,7 @@ class GanState:
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         blob = {k: getattr(self, k).state_dict() for k in STATE_PARTS}
-        blob |= {"refine_ch": self.original.cfg.refine_ch, "step": self.step, "seconds": self.seconds,
+        blob |= {"refine_ch": self.original.cfg.refine_ch, "noise_ch": self.original.noise_ch, "step": self.step, "seconds": self.seconds,
                  "decoder_of": self.decoder_of, "identity": self.identity, "config": dataclasses.asdict(cfg)}
         save_atomic(blob, path)
 
@@ -209,17 +220,23 @@ class GanState:
 STATE_PARTS = ("original", "decoder", "decoder_ema", "disc", "opt_g", "opt_d")
 
 
-def start_decoder(bundle: ModelBundle, refine_ch: int) -> Decoder:
-    """The bundle's decoder, grown by a refiner of refine_ch channels (0: as it is); draws what the bundle's draws."""
-    dec = Decoder(dataclasses.replace(bundle.config.ae, refine_ch=refine_ch or bundle.config.ae.refine_ch))
-    missing, unexpected = dec.load_state_dict(bundle.ae.decoder.state_dict(), strict=False)
+def start_decoder(bundle: ModelBundle, refine_ch: int, noise_ch: int = 0) -> Decoder:
+    """The bundle's decoder, grown by a refiner of refine_ch channels (0: as it is) and by noise_ch input channels
+    of zero weight; draws what the bundle's draws."""
+    dec = Decoder(dataclasses.replace(bundle.config.ae, refine_ch=refine_ch or bundle.config.ae.refine_ch), noise_ch)
+    state = dict(bundle.ae.decoder.state_dict())
+    w = state["stem.weight"]
+    state["stem.weight"] = torch.cat([w, w.new_zeros(w.shape[0], noise_ch, *w.shape[2:])], 1)
+    missing, unexpected = dec.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("refine.") for k in missing), (missing, unexpected)
     return dec.float().eval().requires_grad_(False)
 
 
 def new_gan_state(bundle: ModelBundle, cfg: TrainConfig, path: str) -> GanState:
-    original = start_decoder(bundle, cfg.gan_refine)
+    original = start_decoder(bundle, cfg.gan_refine, cfg.decoder_noise)
     decoder = copy.deepcopy(original).train().requires_grad_(True)
+    with torch.no_grad():  # the tuned decoder hears its noise a little from the start (see the module docstring)
+        decoder.stem.weight[:, bundle.config.ae.latent_ch :].normal_(0.0, NOISE_INIT_STD)
     disc = PatchDiscriminator()
     return GanState(
         original, decoder, copy.deepcopy(decoder).eval().requires_grad_(False), disc,
@@ -240,6 +257,8 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
             raise UserError(f"--resume: --decoder-of {cfg.decoder_of} is now {bundle.identity}, not the {blob['identity']} this run started from")
         if blob.get("config", {}).get("decoder_level") != cfg.decoder_level:
             raise UserError(f"--resume: {path} tuned a decoder for --decoder-level {blob.get('config', {}).get('decoder_level')}; resume it with its own options")
+        if blob.get("noise_ch", 0) != cfg.decoder_noise:
+            raise UserError(f"--resume: {path} tuned a level decoder with --decoder-noise {blob.get('noise_ch', 0)}; resume it with that option")
         st = new_gan_state(bundle, cfg, str(cfg.decoder_of))
         if blob.get("refine_ch", 0) != st.original.cfg.refine_ch:
             raise UserError(f"--resume: {path} grew a refiner of {blob.get('refine_ch', 0)} channels; resume it with --decoder-refine {blob.get('refine_ch', 0)}")
@@ -254,10 +273,17 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
     return st
 
 
+def with_noise(z: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z followed by `channels` standard normal channels, those channels): a noise-fed decoder's input."""
+    n = torch.randn(z.shape[0], channels, *z.shape[2:], device=z.device, dtype=z.dtype)
+    return torch.cat([z, n], 1).contiguous(memory_format=torch.channels_last), n
+
+
 def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor, ...], cfg: TrainConfig) -> dict[str, float]:
     """One discriminator step, then one decoder step (hinge losses, Lim & Ye 2017)."""
     x, s, z = batch
-    gs, gz = st.decoder(s), st.decoder(z)
+    (sn, ns), (zn, _) = with_noise(s, st.original.noise_ch), with_noise(z, st.original.noise_ch)
+    gs, gz = st.decoder(sn), st.decoder(zn)
     fake = torch.cat([gs, gz])
     st.disc.requires_grad_(True)
     loss_d = F.relu(1 - st.disc(x)).mean() + F.relu(1 + st.disc(fake.detach())).mean()
@@ -265,9 +291,12 @@ def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor,
     loss_d.backward()
     st.opt_d.step()
     st.disc.requires_grad_(False)  # the decoder's step needs gradients through D, not into it
-    rec, parts = ae_loss(x, gz, z, w_lat=0.0)
+    if st.original.noise_ch:
+        rec, parts = noise_fed_terms(st.decoder, x, gz, s, gs, ns, cfg)
+    else:
+        rec, parts = ae_loss(x, gz, z, w_lat=0.0)
     with torch.no_grad():
-        target = F.avg_pool2d(anchor_decoder(s), cfg.gan_anchor_pool)
+        target = F.avg_pool2d(anchor_decoder(sn), cfg.gan_anchor_pool)
     anchor = (F.avg_pool2d(gs, cfg.gan_anchor_pool) - target).abs().mean()
     adv = -st.disc(fake).mean()
     loss = rec + ANCHOR_WEIGHT * anchor + cfg.gan_adv * adv
@@ -277,7 +306,23 @@ def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor,
     st.opt_g.step()
     st.step += 1
     ema_update(st.decoder_ema, st.decoder, min(cfg.ema, (1 + st.step) / (10 + st.step)))
-    return {"loss": loss.item(), "d": loss_d.item(), "rec": rec.item(), "ssim": parts["ssim"], "anchor": anchor.item(), "adv": adv.item()}
+    return {"loss": loss.item(), "d": loss_d.item(), "rec": rec.item(), "anchor": anchor.item(), "adv": adv.item()} | parts
+
+
+def noise_fed_terms(decoder: nn.Module, x: torch.Tensor, gz: torch.Tensor, s: torch.Tensor, gs: torch.Tensor,
+                    ns: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """A noise-fed decoder's non-adversarial terms: the real latents' decodings keep the real pixels' block means
+    (not their pixels: see the module docstring), and the mode-seeking term 1 / (|G(s, n) - G(s, n')| / |n - n'|)
+    on half the sampled latents decoded again with other noise (Mao et al. 2019, eq. 3)."""
+    pool = cfg.gan_anchor_pool
+    blocks = (F.avg_pool2d(gz, pool) - F.avg_pool2d(x, pool)).abs().mean()
+    h = max(1, s.shape[0] // 2)
+    sn2, n2 = with_noise(s[:h], ns.shape[1])
+    spread = (gs[:h] - decoder(sn2)).abs().mean() / (ns[:h] - n2).abs().mean()
+    diversity = cfg.gan_diversity / (spread + 1e-5)
+    with torch.no_grad():
+        ssim_real = ssim(x, gz).item()
+    return blocks + diversity, {"ssim": ssim_real, "blocks": blocks.item(), "spread": spread.item()}
 
 
 def mixed_decoder(original: nn.Module, tuned: nn.Module, mix: float) -> dict[str, torch.Tensor]:
@@ -304,10 +349,13 @@ def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> N
            "anchor_pool": cfg.gan_anchor_pool, "lr": cfg.gan_lr,
            "bank_seeds": cfg.gan_bank_seeds, "mix": cfg.gan_mix, "seed": cfg.seed}
     if cfg.decoder_level is not None:
-        level_decoder = Decoder(st.original.cfg)
+        noise = st.original.noise_ch
+        level_decoder = Decoder(st.original.cfg, noise)
         level_decoder.load_state_dict(mixed_decoder(st.original, st.decoder_ema, cfg.gan_mix))
-        training = bundle.config.training | {"level_decoder_gan": rec | {"level": cfg.decoder_level}}
-        save_bundle(path, dataclasses.replace(bundle.config, decoded_level=cfg.decoder_level, training=training),
+        rec |= {"level": cfg.decoder_level} | ({"noise_ch": noise, "diversity": cfg.gan_diversity} if noise else {})
+        training = bundle.config.training | {"level_decoder_gan": rec}
+        save_bundle(path, dataclasses.replace(bundle.config, decoded_level=cfg.decoder_level, level_decoder_noise=noise,
+                                              training=training),
                     bundle.ae, bundle.unet, bundle.guide, level_decoder)
         return
     ae = mixed_autoencoder(bundle, st.original, st.decoder_ema, cfg.gan_mix)
