@@ -188,8 +188,8 @@ def test_decoder_of_with_decoder_level_tunes_a_level_decoder(png: Path, tmp_path
 
 
 def test_decoder_noise_tunes_a_level_decoder_that_samples(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
-    """--decoder-noise N: the level decoder reads N noise channels, trained (the mode-seeking term logged) from zero
-    weights in the bundle's decoder to weights it hears; a slide draws its decoded level from them, the same pixels
+    """--decoder-noise N: the level decoder reads N noise channels, trained (a conditional VAE-GAN, its KL logged) from
+    zero weights in the bundle's decoder to weights it hears; a slide draws its decoded level from them, the same pixels
     on disk as in memory; bad uses and a resume with other noise are one line, exit 2, the bundle untouched."""
     from gigagen.models.checkpoint import save_bundle
     from test_resume import _pixels
@@ -202,7 +202,8 @@ def test_decoder_noise_tunes_a_level_decoder_that_samples(png: Path, tmp_path: P
     d = load_bundle(path)
     assert d.config.level_decoder_noise == 4 and d.config.training["level_decoder_gan"]["noise_ch"] == 4
     assert d.level_decoder.stem.weight[:, 12:].abs().min() > 0  # it hears every noise channel
-    assert "spread" in (tmp_path / "d" / "loss.csv").read_text().splitlines()[-1]
+    assert '""kl""' in (tmp_path / "d" / "loss.csv").read_text().splitlines()[-1]
+    assert d.config.training["level_decoder_gan"]["kl_weight"] == 0.05
     assert _slide(path, tmp_path / "s1")["levels"][1]["made_by"] == "level decoder with 4 noise channels"
     with torch.no_grad():
         d.level_decoder.stem.weight[:, 12:] = 0

@@ -71,11 +71,12 @@ def add_parser(subparsers: Any) -> None:
                         "20,5,5,1.25 --pixel-levels 1); the run's bundle then reads level K off that latent instead of "
                         "sampling it (default: tune the autoencoder's decoder)")
     p.add_argument("--decoder-noise", type=int, default=0, metavar="N",
-                   help="with --decoder-level: the level decoder also reads N standard normal channels (a function of the "
-                        "slide's seed, level and position), trained to draw the detail its latent leaves open; its real "
-                        "latents keep only the real pixels' --gan-anchor-px block means (default 0: deterministic)")
-    p.add_argument("--gan-diversity", type=float, default=0.01,
-                   help="with --decoder-noise: weight of the mode-seeking term that keeps the noise in use (default 0.01)")
+                   help="with --decoder-level: the level decoder also reads N standard normal channels per latent pixel (in "
+                        "a slide a function of its seed, level and position) and learns, as a conditional VAE-GAN, to draw "
+                        "from them the detail its latent leaves open (default 0: deterministic)")
+    p.add_argument("--decoder-kl", type=float, default=0.05,
+                   help="with --decoder-noise: weight of the KL term that keeps the noise the decoder learns from close to "
+                        "the standard normal it samples with (default 0.05)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
     p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
@@ -307,8 +308,8 @@ def _decoder_config(args: argparse.Namespace) -> Any:
         raise UserError("--gan-adv must be >= 0, --gan-bank-seeds and --gan-max-steps >= 1")
     if not 0.0 <= args.gan_mix <= 1.0:
         raise UserError("--gan-mix must be in [0, 1]")
-    if args.decoder_noise < 0 or args.gan_diversity < 0:
-        raise UserError("--decoder-noise and --gan-diversity must be >= 0")
+    if args.decoder_noise < 0 or args.decoder_kl < 0:
+        raise UserError("--decoder-noise and --decoder-kl must be >= 0")
     b = read_bundle_config(Path(args.decoder_of))
     args.pixel_levels = _bundle_pixel_levels(args, b, "--decoder-of")
     if args.decoder_refine < 0 or (args.decoder_refine and b.ae.refine_ch):
@@ -322,7 +323,7 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     return dataclasses.replace(cfg, mpp0=b.mpp0, decoder_of=args.decoder_of, gan_adv=args.gan_adv, gan_anchor_pool=args.gan_anchor_px,
                                gan_bank_seeds=args.gan_bank_seeds, gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix,
                                gan_refine=args.decoder_refine, decoder_level=args.decoder_level, decoder_noise=args.decoder_noise,
-                               gan_diversity=args.gan_diversity)
+                               decoder_kl=args.decoder_kl)
 
 
 def _check_decoder_level(level: int | None, refine: int, b: Any) -> None:

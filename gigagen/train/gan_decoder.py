@@ -34,11 +34,15 @@ With `--decoder-noise N` the level decoder also reads N standard normal channels
 time a function of seed, level and position: engine.decode.level_noise), so it can *sample* the detail the latent
 does not fix (where each nucleus sits in an 8 x 8 px cell) instead of drawing one deterministic guess. Why: a
 deterministic decoder under an adversarial loss draws hatching where the latent is uncertain, and the 20x level
-reads hatching as small nuclei (model card, 2026-12-04 third). A pixel reconstruction loss would teach the decoder
-to ignore its noise (pix2pix's finding, Isola et al. 2017), so such a run keeps the real latents' decodings only
-to the real pixels' `gan_anchor_pool`-px block means, and a mode-seeking term (Mao et al. 2019) rewards outputs
-that differ where the noise differs. The noise's weights start small and random (zero in the anchor decoder), so
-the run starts where the bundle's decoder is.
+reads hatching as small nuclei (model card, 2026-12-04 third). Given plain noise, a decoder under a pixel
+reconstruction loss learns to ignore it (pix2pix's finding, Isola et al. 2017), and without that loss an adversary
+alone teaches it too slowly here (model card, 2026-12-04 sixth: speckle). So the run is a conditional VAE-GAN
+(BicycleGAN's cVAE-GAN branch, Zhu et al. 2017): a small posterior encoder (NoiseEncoder, training only, not
+shipped) reads the real pixels and the latent and proposes the noise that makes the decoder reconstruct the real
+pixels (L1 + SSIM + FFT, supervised: where each nucleus is), while a KL term (weight --decoder-kl) keeps that noise
+close to the standard normal the slide draws from; the adversary and the block-mean anchor judge the sampled
+latents decoded with standard normal noise, as gigagen slide decodes them. The noise's stem weights start small
+and random (zero in the anchor decoder), so the run starts where the bundle's decoder is.
 """
 
 from __future__ import annotations
@@ -64,13 +68,31 @@ from gigagen.models.denoiser import BundleRunner
 from gigagen.models.vae import Autoencoder, Decoder
 from gigagen.sampling.schedules import ddim_timesteps
 from gigagen.train import data as D
-from gigagen.train.losses import ae_loss, ssim
+from gigagen.train.losses import ae_loss
 from gigagen.train.loop import (Logger, TrainConfig, _device, _resolved, _sigterm_as_interrupt, ema_update,
                                 level_array, load_training_levels, save_atomic)
 
 BANK_STEPS = 20  # DDIM steps of the bank's samples: gigagen slide's default
 ANCHOR_WEIGHT = 1.0
-NOISE_INIT_STD = 0.02  # of the stem weights a noise channel starts with: a small nudge the adversary can grow
+NOISE_INIT_STD = 0.02  # of the stem weights a noise channel starts with: a small nudge that training grows
+
+
+class NoiseEncoder(nn.Module):
+    """q(noise | real pixels, latent): the pixels brought down to the latent grid by `factor` (strided convs), read
+    next to the latent -> (mean, log variance) of `noise_ch` channels per latent pixel. Training only."""
+
+    def __init__(self, latent_ch: int, noise_ch: int, factor: int, width: int = 48) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.SiLU()]
+        for _ in range(factor.bit_length() - 1):
+            layers += [nn.Conv2d(width, width, 4, 2, 1), nn.SiLU()]
+        self.down = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Conv2d(width + latent_ch, width, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(width, 2 * noise_ch, 1))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.head(torch.cat([self.down(x), z], 1)).chunk(2, 1)
+        return mean, logvar.clamp(-8.0, 4.0)
 
 
 class PatchDiscriminator(nn.Module):
@@ -209,15 +231,16 @@ class GanState:
     seconds: float = 0.0
     decoder_of: str = ""
     identity: str = ""  # of the decoder_of bundle: a resumed run must mix with the same original decoder
+    noise_encoder: NoiseEncoder | None = None  # with --decoder-noise: the posterior over the decoder's noise
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
-        blob = {k: getattr(self, k).state_dict() for k in STATE_PARTS}
+        blob = {k: getattr(self, k).state_dict() for k in STATE_PARTS if getattr(self, k) is not None}
         blob |= {"refine_ch": self.original.cfg.refine_ch, "noise_ch": self.original.noise_ch, "step": self.step, "seconds": self.seconds,
                  "decoder_of": self.decoder_of, "identity": self.identity, "config": dataclasses.asdict(cfg)}
         save_atomic(blob, path)
 
 
-STATE_PARTS = ("original", "decoder", "decoder_ema", "disc", "opt_g", "opt_d")
+STATE_PARTS = ("original", "decoder", "decoder_ema", "disc", "opt_g", "opt_d", "noise_encoder")
 
 
 def start_decoder(bundle: ModelBundle, refine_ch: int, noise_ch: int = 0) -> Decoder:
@@ -237,12 +260,15 @@ def new_gan_state(bundle: ModelBundle, cfg: TrainConfig, path: str) -> GanState:
     decoder = copy.deepcopy(original).train().requires_grad_(True)
     with torch.no_grad():  # the tuned decoder hears its noise a little from the start (see the module docstring)
         decoder.stem.weight[:, bundle.config.ae.latent_ch :].normal_(0.0, NOISE_INIT_STD)
+    c = bundle.config.ae
+    encoder = NoiseEncoder(c.latent_ch, cfg.decoder_noise, c.factor) if cfg.decoder_noise else None
+    trained = list(decoder.parameters()) + (list(encoder.parameters()) if encoder is not None else [])
     disc = PatchDiscriminator()
     return GanState(
         original, decoder, copy.deepcopy(decoder).eval().requires_grad_(False), disc,
-        torch.optim.Adam(decoder.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.9)),
+        torch.optim.Adam(trained, lr=cfg.gan_lr, betas=(0.5, 0.9)),
         torch.optim.Adam(disc.parameters(), lr=2 * cfg.gan_lr, betas=(0.5, 0.9)),
-        decoder_of=path, identity=bundle.identity,
+        decoder_of=path, identity=bundle.identity, noise_encoder=encoder,
     )
 
 
@@ -264,6 +290,7 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
             raise UserError(f"--resume: {path} grew a refiner of {blob.get('refine_ch', 0)} channels; resume it with --decoder-refine {blob.get('refine_ch', 0)}")
         for k in STATE_PARTS:
             if k in blob:  # runs from before the refiner saved no "original": theirs is the bundle's decoder
+                # (and runs without --decoder-noise no noise_encoder)
                 getattr(st, k).load_state_dict(blob[k])
     except UserError:
         raise
@@ -273,17 +300,33 @@ def load_gan_state(path: Path, bundle: ModelBundle, cfg: TrainConfig) -> GanStat
     return st
 
 
-def with_noise(z: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z followed by `channels` standard normal channels, those channels): a noise-fed decoder's input."""
-    n = torch.randn(z.shape[0], channels, *z.shape[2:], device=z.device, dtype=z.dtype)
-    return torch.cat([z, n], 1).contiguous(memory_format=torch.channels_last), n
+def standard_normal(z: torch.Tensor, channels: int) -> torch.Tensor:
+    """`channels` standard normal channels over z's batch and grid (the slide draws them per position instead)."""
+    return torch.randn(z.shape[0], channels, *z.shape[2:], device=z.device, dtype=z.dtype)
+
+
+def with_noise(z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A noise-fed decoder's input: z followed by its noise channels (none for the autoencoder's decoder)."""
+    return torch.cat([z, noise], 1).contiguous(memory_format=torch.channels_last) if noise.shape[1] else z
+
+
+def noise_posterior(encoder: NoiseEncoder | None, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise drawn from q(noise | x, z) by reparameterisation, KL(q || N(0, 1)) per noise element); with no
+    encoder (a decoder without noise) no channels and KL 0."""
+    if encoder is None:
+        return z[:, :0], z.new_zeros(())
+    mean, logvar = encoder(x, z)
+    noise = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+    return noise, kl
 
 
 def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor, ...], cfg: TrainConfig) -> dict[str, float]:
     """One discriminator step, then one decoder step (hinge losses, Lim & Ye 2017)."""
     x, s, z = batch
-    (sn, ns), (zn, _) = with_noise(s, st.original.noise_ch), with_noise(z, st.original.noise_ch)
-    gs, gz = st.decoder(sn), st.decoder(zn)
+    sn = with_noise(s, standard_normal(s, st.original.noise_ch))
+    posterior = noise_posterior(st.noise_encoder, x, z)
+    gs, gz = st.decoder(sn), st.decoder(with_noise(z, posterior[0]))
     fake = torch.cat([gs, gz])
     st.disc.requires_grad_(True)
     loss_d = F.relu(1 - st.disc(x)).mean() + F.relu(1 + st.disc(fake.detach())).mean()
@@ -291,10 +334,11 @@ def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor,
     loss_d.backward()
     st.opt_d.step()
     st.disc.requires_grad_(False)  # the decoder's step needs gradients through D, not into it
-    if st.original.noise_ch:
-        rec, parts = noise_fed_terms(st.decoder, x, gz, s, gs, ns, cfg)
-    else:
-        rec, parts = ae_loss(x, gz, z, w_lat=0.0)
+    rec, parts = ae_loss(x, gz, z, w_lat=0.0)
+    if st.noise_encoder is not None:
+        kl = posterior[1]
+        rec = rec + cfg.decoder_kl * kl
+        parts["kl"] = kl.item()
     with torch.no_grad():
         target = F.avg_pool2d(anchor_decoder(sn), cfg.gan_anchor_pool)
     anchor = (F.avg_pool2d(gs, cfg.gan_anchor_pool) - target).abs().mean()
@@ -307,22 +351,6 @@ def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor,
     st.step += 1
     ema_update(st.decoder_ema, st.decoder, min(cfg.ema, (1 + st.step) / (10 + st.step)))
     return {"loss": loss.item(), "d": loss_d.item(), "rec": rec.item(), "anchor": anchor.item(), "adv": adv.item()} | parts
-
-
-def noise_fed_terms(decoder: nn.Module, x: torch.Tensor, gz: torch.Tensor, s: torch.Tensor, gs: torch.Tensor,
-                    ns: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """A noise-fed decoder's non-adversarial terms: the real latents' decodings keep the real pixels' block means
-    (not their pixels: see the module docstring), and the mode-seeking term 1 / (|G(s, n) - G(s, n')| / |n - n'|)
-    on half the sampled latents decoded again with other noise (Mao et al. 2019, eq. 3)."""
-    pool = cfg.gan_anchor_pool
-    blocks = (F.avg_pool2d(gz, pool) - F.avg_pool2d(x, pool)).abs().mean()
-    h = max(1, s.shape[0] // 2)
-    sn2, n2 = with_noise(s[:h], ns.shape[1])
-    spread = (gs[:h] - decoder(sn2)).abs().mean() / (ns[:h] - n2).abs().mean()
-    diversity = cfg.gan_diversity / (spread + 1e-5)
-    with torch.no_grad():
-        ssim_real = ssim(x, gz).item()
-    return blocks + diversity, {"ssim": ssim_real, "blocks": blocks.item(), "spread": spread.item()}
 
 
 def mixed_decoder(original: nn.Module, tuned: nn.Module, mix: float) -> dict[str, torch.Tensor]:
@@ -352,7 +380,7 @@ def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> N
         noise = st.original.noise_ch
         level_decoder = Decoder(st.original.cfg, noise)
         level_decoder.load_state_dict(mixed_decoder(st.original, st.decoder_ema, cfg.gan_mix))
-        rec |= {"level": cfg.decoder_level} | ({"noise_ch": noise, "diversity": cfg.gan_diversity} if noise else {})
+        rec |= {"level": cfg.decoder_level} | ({"noise_ch": noise, "kl_weight": cfg.decoder_kl} if noise else {})
         training = bundle.config.training | {"level_decoder_gan": rec}
         save_bundle(path, dataclasses.replace(bundle.config, decoded_level=cfg.decoder_level, level_decoder_noise=noise,
                                               training=training),
@@ -385,6 +413,8 @@ def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], N
     for m in (st.decoder, st.decoder_ema, anchor_decoder):
         m.to(device=device, memory_format=torch.channels_last)
     st.disc.to(device)
+    if st.noise_encoder is not None:
+        st.noise_encoder.to(device)
     deadline = time.monotonic() + cfg.max_minutes * 60  # the bank's sampling counts against the limit too
     _sigterm_as_interrupt()
 

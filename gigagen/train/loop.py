@@ -87,7 +87,7 @@ class TrainConfig:
     gan_refine: int = 0  # grow the decoder by a full-resolution refiner of this many channels first (0: do not)
     decoder_level: int | None = None  # with decoder_of: tune a level decoder that reads this pixel level off the latent above
     decoder_noise: int = 0  # with decoder_level: the level decoder reads this many noise channels too (see gan_decoder)
-    gan_diversity: float = 0.01  # with decoder_noise: weight of the mode-seeking term (Mao et al. 2019)
+    decoder_kl: float = 0.05  # with decoder_noise: weight of KL(posterior noise || N(0, 1)) per noise element
     scale_aug: tuple[float, ...] = ()  # extra pixel-size scales at which the denoiser's latents are encoded
     elastic_aug: int = 0  # elastically deformed copies of each training part the denoiser also learns from
     elastic_strain: float = D.ELASTIC_STRAIN  # their control-point displacement std per spacing (data.elastic_field)
