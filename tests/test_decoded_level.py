@@ -190,7 +190,8 @@ def test_decoder_of_with_decoder_level_tunes_a_level_decoder(png: Path, tmp_path
 def test_decoder_noise_tunes_a_level_decoder_that_samples(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     """--decoder-noise N: the level decoder reads N noise channels, trained (a conditional VAE-GAN, its KL logged) from
     zero weights in the bundle's decoder to weights it hears; a slide draws its decoded level from them, the same pixels
-    on disk as in memory; bad uses and a resume with other noise are one line, exit 2, the bundle untouched."""
+    on disk as in memory; bad uses and a resume with other noise are one line, exit 2, the bundle untouched; a resume
+    with the same noise goes on."""
     from gigagen.models.checkpoint import save_bundle
     from test_resume import _pixels
 
@@ -224,6 +225,9 @@ def test_decoder_noise_tunes_a_level_decoder_that_samples(png: Path, tmp_path: P
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "f").exists() and path.read_bytes() == before
+    # a resume with the same noise continues the decoder and its posterior encoder
+    assert main(base + ["--out", str(tmp_path / "d"), *tuned, "--decoder-noise", "4", "--resume", "--gan-max-steps", "3"]) == 0
+    assert load_bundle(path).config.training["level_decoder_gan"]["steps"] == 3
 
 
 def test_decoded_parents_train_the_level_below_on_the_level_decoders_reading(png: Path, tmp_path: Path,  # noqa: F811

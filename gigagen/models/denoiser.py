@@ -201,8 +201,11 @@ class BundleRunner:
 
     def _decode(self, decoder: torch.nn.Module, z: np.ndarray) -> np.ndarray:
         zt = self._tensor(z)
-        c = self.bundle.config.ae.latent_ch  # channels past the latent's are a level decoder's noise: already unit
-        zt = torch.cat([zt[:, :c] / self.bundle.config.latent_scale, zt[:, c:]], 1)
+        c = self.bundle.config.ae.latent_ch
+        if zt.shape[1] == c:
+            zt = zt / self.bundle.config.latent_scale
+        else:  # the channels past the latent's are a level decoder's noise: standard normal already, not scaled
+            zt = torch.cat([zt[:, :c] / self.bundle.config.latent_scale, zt[:, c:]], 1)
         with self._autocast():
             px = decoder(zt)
         self.counters.decode_calls += 1

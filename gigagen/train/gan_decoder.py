@@ -36,12 +36,12 @@ does not fix (where each nucleus sits in an 8 x 8 px cell) instead of drawing on
 deterministic decoder under an adversarial loss draws hatching where the latent is uncertain, and the 20x level
 reads hatching as small nuclei (model card, 2026-12-04 third). Given plain noise, a decoder under a pixel
 reconstruction loss learns to ignore it (pix2pix's finding, Isola et al. 2017), and without that loss an adversary
-alone teaches it too slowly here (model card, 2026-12-04 sixth: speckle). So the run is a conditional VAE-GAN
+alone teaches it too slowly here (model card, 2026-12-04 fifth: speckle). So the run is a conditional VAE-GAN
 (BicycleGAN's cVAE-GAN branch, Zhu et al. 2017): a small posterior encoder (NoiseEncoder, training only, not
 shipped) reads the real pixels and the latent and proposes the noise that makes the decoder reconstruct the real
 pixels (L1 + SSIM + FFT, supervised: where each nucleus is), while a KL term (weight --decoder-kl) keeps that noise
-close to the standard normal the slide draws from; the adversary and the block-mean anchor judge the sampled
-latents decoded with standard normal noise, as gigagen slide decodes them. The noise's stem weights start small
+close to the standard normal the slide draws from; the block-mean anchor and the adversary judge the sampled
+latents decoded with standard normal noise, as gigagen slide decodes them (the adversary the reconstructions too). The noise's stem weights start small
 and random (zero in the anchor decoder), so the run starts where the bundle's decoder is.
 """
 
