@@ -92,6 +92,7 @@ def main() -> int:
         print(f"sample_level: --level must be a refinement level 0..{len(c.magnifications) - 2}", file=sys.stderr)
         return 2
     runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16, c.guidance_per_level)
+    seeds = [int(s) for s in args.seeds.split(",")]
     rgb, parent_rgb = band_levels(bundle, args.reference, args.level, args.split)
     parent = level_array(bundle, parent_rgb, args.level + 1)
     rows = [rgb]
@@ -100,13 +101,13 @@ def main() -> int:
         print(f"row {len(rows)}: the autoencoder's decoding of the real parent latent")
     if c.decoded_level == args.level:  # what gigagen slide makes of this level: the level decoder's reading
         with torch.no_grad():
-            rows.append(read_level(parent, runner.level_decode_fn, c.ae.factor, c.level_noise(int(args.seeds.split(",")[0]))))
+            rows.append(read_level(parent, runner.level_decode_fn, c.ae.factor, c.level_noise(seeds[0])))
         print(f"row {len(rows)}: the level decoder's reading of the real parent latent (gigagen slide's level {args.level})")
     errors = x0_errors(runner, args.level, level_array(bundle, rgb, args.level), parent, X0_TIMES)
     print("x0 error / variance from the real level noised to t = "
           + ", ".join(f"{t}: {e:.3f}" for t, e in zip(X0_TIMES, errors)))
     cell = c.level_cells[args.level]
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds:
         z = sample_finest(runner, parent, (rgb.shape[0] // cell, rgb.shape[1] // cell), seed, args.steps, args.eta,
                           level=args.level)
         rows.append(as_image(runner, z, args.level))

@@ -53,13 +53,26 @@ class StampSpec:
         return int(np.ceil(self.window / 2 + self.spacing + self.radius)) + 2
 
 
-def stained(rgb: np.ndarray, sat_threshold: float = 0.07) -> np.ndarray:
+MIN_SATURATION = 0.07  # colour saturation (max - min channel) above which a pixel is stained
+
+
+def stained(rgb: np.ndarray, otsu: bool = False) -> np.ndarray:
     """(H, W) bool: pixels with stain: saturated, or darker than the background and a little saturated. With the
-    fixed default threshold a pixel's answer does not depend on the tile around it (gigagen.train.data.tissue_mask
-    raises the threshold to an image's Otsu level)."""
+    fixed threshold (default) a pixel's answer does not depend on the tile around it; with `otsu`
+    (gigagen.train.data.tissue_mask) the threshold rises to the image's Otsu level of saturation."""
     x = rgb.astype(np.float32) / 255.0
     sat = x.max(axis=2) - x.min(axis=2)
-    return (sat > sat_threshold) | ((x.mean(axis=2) < 0.85) & (sat > 0.03))
+    thr = max(_otsu(sat), MIN_SATURATION) if otsu else MIN_SATURATION
+    return (sat > thr) | ((x.mean(axis=2) < 0.85) & (sat > 0.03))
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    try:
+        return float(threshold_otsu(values))
+    except ValueError:  # a single value (e.g. blank background): no threshold, the fixed one applies
+        return 0.0
 
 
 def features(rgb: np.ndarray, window: int) -> np.ndarray:

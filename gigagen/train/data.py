@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gigagen.engine.nuclei import stained
 from gigagen.errors import UserError
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -102,19 +103,11 @@ def downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) bool: stained, non-white pixels (Otsu on saturation, at least 0.07)."""
+    """(H, W, 3) uint8 -> (H, W) bool: stained, non-white pixels (Otsu on saturation, at least 0.07), closed and
+    opened."""
     from scipy import ndimage
-    from skimage.filters import threshold_otsu
 
-    from gigagen.engine.nuclei import stained
-
-    x = rgb.astype(np.float32) / 255.0
-    sat = x.max(axis=2) - x.min(axis=2)
-    try:
-        thr = max(float(threshold_otsu(sat)), 0.07)
-    except ValueError:
-        thr = 0.07
-    mask = ndimage.binary_closing(stained(rgb, thr), iterations=2)
+    mask = ndimage.binary_closing(stained(rgb, otsu=True), iterations=2)
     return ndimage.binary_opening(mask, iterations=1)
 
 

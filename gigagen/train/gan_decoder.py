@@ -248,8 +248,9 @@ def start_decoder(bundle: ModelBundle, refine_ch: int, noise_ch: int = 0) -> Dec
     of zero weight; draws what the bundle's draws."""
     dec = Decoder(dataclasses.replace(bundle.config.ae, refine_ch=refine_ch or bundle.config.ae.refine_ch), noise_ch)
     state = dict(bundle.ae.decoder.state_dict())
-    w = state["stem.weight"]
-    state["stem.weight"] = torch.cat([w, w.new_zeros(w.shape[0], noise_ch, *w.shape[2:])], 1)
+    if noise_ch:
+        w = state["stem.weight"]
+        state["stem.weight"] = torch.cat([w, w.new_zeros(w.shape[0], noise_ch, *w.shape[2:])], 1)
     missing, unexpected = dec.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("refine.") for k in missing), (missing, unexpected)
     return dec.float().eval().requires_grad_(False)

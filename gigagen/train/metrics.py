@@ -52,7 +52,10 @@ class Nuclei:
     areas_um2: np.ndarray  # areas of every object
 
 
-def nucleus_objects(rgb: np.ndarray, mpp: float, thr: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+H_THRESHOLD = 0.05  # hematoxylin optical density of a nucleus, chosen on the real region
+
+
+def nucleus_objects(rgb: np.ndarray, mpp: float, thr: float = H_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Nucleus-like objects of one (H, W, 3) uint8 image: connected regions of high hematoxylin (rgb2hed) of
     5..300 um2, in tissue -> (tissue mask, labels, label ids kept, their areas in um2)."""
     from scipy import ndimage
@@ -81,7 +84,7 @@ def nuclei(tiles: np.ndarray, mpp: float = 0.5, h_thresh: float | None = None) -
     The hematoxylin threshold is fixed (default 0.05, chosen on the real region) so that paler or
     darker generated nuclei change the count rather than the threshold.
     """
-    thr = 0.05 if h_thresh is None else h_thresh
+    thr = H_THRESHOLD if h_thresh is None else h_thresh
     areas, tissue_px = [], 0
     for t in tiles:
         tm, _, _, a = nucleus_objects(t, mpp, thr)
