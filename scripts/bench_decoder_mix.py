@@ -8,6 +8,7 @@ For each mix m, the decoder (1 - m) original + m fine-tuned (the run's EMA weigh
 - the real 20x latent of the held-out band: reconstruction PSNR at the same positions.
 
     .venv/bin/python scripts/bench_decoder_mix.py --run runs/gan-default [--original BUNDLE] [--mixes 0,0.5,1] [--seed 1]
+        [--out PNG --zoom X0,X1,Y0,Y1]   # that window of the real band and of each mix's decode, side by side
 
 --original is the bundle the run fine-tuned (default: the run's --decoder-of, checked by identity).
 """
@@ -41,6 +42,8 @@ def main() -> int:
     p.add_argument("--mixes", default="0,0.35,0.5,0.65,0.8,1")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--reference", default=str(ROOT / "data" / "cmu_small_region.svs"))
+    p.add_argument("--out", default=None, help="PNG: the --zoom window of the real band and of each mix's decoded sample")
+    p.add_argument("--zoom", default="0,768,0,512", help="X0,X1,Y0,Y1 of that window in band pixels (default 0,768,0,512)")
     args = p.parse_args()
     blob = torch.load(Path(args.run) / "state.pt", map_location="cpu", weights_only=False)
     bundle = load_bundle(args.original or blob["decoder_of"])
@@ -60,8 +63,12 @@ def main() -> int:
     tuned = copy.deepcopy(original)
     tuned.load_state_dict(blob["decoder_ema"])
     print(f"decoder fine-tune {args.run}: {blob['step']} steps; real-parent sample seed {args.seed}, {len(pos)} held-out tissue tiles")
-    print("| mix | paired FD randconv | HF energy (real %.4f) | reconstruction PSNR dB |" % M.high_freq_energy(real_tiles).mean())
-    print("|---|---|---|---|")
+    real_nuc = M.nuclei(real_tiles)
+    print(f"| mix | paired FD randconv | HF energy (real {M.high_freq_energy(real_tiles).mean():.4f}) | nuclei/mm2 (real "
+          f"{real_nuc.density_per_mm2:.0f}) | nucleus area median um2 (real {np.median(real_nuc.areas_um2):.1f}) | reconstruction PSNR dB |")
+    print("|---|---|---|---|---|---|")
+    x0, x1, y0, y1 = (int(v) for v in args.zoom.split(","))
+    windows = [held[y0:y1, x0:x1]]
     for mix in (float(v) for v in args.mixes.split(",")):
         b = copy.copy(bundle)
         b.ae = mixed_autoencoder(bundle, original, tuned, mix)
@@ -72,7 +79,15 @@ def main() -> int:
         rec_t = np.stack([rec[y : y + 256, x : x + 256] for y, x in pos])
         fd = M.frechet_distance(M.random_conv_features(gen_t), real_feats)
         psnr = 10 * np.log10(255.0**2 / ((rec_t.astype(np.float32) - real_tiles) ** 2).mean())
-        print(f"| {mix:g} | {fd:.4f} | {M.high_freq_energy(gen_t).mean():.4f} | {psnr:.2f} |", flush=True)
+        nuc = M.nuclei(gen_t)
+        area = np.median(nuc.areas_um2) if len(nuc.areas_um2) else float("nan")
+        print(f"| {mix:g} | {fd:.4f} | {M.high_freq_energy(gen_t).mean():.4f} | {nuc.density_per_mm2:.0f} | {area:.1f} | {psnr:.2f} |", flush=True)
+        windows.append(gen[y0:y1, x0:x1])
+    if args.out:
+        from PIL import Image
+
+        Image.fromarray(np.concatenate(windows, 1)).save(args.out, optimize=True)
+        print(f"wrote {args.out}")
     return 0
 
 

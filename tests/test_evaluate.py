@@ -95,6 +95,32 @@ def test_evaluate_command_prints_table_and_contact_sheet(tmp_path: Path, tiny_bu
     assert Image.open(sheet).size[0] > 64
 
 
+def test_the_autoencoder_row_describes_the_slides_own_model(tmp_path: Path, tiny_bundle: Path) -> None:
+    """evaluate's default checkpoint is the bundle in the slide's run.json while that file still holds that model."""
+    import json
+
+    from gigagen.models.checkpoint import load_bundle
+    from gigagen.train.evaluate import slide_model
+
+    slide = tmp_path / "slide"
+    slide.mkdir()
+    assert slide_model(slide) is None  # no run.json: the embedded default
+
+    def made_with(checkpoint: str, identity: str) -> None:
+        (slide / "run.json").write_text(json.dumps({"model": {"checkpoint": checkpoint, "identity": identity}}))
+
+    made_with(str(tiny_bundle), load_bundle(tiny_bundle).identity)
+    assert slide_model(slide) == str(tiny_bundle)
+    made_with("embedded default", "gigagen-cmu-default@sha256:0")
+    assert slide_model(slide) is None
+    made_with(str(tiny_bundle), "tiny@sha256:another")  # the file was overwritten by another model since
+    assert slide_model(slide) is None
+    made_with(str(tmp_path / "moved.safetensors"), load_bundle(tiny_bundle).identity)
+    assert slide_model(slide) is None
+    (slide / "run.json").write_text("{not json")
+    assert slide_model(slide) is None
+
+
 def test_evaluate_missing_slide_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(tmp_path / "nope"), "--reference", str(tmp_path / "r.svs")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -473,7 +473,8 @@ def test_decoder_gan_step_follows_the_discriminator(small_bundle: tuple[Path, Pa
     png, first = small_bundle
     b = load_bundle(first)
     f = b.config.ae.factor
-    batch = (torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 2, 32 // f, 32 // f), torch.randn(2, 2, 32 // f, 32 // f))
+    batch = (torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 2, 32 // f, 32 // f), torch.randn(2, 2, 32 // f, 32 // f),
+             torch.zeros(2, dtype=torch.bool))
     outs = []
     for adv in (0.0, 1.0):
         torch.manual_seed(0)
@@ -483,6 +484,40 @@ def test_decoder_gan_step_follows_the_discriminator(small_bundle: tuple[Path, Pa
         assert parts["anchor"] == pytest.approx(0.0, abs=1e-6)  # starts as the anchor decoder
         outs.append(st.decoder.state_dict())
     assert any(not torch.equal(p, q) for p, q in zip(outs[0].values(), outs[1].values()))
+
+
+def test_paired_bank_entries_keep_the_layout_and_teach_reconstruction(small_bundle: tuple[Path, Path], tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--gan-paired: SDEdit samples from the real latent join the bank, flagged; the decoder reconstructs the real
+    crop from them (a loss the pure-noise samples, drawn elsewhere, cannot have)."""
+    from gigagen.train import gan_decoder as G
+
+    png, first = small_bundle
+    b = load_bundle(first)
+    cfg = tiny_cfg(png, tmp_path / "d", decoder_of=str(first))
+    levels = L.load_training_levels(cfg)
+    plain = G.build_bank(b, levels, 1, torch.device("cpu"), lambda s: None, False, cache=tmp_path / "bank.npz")
+    logs: list[str] = []
+    bank = G.build_bank(b, levels, 1, torch.device("cpu"), logs.append, False, cache=tmp_path / "bank.npz", paired=(200,))
+    assert "read from" not in logs[0]  # another bank than the cached one: sampled, not read back
+    assert len(bank.sampled) == 16 and bank.paired == [False, True] * 8
+    assert all(np.array_equal(p, q) for p, q in zip(plain.sampled, bank.sampled[::2]))  # the pure-noise entries unchanged
+    err = [float(np.abs(s - r).mean()) for s, r in zip(bank.sampled, bank.real)]
+    assert max(err[1::2]) < min(err[::2])  # from t0 = 200 the real latent's layout survives, from pure noise it does not
+    x, s, z, paired = G.bank_batch(bank, dataclasses.replace(cfg, ae_batch=8), b.config.ae.factor, b.config.latent_scale,
+                                   np.random.default_rng(0))
+    assert paired.dtype == torch.bool and paired.shape == (8,) and paired.any() and not paired.all()
+    outs = []
+    for flags in (torch.zeros(8, dtype=torch.bool), paired):
+        torch.manual_seed(0)
+        st = G.new_gan_state(b, cfg, str(first))
+        parts = G.gan_step(st, b.ae.decoder, (x, s, z, flags), cfg)
+        assert ("paired" in parts) == bool(flags.any())
+        outs.append(st.decoder.state_dict())
+    assert any(not torch.equal(p, q) for p, q in zip(outs[0].values(), outs[1].values()))
+    base = ["train", str(png), "--mpp", "0.5", "--quiet", "--out", str(tmp_path / "e"), "--decoder-of", str(first)]
+    assert main(base + ["--gan-paired", "1000"]) == 2
+    assert "--gan-paired timesteps must be in 0..999" in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 
 def test_ae_batch_keeps_a_coarse_level_smaller_than_8_px(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--reference", required=True, help="real region (e.g. data/cmu_small_region.svs); its bottom band is the held-out set")
     p.add_argument("--holdout-frac", type=float, default=0.2, help="held-out bottom band, as in training (default 0.2)")
     p.add_argument("--mpp", type=float, default=None, help="pixel size of the reference when its file lacks it")
-    p.add_argument("--checkpoint", default=None, help="model bundle for the autoencoder fidelity row (default: the embedded model)")
+    p.add_argument("--checkpoint", default=None, help="model bundle for the autoencoder fidelity row (default: the bundle the slide was made with, from its run.json, if that file still holds it; else the embedded model)")
     p.add_argument("--tile", type=int, default=256, help="tile side in pixels at 20x (default 256)")
     p.add_argument("--max-tiles", type=int, default=64, help="generated tiles sampled (default 64)")
     p.add_argument("--seed", type=int, default=0)

@@ -57,6 +57,11 @@ def add_parser(subparsers: Any) -> None:
                    help="with --decoder-of: decoded samples keep the original decoder's means over blocks of this many px (default 16)")
     p.add_argument("--gan-bank-seeds", type=int, default=2,
                    help="with --decoder-of: sampled latents per training image and orientation (default 2)")
+    p.add_argument("--gan-paired", type=_ints, default=(), metavar="T0,...",
+                   help="with --decoder-of: the bank also holds, per training image, orientation and timestep T0, the "
+                        "real latent noised to T0 and denoised (SDEdit), which keeps the image's layout; the decoder learns "
+                        "to reconstruct the real pixels from those too, so it draws crisp tissue from the denoiser's "
+                        "degraded latents (default none)")
     p.add_argument("--gan-max-steps", type=int, default=None, help="with --decoder-of: stop after this many steps in all")
     p.add_argument("--gan-mix", type=float, default=0.5,
                    help="with --decoder-of: the exported decoder is (1 - M) original + M fine-tuned, weight by weight "
@@ -311,6 +316,8 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     if args.decoder_noise < 0 or args.decoder_kl < 0:
         raise UserError("--decoder-noise and --decoder-kl must be >= 0")
     b = read_bundle_config(Path(args.decoder_of))
+    if any(not 0 <= t < b.n_train_steps for t in args.gan_paired):
+        raise UserError(f"--gan-paired timesteps must be in 0..{b.n_train_steps - 1}")
     args.pixel_levels = _bundle_pixel_levels(args, b, "--decoder-of")
     if args.decoder_refine < 0 or (args.decoder_refine and b.ae.refine_ch):
         raise UserError(f"--decoder-refine must be >= 0, and 0 for a bundle whose decoder has a refiner already ({b.ae.refine_ch} channels)")
@@ -321,7 +328,7 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     _take_bundle_tiles(args, b, tuple(b.magnifications))
     cfg = _train_config(args, b.ae, b.unet)
     return dataclasses.replace(cfg, mpp0=b.mpp0, decoder_of=args.decoder_of, gan_adv=args.gan_adv, gan_anchor_pool=args.gan_anchor_px,
-                               gan_bank_seeds=args.gan_bank_seeds, gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix,
+                               gan_bank_seeds=args.gan_bank_seeds, gan_paired=tuple(args.gan_paired), gan_max_steps=args.gan_max_steps, gan_mix=args.gan_mix,
                                gan_refine=args.decoder_refine, decoder_level=args.decoder_level, decoder_noise=args.decoder_noise,
                                decoder_kl=args.decoder_kl)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,25 @@ def compare(a: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def slide_model(slide: str | Path) -> str | None:
+    """The bundle file a gigagen slide directory was generated with (its run.json), while that file still holds the
+    same model (identity checked); else None, the embedded default. The autoencoder row should describe the slide's
+    model: a fine-tuned decoder reconstructs differently from the default's."""
+    from gigagen.models.checkpoint import load_bundle
+
+    try:
+        model = json.loads((Path(slide) / "run.json").read_text())["model"]
+        path, identity = Path(model["checkpoint"]), model["identity"]
+    except (OSError, ValueError, KeyError, TypeError):  # not a slide directory, or an older or foreign run.json
+        return None
+    if not path.is_file():  # "embedded default", or the bundle moved away since
+        return None
+    try:
+        return str(path) if load_bundle(path).identity == identity else None
+    except UserError:  # replaced by something unreadable: the embedded model, as without run.json
+        return None
+
+
 def evaluate(slide: str, reference: str, tile: int = 256, max_tiles: int = 64, holdout_frac: float = 0.2,
              mpp: float | None = None, checkpoint: str | None = None, seed: int = 0) -> dict[str, Any]:
     """Rows 'generated' and 'train (real-vs-real)', each compared with the held-out band; plus AE fidelity."""
@@ -119,7 +139,7 @@ def evaluate(slide: str, reference: str, tile: int = 256, max_tiles: int = 64, h
     out: dict[str, Any] = {"rows": rows, "tile": tile, "holdout_frac": holdout_frac, "slide": str(slide), "reference": str(reference)}
     from gigagen.models.checkpoint import load_bundle
 
-    bundle = load_bundle(checkpoint)  # None: the embedded default
+    bundle = load_bundle(checkpoint or slide_model(slide))  # None: the embedded default
     out["ae_psnr_db"], out["ae_ssim"] = M.ae_reconstruction(bundle.ae, held_rgb)
     out["model"] = bundle.identity
     out["_tiles"] = {"generated": gen, "held": held}

@@ -123,6 +123,8 @@ class Bank:
     real: list[np.ndarray]  # (C, H/f, W/f)
     sampled: list[np.ndarray]  # (C, H/f, W/f)
     masks: list[np.ndarray]  # (H/f, W/f) bool tissue
+    paired: list[bool]  # the sample was denoised from the real latent noised to a --gan-paired timestep: aligned with
+    # the image, so the decoder may learn to reconstruct it
 
 
 def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, int], seed: int,
@@ -159,16 +161,20 @@ def bank_levels(decoder_level: int | None) -> tuple[int, int]:
 
 
 def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, device: torch.device,
-               log: Callable[[str], None], progress: bool, cache: Path | None = None, decoder_level: int | None = None) -> Bank:
+               log: Callable[[str], None], progress: bool, cache: Path | None = None, decoder_level: int | None = None,
+               paired: tuple[int, ...] = ()) -> Bank:
     """Sample the decoded latent level (bank_levels) of every training image, orientation and seed from its real
-    parent (the slow part: one full denoising per entry). With `cache`, samples of the same bundle, level and
-    seeds are read back from there (a resumed run does not sample again) and new ones are written to it."""
+    parent (the slow part: one full denoising per entry), and with `paired` once more per timestep t0 from the real
+    latent noised to t0 (SDEdit: the layout and most nuclei stay where the image has them, degraded as the denoiser
+    degrades them). With `cache`, samples of the same bundle, level, seeds and timesteps are read back from there (a
+    resumed run does not sample again) and new ones are written to it."""
     from tqdm import tqdm
 
     c = bundle.config
     f = c.ae.factor
     pix, lat = bank_levels(decoder_level)
     key = f"{bundle.identity} seeds={seeds} level={lat} images={[li.images[0].shape for li in levels]}"
+    key += f" paired={list(paired)}" if paired else ""
     cached: list[np.ndarray] = []
     if cache is not None and cache.is_file():
         try:
@@ -178,20 +184,27 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
         except Exception:  # a damaged cache only costs the time to sample again
             cached = []
     runner = BundleRunner(bundle, device, torch.bfloat16, c.guidance_per_level, c.autoguidance)
-    bank = Bank([], [], [], [])
-    bar = tqdm(total=len(levels) * 8 * seeds, desc="sampling the decoder's bank", unit="image", disable=not progress or bool(cached))
+    bank = Bank([], [], [], [], [])
+    starts = [(s, None) for s in range(seeds)] + [(1_000_000 + j, t0) for j, t0 in enumerate(paired)]
+    bar = tqdm(total=len(levels) * 8 * len(starts), desc="sampling the decoder's bank", unit="image", disable=not progress or bool(cached))
     for i, li in enumerate(levels):
         for k in range(8):
             img = np.ascontiguousarray(D.dihedral(li.images[pix], k))
             real = level_array(bundle, np.ascontiguousarray(D.dihedral(li.images[lat], k)), lat, device)
             parent = level_array(bundle, D.dihedral(li.images[lat + 1], k), lat + 1, device)
             mask = D.dihedral(li.masks[lat], k)[f // 2 :: f, f // 2 :: f]
-            for s in range(seeds):
+            for s, t0 in starts:
                 n = len(bank.sampled)
                 bank.images.append(img)
                 bank.real.append(real)
                 bank.masks.append(mask)
-                bank.sampled.append(cached[n] if cached else sample_finest(runner, parent, real.shape[1:], seed=(i * 8 + k) * seeds + s, level=lat))
+                bank.paired.append(t0 is not None)
+                if cached:
+                    bank.sampled.append(cached[n])
+                    continue
+                seed = (i * 8 + k) * seeds + s if t0 is None else s + (i * 8 + k) * len(paired)
+                start = None if t0 is None else (real, t0)
+                bank.sampled.append(sample_finest(runner, parent, real.shape[1:], seed=seed, start=start, level=lat))
                 bar.update(1)
     bar.close()
     if cache is not None and not cached:
@@ -203,9 +216,10 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
 
 
 def bank_batch(bank: Bank, cfg: TrainConfig, f: int, scale: float, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-    """(real crops, their sampled latents, their real latents); crops of cfg.ae_crop px, mostly tissue."""
+    """(real crops, their sampled latents, their real latents, whether each sample is paired with its crop); crops of
+    cfg.ae_crop px, mostly tissue."""
     t = cfg.ae_crop // f
-    xs, ss, zs = [], [], []
+    xs, ss, zs, ps = [], [], [], []
     for _ in range(cfg.ae_batch):
         i = int(rng.integers(len(bank.images)))
         # crop positions in latent pixels (the mask is at latent resolution; its shape stands in for an image's)
@@ -213,10 +227,11 @@ def bank_batch(bank: Bank, cfg: TrainConfig, f: int, scale: float, rng: np.rando
         xs.append(bank.images[i][y * f : (y + t) * f, x * f : (x + t) * f])
         ss.append(bank.sampled[i][:, y : y + t, x : x + t])
         zs.append(bank.real[i][:, y : y + t, x : x + t])
+        ps.append(bank.paired[i])
     cl = torch.channels_last
     return (torch.from_numpy(D.to_tensor_range(np.stack(xs))).contiguous(memory_format=cl),
             (torch.from_numpy(np.stack(ss)) / scale).contiguous(memory_format=cl),
-            (torch.from_numpy(np.stack(zs)) / scale).contiguous(memory_format=cl))
+            (torch.from_numpy(np.stack(zs)) / scale).contiguous(memory_format=cl), torch.tensor(ps))
 
 
 @dataclass
@@ -324,7 +339,7 @@ def noise_posterior(encoder: NoiseEncoder | None, x: torch.Tensor, z: torch.Tens
 
 def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor, ...], cfg: TrainConfig) -> dict[str, float]:
     """One discriminator step, then one decoder step (hinge losses, Lim & Ye 2017)."""
-    x, s, z = batch
+    x, s, z, paired = batch
     sn = with_noise(s, standard_normal(s, st.original.noise_ch))
     posterior = noise_posterior(st.noise_encoder, x, z)
     gs, gz = st.decoder(sn), st.decoder(with_noise(z, posterior[0]))
@@ -336,6 +351,10 @@ def gan_step(st: GanState, anchor_decoder: nn.Module, batch: tuple[torch.Tensor,
     st.opt_d.step()
     st.disc.requires_grad_(False)  # the decoder's step needs gradients through D, not into it
     rec, parts = ae_loss(x, gz, z, w_lat=0.0)
+    if paired.any():  # SDEdit samples keep the image's layout: learn to draw the real tissue from them
+        rec_paired, _ = ae_loss(x[paired], gs[paired], s[paired], w_lat=0.0)
+        rec = rec + rec_paired
+        parts["paired"] = rec_paired.item()
     if st.noise_encoder is not None:
         kl = posterior[1]
         rec = rec + cfg.decoder_kl * kl
@@ -376,7 +395,7 @@ def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> N
     rec = {"refine_ch": st.original.cfg.refine_ch, "steps": st.step, "minutes": round(st.seconds / 60, 1),
            "decoder_of": Path(st.decoder_of).name, "batch": cfg.ae_batch, "crop": cfg.ae_crop, "adv_weight": cfg.gan_adv,
            "anchor_pool": cfg.gan_anchor_pool, "lr": cfg.gan_lr,
-           "bank_seeds": cfg.gan_bank_seeds, "mix": cfg.gan_mix, "seed": cfg.seed}
+           "bank_seeds": cfg.gan_bank_seeds, "paired": list(cfg.gan_paired), "mix": cfg.gan_mix, "seed": cfg.seed}
     if cfg.decoder_level is not None:
         noise = st.original.noise_ch
         level_decoder = Decoder(st.original.cfg, noise)
@@ -428,7 +447,8 @@ def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], N
     small = [li.images[pix].shape for li in levels if min(li.images[pix].shape[:2]) < cfg.ae_crop]
     if small:
         raise UserError(f"--decoder-of: a {small[0][1]}x{small[0][0]} px training image (at the decoded level) is smaller than --ae-crop {cfg.ae_crop}")
-    bank = build_bank(bundle, levels, cfg.gan_bank_seeds, device, log, progress, run / "bank.npz", cfg.decoder_level) if levels else None
+    bank = build_bank(bundle, levels, cfg.gan_bank_seeds, device, log, progress, run / "bank.npz", cfg.decoder_level,
+                      cfg.gan_paired) if levels else None
     f, scale = bundle.config.ae.factor, bundle.config.latent_scale
     rng = np.random.default_rng([cfg.seed, st.step])
     logger = Logger(run)

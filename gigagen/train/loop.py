@@ -84,6 +84,7 @@ class TrainConfig:
     gan_bank_seeds: int = 2  # sampled latents per training image and orientation
     gan_max_steps: int | None = None
     gan_mix: float = 0.5  # exported decoder = (1 - mix) original + mix fine-tuned (WiSE-FT)
+    gan_paired: tuple[int, ...] = ()  # timesteps: the bank also holds SDEdit samples from the real latent (see gan_decoder)
     gan_refine: int = 0  # grow the decoder by a full-resolution refiner of this many channels first (0: do not)
     decoder_level: int | None = None  # with decoder_of: tune a level decoder that reads this pixel level off the latent above
     decoder_noise: int = 0  # with decoder_level: the level decoder reads this many noise channels too (see gan_decoder)
