@@ -518,6 +518,8 @@ def test_paired_bank_entries_keep_the_layout_and_teach_reconstruction(small_bund
     base = ["train", str(png), "--mpp", "0.5", "--quiet", "--out", str(tmp_path / "e"), "--decoder-of", str(first)]
     assert main(base + ["--gan-paired", "1000"]) == 2
     assert "--gan-paired timesteps must be in 0..999" in capsys.readouterr().err and not (tmp_path / "e").exists()
+    assert main(base + ["--gan-paired", "300", "--decoder-level", "1", "--decoder-noise", "4"]) == 2
+    assert "--gan-paired teaches a deterministic decoder" in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 
 def test_ae_batch_keeps_a_coarse_level_smaller_than_8_px(tmp_path: Path) -> None:

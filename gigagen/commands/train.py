@@ -315,6 +315,8 @@ def _decoder_config(args: argparse.Namespace) -> Any:
         raise UserError("--gan-mix must be in [0, 1]")
     if args.decoder_noise < 0 or args.decoder_kl < 0:
         raise UserError("--decoder-noise and --decoder-kl must be >= 0")
+    if args.gan_paired and args.decoder_noise:
+        raise UserError("--gan-paired teaches a deterministic decoder; a --decoder-noise decoder learns from real pixels through its posterior encoder")
     b = read_bundle_config(Path(args.decoder_of))
     if any(not 0 <= t < b.n_train_steps for t in args.gan_paired):
         raise UserError(f"--gan-paired timesteps must be in 0..{b.n_train_steps - 1}")

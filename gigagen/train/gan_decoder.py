@@ -74,6 +74,7 @@ from gigagen.train.loop import (Logger, TrainConfig, _device, _resolved, _sigter
 
 BANK_STEPS = 20  # DDIM steps of the bank's samples: gigagen slide's default
 ANCHOR_WEIGHT = 1.0
+PAIRED_SEED_OFFSET = 1_000_000  # paired (SDEdit) bank entries draw their noise from seeds apart from the pure-noise ones
 NOISE_INIT_STD = 0.02  # of the stem weights a noise channel starts with: a small nudge that training grows
 
 
@@ -185,7 +186,7 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
             cached = []
     runner = BundleRunner(bundle, device, torch.bfloat16, c.guidance_per_level, c.autoguidance)
     bank = Bank([], [], [], [], [])
-    starts = [(s, None) for s in range(seeds)] + [(1_000_000 + j, t0) for j, t0 in enumerate(paired)]
+    starts = [(s, None) for s in range(seeds)] + [(j, t0) for j, t0 in enumerate(paired)]
     bar = tqdm(total=len(levels) * 8 * len(starts), desc="sampling the decoder's bank", unit="image", disable=not progress or bool(cached))
     for i, li in enumerate(levels):
         for k in range(8):
@@ -202,8 +203,10 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
                 if cached:
                     bank.sampled.append(cached[n])
                     continue
-                seed = (i * 8 + k) * seeds + s if t0 is None else s + (i * 8 + k) * len(paired)
-                start = None if t0 is None else (real, t0)
+                if t0 is None:
+                    seed, start = (i * 8 + k) * seeds + s, None
+                else:
+                    seed, start = PAIRED_SEED_OFFSET + (i * 8 + k) * len(paired) + s, (real, t0)
                 bank.sampled.append(sample_finest(runner, parent, real.shape[1:], seed=seed, start=start, level=lat))
                 bar.update(1)
     bar.close()
