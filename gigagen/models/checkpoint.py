@@ -200,6 +200,12 @@ def _file_identity(path: Path, name: str) -> str:
     return f"{name}@sha256:{h.hexdigest()[:16]}"
 
 
+def bundle_identity(path: Path) -> str:
+    """The identity load_bundle gives the bundle file at `path`, from its configuration and bytes alone (no networks
+    built); UserError when the file is not a gigagen bundle."""
+    return _file_identity(Path(path), read_bundle_config(path).name)
+
+
 def read_bundle_config(path: Path) -> BundleConfig:
     """Read only the configuration (no weights); UserError when the file is not a gigagen bundle."""
     from safetensors import safe_open

@@ -108,7 +108,7 @@ def slide_model(slide: str | Path) -> str | None:
     """The bundle file a gigagen slide directory was generated with (its run.json), while that file still holds the
     same model (identity checked); else None, the embedded default. The autoencoder row should describe the slide's
     model: a fine-tuned decoder reconstructs differently from the default's."""
-    from gigagen.models.checkpoint import load_bundle
+    from gigagen.models.checkpoint import bundle_identity
 
     try:
         model = json.loads((Path(slide) / "run.json").read_text())["model"]
@@ -118,7 +118,7 @@ def slide_model(slide: str | Path) -> str | None:
     if not path.is_file():  # "embedded default", or the bundle moved away since
         return None
     try:
-        return str(path) if load_bundle(path).identity == identity else None
+        return str(path) if bundle_identity(path) == identity else None
     except UserError:  # replaced by something unreadable: the embedded model, as without run.json
         return None
 
