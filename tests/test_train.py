@@ -296,6 +296,24 @@ def test_cli_init_from_takes_models_tile_and_cascade_from_the_bundle(png: Path, 
     a, b = read_bundle_config(first), read_bundle_config(out / "bundle.safetensors")
     assert (b.ae, b.unet, b.tile, b.magnifications) == (a.ae, a.unet, a.tile, a.magnifications)
     assert b.training["denoiser_from"] == first.name and b.training["unet_step"] >= a.training["unet_step"]
+    assert b.training["layout_tile"] == a.training["layout_tile"] == 4  # the bundle's, not the flag's default 16
+
+
+def test_cli_init_from_takes_a_new_layout_tile_and_refuses_a_bad_one(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fine-tune may train the layout level on larger crops (after a smaller autoencoder factor, the same
+    layout pixels need more latent pixels); the tile must suit the bundle's UNet."""
+    first = L.train(tiny_cfg(png, tmp_path / "a"), log=lambda s: None, progress=False)
+    args = ["train", str(png), "--init-from", str(first), "--mpp", "0.5", "--max-minutes", "0.03", "--decoder-every", "0",
+            "--unet-batch", "2", "--threads", "1", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "b"), "--layout-tile", "8"]) == 0
+    b = read_bundle_config(tmp_path / "b" / "bundle.safetensors")
+    assert b.training["layout_tile"] == 8 and b.tile == read_bundle_config(first).tile
+    divisor = b.unet.divisor
+    assert divisor > 1
+    for bad in (str(divisor + 1), "0"):
+        assert main(args + ["--out", str(tmp_path / "c"), "--layout-tile", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--layout-tile" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
 
 
 def test_guide_of_trains_a_small_guide_and_exports_the_bundle_with_it(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -143,7 +143,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--ae-crop", type=int, default=128)
     p.add_argument("--unet-batch", type=int, default=16)
     p.add_argument("--tile", type=int, default=32, help="latent tile side at the refinement levels (default 32)")
-    p.add_argument("--layout-tile", type=int, default=16, help="latent tile side at the layout level (default 16)")
+    p.add_argument("--layout-tile", type=int, default=None,
+                   help="latent tile side at the layout level (default 16; with --init-from, --guide-of or --decoder-of "
+                        "the bundle's; --init-from takes a new one, e.g. to cover as many layout pixels after a smaller "
+                        "autoencoder factor)")
     p.add_argument("--unet-lr", type=float, default=4e-4, help="denoiser learning rate, after a linear warm-up (default 4e-4)")
     p.add_argument("--lr-decay-minutes", type=float, default=0.0,
                    help="over the last M minutes of --max-minutes the denoiser LR falls linearly to 10%% (default 0: constant)")
@@ -175,6 +178,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     for name in ("max_minutes", "ae_minutes"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.tile < 1 or (args.layout_tile is not None and args.layout_tile < 1):
+        raise UserError("--tile and --layout-tile must be >= 1")
     if not 0.0 <= args.holdout_frac < 1.0:
         raise UserError("--holdout-frac must be in [0, 1)")
     if args.mpp is not None and args.mpp <= 0:
@@ -216,6 +221,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.init_from:
         return _config_from_bundle(args)
     args.magnifications = _magnifications(args.magnifications or TrainConfig.magnifications)
+    args.layout_tile = args.layout_tile or TrainConfig.layout_tile
     if args.init_autoencoder:
         from gigagen.models.checkpoint import read_bundle_config
 
@@ -239,7 +245,12 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     b = read_bundle_config(Path(args.init_from))
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
+    new_layout_tile = args.layout_tile
     _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)))
+    # a fine-tune may see larger layout crops (the network is convolutional; the tile is a training choice only)
+    args.layout_tile = new_layout_tile or args.layout_tile
+    if args.layout_tile % b.unet.divisor:
+        raise UserError(f"--layout-tile must be a multiple of {b.unet.divisor}")
     if args.pixel_levels is None:
         args.pixel_levels = tuple(b.pixel_levels)
     if args.decoded_parents:
@@ -269,9 +280,11 @@ def _check_decoded_parents(args: argparse.Namespace, b: Any) -> None:
 
 def _take_bundle_tiles(args: argparse.Namespace, b: Any, magnifications: tuple[float, ...]) -> None:
     """A run on a bundle's latents uses its cascade and its tiles (the layout tile from its training record)."""
+    from gigagen.train.loop import TrainConfig
+
     args.magnifications = magnifications
     args.tile = b.tile
-    args.layout_tile = int(b.training.get("layout_tile", args.layout_tile))
+    args.layout_tile = int(b.training.get("layout_tile", TrainConfig.layout_tile))
 
 
 def _guide_config(args: argparse.Namespace) -> Any:
