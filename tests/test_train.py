@@ -314,6 +314,10 @@ def test_cli_init_from_takes_a_new_layout_tile_and_refuses_a_bad_one(png: Path, 
         assert main(args + ["--out", str(tmp_path / "c"), "--layout-tile", bad]) == 2
         err = capsys.readouterr().err
         assert "--layout-tile" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+    for other in ("--guide-of", "--decoder-of"):  # these keep the bundle's tiles; the flag is refused, not ignored
+        assert main(["train", str(png), "--out", str(tmp_path / "d"), other, str(first), "--layout-tile", "8"]) == 2
+        err = capsys.readouterr().err
+        assert "--layout-tile" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
 
 
 def test_guide_of_trains_a_small_guide_and_exports_the_bundle_with_it(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

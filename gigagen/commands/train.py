@@ -144,9 +144,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--unet-batch", type=int, default=16)
     p.add_argument("--tile", type=int, default=32, help="latent tile side at the refinement levels (default 32)")
     p.add_argument("--layout-tile", type=int, default=None,
-                   help="latent tile side at the layout level (default 16; with --init-from, --guide-of or --decoder-of "
-                        "the bundle's; --init-from takes a new one, e.g. to cover as many layout pixels after a smaller "
-                        "autoencoder factor)")
+                   help="latent tile side at the layout level (default 16; with --init-from the bundle's unless given, "
+                        "e.g. to cover as many layout pixels after a smaller autoencoder factor; --guide-of and --decoder-of "
+                        "keep the bundle's)")
     p.add_argument("--unet-lr", type=float, default=4e-4, help="denoiser learning rate, after a linear warm-up (default 4e-4)")
     p.add_argument("--lr-decay-minutes", type=float, default=0.0,
                    help="over the last M minutes of --max-minutes the denoiser LR falls linearly to 10%% (default 0: constant)")
@@ -282,6 +282,8 @@ def _take_bundle_tiles(args: argparse.Namespace, b: Any, magnifications: tuple[f
     """A run on a bundle's latents uses its cascade and its tiles (the layout tile from its training record)."""
     from gigagen.train.loop import TrainConfig
 
+    if args.layout_tile is not None and not args.init_from:  # only a denoiser fine-tune may change it
+        raise UserError("--layout-tile: a --guide-of or --decoder-of run keeps its bundle's layout tile")
     args.magnifications = magnifications
     args.tile = b.tile
     args.layout_tile = int(b.training.get("layout_tile", TrainConfig.layout_tile))
