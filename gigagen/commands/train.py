@@ -245,10 +245,7 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     b = read_bundle_config(Path(args.init_from))
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
-    new_layout_tile = args.layout_tile
-    _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)))
-    # a fine-tune may see larger layout crops (the network is convolutional; the tile is a training choice only)
-    args.layout_tile = new_layout_tile or args.layout_tile
+    _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)), new_layout_tile=True)
     if args.layout_tile % b.unet.divisor:
         raise UserError(f"--layout-tile must be a multiple of {b.unet.divisor}")
     if args.pixel_levels is None:
@@ -278,15 +275,18 @@ def _check_decoded_parents(args: argparse.Namespace, b: Any) -> None:
         raise UserError(f"--decoded-parents: give --level-probs with share 0 for level {k}, which the level decoder reads (e.g. 0.35,0,0.45,0.2)")
 
 
-def _take_bundle_tiles(args: argparse.Namespace, b: Any, magnifications: tuple[float, ...]) -> None:
-    """A run on a bundle's latents uses its cascade and its tiles (the layout tile from its training record)."""
+def _take_bundle_tiles(args: argparse.Namespace, b: Any, magnifications: tuple[float, ...], new_layout_tile: bool = False) -> None:
+    """A run on a bundle's latents uses its cascade and its tiles (the layout tile from its training record).
+    With `new_layout_tile` (a denoiser fine-tune) a given --layout-tile replaces the record's: the network is
+    convolutional, so the layout level's crop side is a training choice only."""
     from gigagen.train.loop import TrainConfig
 
-    if args.layout_tile is not None and not args.init_from:  # only a denoiser fine-tune may change it
+    if args.layout_tile is not None and not new_layout_tile:
         raise UserError("--layout-tile: a --guide-of or --decoder-of run keeps its bundle's layout tile")
     args.magnifications = magnifications
     args.tile = b.tile
-    args.layout_tile = int(b.training.get("layout_tile", TrainConfig.layout_tile))
+    if args.layout_tile is None:
+        args.layout_tile = int(b.training.get("layout_tile", TrainConfig.layout_tile))
 
 
 def _guide_config(args: argparse.Namespace) -> Any:
