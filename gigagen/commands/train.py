@@ -110,6 +110,13 @@ def add_parser(subparsers: Any) -> None:
                    help="conditioning augmentation: the denoiser learns from parent levels noised to a timestep drawn from "
                         "0..T of the 1000-step schedule, and is told it, so that at sampling it can take a generated parent's "
                         "errors for noise (Ho et al. 2022) (default 0: off)")
+    p.add_argument("--sampled-parents", type=_ints, default=(), metavar="T0[,T0...]",
+                   help="the finest level also learns from 5x parents the --init-from bundle samples itself, paired with the "
+                        "real 20x crops: per training variant and T0, its 1.25x layout is noised to T0 and redrawn (SDEdit), and "
+                        "the 5x level sampled from noise given it, as gigagen slide does; to draw real-looking tissue from a "
+                        "parent that looks generated (default: off)")
+    p.add_argument("--sampled-parent-prob", type=float, default=0.5, metavar="P",
+                   help="with --sampled-parents: the share of finest-level crops given a sampled parent (default 0.5)")
     p.add_argument("--cond-aug", type=int, default=None, metavar="T",
                    help="the parent noise timestep `gigagen slide` uses by default with this model, recorded in the bundle "
                         "(default: the --init-from or --guide-of bundle's, else 0)")
@@ -204,6 +211,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--scale-aug factors must lie in [0.5, 2] and differ from 1 (scale 1 is always trained)")
     if args.decoded_parents and (args.decoder_of or args.guide_of or not (args.init_from or args.resume)):
         raise UserError("--decoded-parents continues an --init-from bundle that has a level decoder (or --resume such a run)")
+    if args.sampled_parents and (args.decoder_of or args.guide_of or not args.init_from):
+        raise UserError("--sampled-parents samples the 5x parents with the bundle the run continues: give --init-from B "
+                        "(and no --guide-of / --decoder-of)")
+    if args.sampled_parents and (min(args.sampled_parents) < 1 or max(args.sampled_parents) >= 1000):
+        raise UserError("--sampled-parents takes timesteps in [1, 1000)")
+    if not 0.0 < args.sampled_parent_prob <= 1.0:
+        raise UserError("--sampled-parent-prob must be in (0, 1]")
     if args.nucleus_stamps and not args.decoded_parents:
         raise UserError("--nucleus-stamps paints into the level decoder's reading: give --decoded-parents too")
     if (args.decoder_refine or args.decoder_level is not None) and not args.decoder_of:
@@ -440,6 +454,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         guidance=_guidance(args.guidance, len(args.magnifications)),
         pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)), input_perturbation=args.input_perturbation,
         decoded_parents=args.decoded_parents, nucleus_stamps=args.nucleus_stamps,
+        sampled_parents=tuple(args.sampled_parents), sampled_parent_prob=args.sampled_parent_prob,
     )
 
 

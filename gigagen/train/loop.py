@@ -101,6 +101,8 @@ class TrainConfig:
     input_perturbation: float = 0.0  # gamma of Ning et al. 2023: x_t gets (1 + gamma^2) times the noise variance, the target not
     decoded_parents: bool = False  # with init_from a decoded-level bundle: that level's pixels are its level decoder's reading
     nucleus_stamps: bool = False  # with decoded_parents: that reading carries stamps at the real nucleus centres (engine.nuclei)
+    sampled_parents: tuple[int, ...] = ()  # t0s: the finest level also learns from 5x parents init_from samples from layouts redrawn from these (sampled_parents)
+    sampled_parent_prob: float = 0.5  # with sampled_parents: the share of finest-level crops given a sampled parent
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -691,11 +693,14 @@ def crop_side(ls: LatentSet, cfg: TrainConfig, level: int) -> int:
     return min(tile, max(min(v[level].shape[1:]) for v in ls.latents)) // cfg.unet.divisor * cfg.unet.divisor
 
 
-def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Generator, side: int | None = None) -> tuple[np.ndarray, ...]:
+def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Generator, side: int | None = None,
+               sampled: list[list[np.ndarray]] | None = None) -> tuple[np.ndarray, ...]:
     """(x0, cond, cond_mask, cond_noise) for one level: latent crops of one side (`crop_side` unless given),
     their parent conditioning (scaled latents) and, with conditioning augmentation (cfg.cond_aug_max), white
     noise at the parent's resolution upsampled as the conditioning is (else zeros). Variants too small for
-    that side (a scale-augmented image below its level's tile) are not drawn at that level."""
+    that side (a scale-augmented image below its level's tile) are not drawn at that level. With `sampled`
+    (per variant, sampled versions of its level 1: sampled_parents), a share cfg.sampled_parent_prob of the
+    finest level's crops take one of those as their parent instead of the real level 1."""
     n_levels = len(cfg.magnifications)
     factor = cond_factors(tuple(cfg.magnifications), cfg.cells)[level]
     t = side or crop_side(ls, cfg, level)
@@ -713,6 +718,8 @@ def unet_batch(ls: LatentSet, cfg: TrainConfig, level: int, rng: np.random.Gener
         xs.append(lat[:, y : y + t, x : x + t])
         if level < n_levels - 1:
             parent = ls.latents[v][level + 1]
+            if sampled is not None and level == 0 and rng.random() < cfg.sampled_parent_prob:
+                parent = sampled[v][int(rng.integers(len(sampled[v])))]
             cs.append(cond_for_region(parent, y, y + t, x, x + t, factor))
             ms.append(0.0 if rng.random() < cfg.cfg_dropout else 1.0)
             ns.append(cond_for_region(NoiseField(parent.shape, white), y, y + t, x, x + t, factor) if aug else np.zeros_like(cs[-1]))
@@ -924,6 +931,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["decoded_parents"] = True
     if cfg.nucleus_stamps:
         record["nucleus_stamps"] = True
+    if cfg.sampled_parents:
+        record["sampled_parents"] = {"t0": list(cfg.sampled_parents), "prob": cfg.sampled_parent_prob}
 
     def current_record() -> dict[str, Any]:
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
@@ -1014,6 +1023,16 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         unrotated = LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])
         valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads, reread), cfg, device)
         del reads  # every variant is built; the levels hold what the decoder steps need
+        sampled = None
+        if cfg.sampled_parents:
+            from gigagen.train.sampled_parents import sample_parents
+
+            assert cfg.init_from, "--sampled-parents samples with the --init-from bundle"
+            sampler = load_bundle(Path(cfg.init_from), device)
+            if tuple(sampler.config.magnifications) != tuple(cfg.magnifications) or sampler.config.pixel_levels != cfg.pixel_levels:
+                raise UserError(f"--sampled-parents: {cfg.init_from} samples other levels than this run trains; keep its magnifications")
+            sampled = sample_parents(sampler, latents.latents, cfg.sampled_parents,
+                                     device, log, progress, cache=run / "sampled_parents.npz")
         if st.val_last_step != st.unet_step:
             validate()  # where this run starts (a new denoiser or an --init-from bundle's)
         bar = tqdm(desc="denoiser", unit="step", disable=not progress, initial=st.unet_step)
@@ -1028,7 +1047,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         while time.monotonic() < deadline and (cfg.unet_max_steps is None or st.unet_step < cfg.unet_max_steps) and not stop_early():
             t0 = time.monotonic()
             level = int(rng.choice(len(probs), p=probs))
-            x0, cond, mask, cnoise = (torch.from_numpy(a).to(device) for a in unet_batch(latents, cfg, level, rng))
+            x0, cond, mask, cnoise = (torch.from_numpy(a).to(device) for a in unet_batch(latents, cfg, level, rng, sampled=sampled))
             cond, cond_t = augment_cond(cond, cnoise, mask, abar, cfg.cond_aug_max, rng)
             b = x0.shape[0]
             t = torch.from_numpy(rng.integers(0, 1000, size=b)).to(device)
