@@ -41,25 +41,24 @@ def variant_latents(png: Path, bundle: Path) -> list[list[np.ndarray]]:
 
 def test_sampled_parents_are_5x_levels_drawn_from_redrawn_layouts_deterministically(trained: tuple[Path, Path], tmp_path: Path) -> None:
     png, first = trained
-    b = load_bundle(first)
     lat = variant_latents(png, first)
     logs: list[str] = []
-    out = S.sample_parents(b, lat, (200, 900), CPU, logs.append, False, cache=tmp_path / "sp.npz")
+    out = S.sample_parents(first, lat, (200, 900), CPU, logs.append, False, cache=tmp_path / "sp.npz")
     assert len(out) == len(lat) == 2 and all(len(o) == 2 for o in out)
     for o, v in zip(out, lat):
         assert all(s.shape == v[1].shape and s.dtype == np.float32 for s in o)
         assert all(float(np.abs(s - v[1]).mean()) > 0.05 for s in o)  # drawn, not the real 5x level
     assert not any("read from" in m for m in logs)
-    again = S.sample_parents(b, lat, (200, 900), CPU, logs.append, False)  # no cache: sampled again, the same
+    again = S.sample_parents(first, lat, (200, 900), CPU, logs.append, False)  # no cache: sampled again, the same
     assert all(np.array_equal(p, q) for o, a in zip(out, again) for p, q in zip(o, a))
-    cached = S.sample_parents(b, lat, (200, 900), CPU, logs.append, False, cache=tmp_path / "sp.npz")
+    cached = S.sample_parents(first, lat, (200, 900), CPU, logs.append, False, cache=tmp_path / "sp.npz")
     assert "read from" in logs[-1] and all(np.array_equal(p, q) for o, a in zip(out, cached) for p, q in zip(o, a))
-    other = S.sample_parents(b, lat, (200,), CPU, logs.append, False, cache=tmp_path / "sp.npz")
+    other = S.sample_parents(first, lat, (200,), CPU, logs.append, False, cache=tmp_path / "sp.npz")
     assert "read from" not in logs[-1] and np.array_equal(other[0][0], out[0][0])  # another key: sampled, seeded alike
     (tmp_path / "sp.npz").write_bytes(b"damaged")
-    S.sample_parents(b, lat, (200,), CPU, logs.append, False, cache=tmp_path / "sp.npz")  # sampled again, no error
+    S.sample_parents(first, lat, (200,), CPU, logs.append, False, cache=tmp_path / "sp.npz")  # sampled again, no error
     with pytest.raises(UserError, match="three levels"):
-        S.sample_parents(b, [v[:2] for v in lat], (200,), CPU, logs.append, False)
+        S.sample_parents(first, [v[:2] for v in lat], (200,), CPU, logs.append, False)
 
 
 def test_layout_redraw_keeps_the_real_layout_more_the_lower_t0(trained: tuple[Path, Path]) -> None:

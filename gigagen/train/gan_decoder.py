@@ -176,14 +176,7 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
     pix, lat = bank_levels(decoder_level)
     key = f"{bundle.identity} seeds={seeds} level={lat} images={[li.images[0].shape for li in levels]}"
     key += f" paired={list(paired)}" if paired else ""
-    cached: list[np.ndarray] = []
-    if cache is not None and cache.is_file():
-        try:
-            with np.load(cache) as z:
-                if str(z["key"]) == key:
-                    cached = [z[f"s{i}"] for i in range(len(z.files) - 1)]
-        except Exception:  # a damaged cache only costs the time to sample again
-            cached = []
+    cached = read_cached_arrays(cache, key) or []
     runner = BundleRunner(bundle, device, torch.bfloat16, c.guidance_per_level, c.autoguidance)
     bank = Bank([], [], [], [], [])
     starts = [(s, None) for s in range(seeds)] + [(j, t0) for j, t0 in enumerate(paired)]
@@ -210,12 +203,32 @@ def build_bank(bundle: ModelBundle, levels: list[D.LevelImages], seeds: int, dev
                 bank.sampled.append(sample_finest(runner, parent, real.shape[1:], seed=seed, start=start, level=lat))
                 bar.update(1)
     bar.close()
-    if cache is not None and not cached:
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, key=np.array(key), **{f"s{i}": a for i, a in enumerate(bank.sampled)})
-        tmp.replace(cache)
+    if not cached:
+        write_cached_arrays(cache, key, bank.sampled)
     log(f"decoder bank: {len(bank.images)} sampled images" + (f" (read from {cache})" if cached else ""))
     return bank
+
+
+def read_cached_arrays(cache: Path | None, key: str) -> list[np.ndarray] | None:
+    """The arrays `write_cached_arrays` saved at `cache` under the same `key`, else None (also for a damaged file:
+    it only costs the time to sample again)."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as z:
+            return [z[f"s{i}"] for i in range(len(z.files) - 1)] if str(z["key"]) == key else None
+    except Exception:
+        return None
+
+
+def write_cached_arrays(cache: Path | None, key: str, arrays: list[np.ndarray]) -> None:
+    """Save `arrays` under `key` at `cache` (nothing if None), atomically: a run stopped while writing leaves no
+    half file behind."""
+    if cache is None:
+        return
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, key=np.array(key), **{f"s{i}": a for i, a in enumerate(arrays)})
+    tmp.replace(cache)
 
 
 def bank_batch(bank: Bank, cfg: TrainConfig, f: int, scale: float, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:

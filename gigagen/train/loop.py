@@ -28,7 +28,7 @@ from gigagen.engine.decode import stream_decode
 from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales, level_zooms
 from gigagen.engine.nuclei import StampSpec, fit_spec, stamp
 from gigagen.errors import UserError
-from gigagen.models.checkpoint import BundleConfig, load_bundle, save_bundle
+from gigagen.models.checkpoint import BundleConfig, load_bundle, read_bundle_config, save_bundle
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 from gigagen.sampling.schedules import cosine_alphas_cumprod
@@ -1028,10 +1028,10 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             from gigagen.train.sampled_parents import sample_parents
 
             assert cfg.init_from, "--sampled-parents samples with the --init-from bundle"
-            sampler = load_bundle(Path(cfg.init_from), device)
-            if tuple(sampler.config.magnifications) != tuple(cfg.magnifications) or sampler.config.pixel_levels != cfg.pixel_levels:
+            sampler = read_bundle_config(Path(cfg.init_from))
+            if tuple(sampler.magnifications) != tuple(cfg.magnifications) or sampler.pixel_levels != cfg.pixel_levels:
                 raise UserError(f"--sampled-parents: {cfg.init_from} samples other levels than this run trains; keep its magnifications")
-            sampled = sample_parents(sampler, latents.latents, cfg.sampled_parents,
+            sampled = sample_parents(Path(cfg.init_from), latents.latents, cfg.sampled_parents,
                                      device, log, progress, cache=run / "sampled_parents.npz")
         if st.val_last_step != st.unet_step:
             validate()  # where this run starts (a new denoiser or an --init-from bundle's)

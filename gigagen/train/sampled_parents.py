@@ -22,26 +22,28 @@ import numpy as np
 import torch
 
 from gigagen.errors import UserError
-from gigagen.models.checkpoint import ModelBundle
+from gigagen.models.checkpoint import bundle_identity, load_bundle
 from gigagen.models.denoiser import BundleRunner
-from gigagen.train.gan_decoder import sample_finest
+from gigagen.train.gan_decoder import read_cached_arrays, sample_finest, write_cached_arrays
 
 SEED_OFFSET = 2_000_000  # sampled parents draw their noise from seeds apart from the decoder bank's
 
 
-def sample_parents(bundle: ModelBundle, latents: list[list[np.ndarray]], t0s: tuple[int, ...], device: torch.device,
+def sample_parents(path: Path, latents: list[list[np.ndarray]], t0s: tuple[int, ...], device: torch.device,
                    log: Callable[[str], None], progress: bool, cache: Path | None = None) -> list[list[np.ndarray]]:
     """For every variant (`latents[v][level]`, scaled as the denoiser sees them), one sample of level 1 per t0 in
-    `t0s`: drawn by `bundle` from noise given that variant's level 2 redrawn from its real latent noised to t0
-    (`redraw_layout`). With `cache`, samples of the same bundle, timesteps and shapes are read back from there (a
-    resumed run does not sample again)."""
+    `t0s`: drawn by the bundle at `path` from noise given that variant's level 2 redrawn from its real latent noised
+    to t0 (`redraw_layout`). With `cache`, samples of the same bundle, timesteps and shapes are read back from there
+    (a resumed run neither samples again nor builds the bundle's networks)."""
     from tqdm import tqdm
 
     if len(latents[0]) < 3:
         raise UserError("--sampled-parents needs a cascade of at least three levels (the 5x parent has a parent of its own)")
-    key = f"{bundle.identity} layout t0s={list(t0s)} shapes={[v[1].shape for v in latents]}"
-    flat = _read_cache(cache, key)
+    identity = bundle_identity(path)
+    key = f"{identity} layout t0s={list(t0s)} shapes={[v[1].shape for v in latents]}"
+    flat = read_cached_arrays(cache, key)
     if flat is None:
+        bundle = load_bundle(path, device)
         c = bundle.config
         runner = BundleRunner(bundle, device, torch.bfloat16, c.guidance_per_level, c.autoguidance)
         flat = []
@@ -52,8 +54,8 @@ def sample_parents(bundle: ModelBundle, latents: list[list[np.ndarray]], t0s: tu
                     layout = redraw_layout(runner, levels, t0, seed)
                     flat.append(sample_finest(runner, layout, levels[1].shape[1:], seed=seed + 1, level=1))
                     bar.update(1)
-        _write_cache(cache, key, flat)
-        log(f"sampled parents: {len(flat)} 5x levels from {bundle.identity}, layouts redrawn from t0 {list(t0s)}")
+        write_cached_arrays(cache, key, flat)
+        log(f"sampled parents: {len(flat)} 5x levels from {identity}, layouts redrawn from t0 {list(t0s)}")
     else:
         log(f"sampled parents: {len(flat)} read from {cache}")
     n = len(t0s)
@@ -70,21 +72,3 @@ def redraw_layout(runner: BundleRunner, levels: list[np.ndarray], t0: int, seed:
     padded = np.pad(z, ((0, 0), (0, -h % d), (0, -w % d)), mode="symmetric")
     parent = levels[3] if len(levels) > 3 else None
     return sample_finest(runner, parent, padded.shape[1:], seed=seed, start=(padded, t0), level=2)[:, :h, :w]
-
-
-def _read_cache(cache: Path | None, key: str) -> list[np.ndarray] | None:
-    if cache is None or not cache.is_file():
-        return None
-    try:
-        with np.load(cache) as z:
-            return [z[f"s{i}"] for i in range(len(z.files) - 1)] if str(z["key"]) == key else None
-    except Exception:  # a damaged cache only costs the time to sample again
-        return None
-
-
-def _write_cache(cache: Path | None, key: str, arrays: list[np.ndarray]) -> None:
-    if cache is None:
-        return
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, key=np.array(key), **{f"s{i}": a for i, a in enumerate(arrays)})
-    tmp.replace(cache)
