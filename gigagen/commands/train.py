@@ -103,6 +103,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--elastic-strain", type=float, default=None, metavar="S",
                    help="strength of those deformations: control points 64 and 256 px apart move by S times their spacing "
                         "(std); 0.05 gives displacements of about 11 px and local strain about 10%% (default 0.05)")
+    p.add_argument("--coarse-warps", type=int, default=0, metavar="N",
+                   help="also train the levels above the finest on N elastic deformations of each input's training part "
+                        "at 4x the spacings of --elastic-aug (control points 256 and 1024 px apart): at 5x they bend "
+                        "structures as --elastic-aug does at 20x, new arrangements for the levels with least data; the "
+                        "finest level never sees them (8 orientations each) (default 0)")
+    p.add_argument("--coarse-warp-strain", type=float, default=None, metavar="S",
+                   help="strength of the coarse warps, as --elastic-strain (default 0.05)")
     p.add_argument("--sample-tile", type=int, default=None, metavar="N",
                    help="latent tile side `gigagen slide` samples this model with by default, recorded in the bundle "
                         "(default: the --init-from or --guide-of bundle's, else the training tile --tile)")
@@ -203,6 +210,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--elastic-aug must be between 0 and 64 deformed copies")
     if args.elastic_strain is not None and not 0.0 < args.elastic_strain <= 0.2:
         raise UserError("--elastic-strain must be in (0, 0.2]: stronger deformations fold the tissue over itself")
+    if not 0 <= args.coarse_warps <= 64:
+        raise UserError("--coarse-warps must be between 0 and 64 deformed copies")
+    if args.coarse_warp_strain is not None and not 0.0 < args.coarse_warp_strain <= 0.2:
+        raise UserError("--coarse-warp-strain must be in (0, 0.2]: stronger deformations fold the tissue over itself")
     if not 0.0 <= args.input_perturbation <= 1.0:
         raise UserError("--input-perturbation must be in [0, 1] (0.1 in Ning et al. 2023)")
     if not 0 <= args.cond_aug_max < 1000 or (args.cond_aug is not None and not 0 <= args.cond_aug < 1000):
@@ -216,6 +227,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
                         "(and no --guide-of / --decoder-of)")
     if args.sampled_parents and (min(args.sampled_parents) < 1 or max(args.sampled_parents) >= 1000):
         raise UserError("--sampled-parents takes timesteps in [1, 1000)")
+    if args.coarse_warps and (args.decoder_of or args.guide_of):
+        raise UserError("--coarse-warps trains the cascade's coarser levels; a --guide-of or --decoder-of run trains neither")
     if not 0.0 < args.sampled_parent_prob <= 1.0:
         raise UserError("--sampled-parent-prob must be in (0, 1]")
     if args.nucleus_stamps and not args.decoded_parents:
@@ -438,6 +451,9 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
     from gigagen.train.loop import TrainConfig
 
     _check_sample_tile(args.sample_tile, unet)
+    level_probs = _level_probs(args.level_probs, len(args.magnifications))
+    if args.coarse_warps and not any(level_probs[1:]):
+        raise UserError("--coarse-warps: only the levels above the finest learn from them, and --level-probs gives those none")
     if not args.guide_of:
         _check_cond_aug(args.cond_aug, unet)
     return TrainConfig(
@@ -447,9 +463,10 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         ae_batch=args.ae_batch, ae_crop=args.ae_crop, unet_batch=args.unet_batch, tile=args.tile,
         layout_tile=args.layout_tile, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
         unet_lr=args.unet_lr, unet_max_steps=args.unet_max_steps, lr_decay_minutes=args.lr_decay_minutes, decoder_every=args.decoder_every,
-        magnifications=tuple(args.magnifications), level_probs=_level_probs(args.level_probs, len(args.magnifications)),
+        magnifications=tuple(args.magnifications), level_probs=level_probs,
         device=args.device, precision=args.precision, unet_precision=args.unet_precision, threads=args.threads,
         scale_aug=tuple(args.scale_aug), elastic_aug=args.elastic_aug, elastic_strain=ELASTIC_STRAIN if args.elastic_strain is None else args.elastic_strain, early_stop=args.early_stop,
+        coarse_warps=args.coarse_warps, coarse_warp_strain=ELASTIC_STRAIN if args.coarse_warp_strain is None else args.coarse_warp_strain,
         sample_tile=args.sample_tile, cond_aug_max=args.cond_aug_max, cond_aug=args.cond_aug,
         guidance=_guidance(args.guidance, len(args.magnifications)),
         pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)), input_perturbation=args.input_perturbation,

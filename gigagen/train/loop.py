@@ -92,6 +92,8 @@ class TrainConfig:
     scale_aug: tuple[float, ...] = ()  # extra pixel-size scales at which the denoiser's latents are encoded
     elastic_aug: int = 0  # elastically deformed copies of each training part the denoiser also learns from
     elastic_strain: float = D.ELASTIC_STRAIN  # their control-point displacement std per spacing (data.elastic_field)
+    coarse_warps: int = 0  # deformations at COARSE_WARP_SPACINGS that only the levels above the finest learn from
+    coarse_warp_strain: float = D.ELASTIC_STRAIN  # their displacement std per spacing
     sample_tile: int | None = None  # recorded as the bundle's default sampling tile (None: carried, else `tile`)
     cond_aug_max: int = 0  # conditioning augmentation: parents noised to a timestep drawn from 0..this (0 = off)
     cond_aug: int | None = None  # the conditioning noise timestep recorded for sampling (None: carried, else 0)
@@ -140,8 +142,14 @@ def read_inputs(cfg: TrainConfig) -> Reads:
     return [D.read_image(path, cfg.mpp) for path in cfg.inputs]
 
 
+# Coarse warps (--coarse-warps) bend the tissue at 4x the spacings of the default warps (D.ELASTIC_SPACINGS),
+# so at 5x they move structures as the default warps move them at 20x: new arrangements of the one region for
+# the levels that have least data (a 5x training part is about 550 x 590 px).
+COARSE_WARP_SPACINGS = (256, 1024)
+
+
 def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, warp: int = 0,
-                         reads: Reads | None = None) -> list[D.LevelImages]:
+                         reads: Reads | None = None, coarse: bool = False) -> list[D.LevelImages]:
     """Every input at mpp0, its held-out band removed, as aligned magnification levels.
 
     Levels are downsampled by the cascade's zoom factor (4 for 20x/5x/1.25x), the same factor the
@@ -150,13 +158,17 @@ def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, wa
     scanner with a smaller pixel would); `part` 1 gives the held-out bands instead, skipping inputs
     whose band is too small for the cascade. `warp` k > 0 deforms each training part elastically
     (D.elastic_warp, drawn from the run's seed, the input and k) before the levels are built, so the
-    coarser levels stay the warped image's own. `reads` are the inputs already read (`read_inputs`).
+    coarser levels stay the warped image's own; with `coarse`, deformation k is one of the coarse warps
+    (COARSE_WARP_SPACINGS, cfg.coarse_warp_strain, drawn from a seed of their own). `reads` are the inputs
+    already read (`read_inputs`).
     """
     out = []
     for i, (rgb, mpp) in enumerate(reads if reads is not None else read_inputs(cfg)):
         rgb = D.resize(rgb, mpp / cfg.mpp0 * scale)  # one resampling per variant, scale included
         img = D.split_holdout(rgb, cfg.holdout_frac)[part]
-        if warp:
+        if warp and coarse:
+            img = D.elastic_warp(img, np.random.default_rng([cfg.seed, 0xC0A5, i, warp]), COARSE_WARP_SPACINGS, cfg.coarse_warp_strain)
+        elif warp:
             img = D.elastic_warp(img, np.random.default_rng([cfg.seed, 0xE1A5, i, warp]), strain=cfg.elastic_strain)
         try:
             out.append(D.build_levels(img, checked_zooms(cfg.magnifications), cfg.ae.factor))
@@ -655,15 +667,20 @@ class LatentSet:
         scales = scale if isinstance(scale, tuple) else (scale,) * len(self.latents[0])
         return LatentSet([[z * k for z, k in zip(v, scales)] for v in self.latents], self.masks)
 
+    def extended(self, more: "LatentSet") -> "LatentSet":
+        """These variants, then `more`'s (the first variants keep their indices)."""
+        return LatentSet(self.latents + more.latents, self.masks + more.masks)
+
 
 def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
                log: Callable[[str], None], orientations: int = 8,
-               reread: tuple[int, Reader] | None = None) -> LatentSet:
+               reread: tuple[int, Reader] | None = None, skip_finest: bool = False) -> LatentSet:
     """Every image in its first `orientations` dihedral orientations (the first unjittered, the others
     stain-jittered); variant i is image i // orientations in orientation i % orientations. Pixel levels
     (cfg.pixel_levels) are folded into cells instead of encoded; with `reread` (level K, reader: level_reader),
     level K's pixels are first replaced by the reader's version (its tissue mask stays the real one's; the reader
-    also gets the variant's finest image, where nucleus stamps find the real nuclei)."""
+    also gets the variant's finest image, where nucleus stamps find the real nuclei). With `skip_finest` the
+    finest level is left empty (0 x 0), which `unet_batch` never draws: variants for the coarser levels only."""
     cells = cfg.cells
     lats, masks = [], []
     rng = np.random.default_rng(cfg.seed + 1)
@@ -678,6 +695,10 @@ def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, d
                 if reread is not None and level == reread[0]:
                     jittered = reread[1](jittered, finest)
                 f = cells[level]
+                if skip_finest and level == 0:  # 16x the pixels of the 5x level, and never drawn: not encoded
+                    vl.append(np.zeros((cfg.ae.latent_ch, 0, 0), np.float32))
+                    vm.append(np.zeros((0, 0), bool))
+                    continue
                 vl.append(fold(D.to_tensor_range(jittered), f) if level in cfg.pixel_levels else encode_image(ae, jittered, device, dtype))
                 vm.append(D.dihedral(mask, k)[f // 2 :: f, f // 2 :: f])
             lats.append(vl)
@@ -921,6 +942,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     if cfg.elastic_aug:
         record["elastic_aug"] = cfg.elastic_aug
         record["elastic_strain"] = cfg.elastic_strain
+    if cfg.coarse_warps:
+        record["coarse_warps"] = {"n": cfg.coarse_warps, "strain": cfg.coarse_warp_strain, "spacings_px": list(COARSE_WARP_SPACINGS)}
     if cfg.unet.dropout:
         record["unet_dropout"] = cfg.unet.dropout
     if cfg.cond_aug_max:
@@ -1008,6 +1031,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             log(f"nucleus stamps fitted on the training images: {spec}")
         reread = parent_reread(st, cfg, guided, device)
         latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread)
+        if cfg.coarse_warps:
+            bent = [li for k in range(1, cfg.coarse_warps + 1) for li in load_training_levels(cfg, warp=k, reads=reads, coarse=True)]
+            latents = latents.extended(encode_all(bent, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, skip_finest=True))
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
             log(f"latent_scale = {st.latent_scale:.4f}")
