@@ -92,9 +92,11 @@ def test_train_with_sampled_parents_records_them_and_the_cli_checks_them(trained
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     png, first = trained
     logs: list[str] = []
-    cfg = tiny_cfg(png, tmp_path / "b", init_from=str(first), unet_max_steps=5, decoder_every=0, sampled_parents=(300,))
+    cfg = tiny_cfg(png, tmp_path / "b", init_from=str(first), unet_max_steps=5, decoder_every=0, sampled_parents=(300,),
+                   coarse_warps=1)
     out = L.train(cfg, log=logs.append, progress=False)
-    assert any(m.startswith("sampled parents: 8 5x levels") for m in logs)  # one image x 8 orientations
+    # one image x 8 orientations; the coarse warp's 8 variants are never drawn at 20x and get none
+    assert any(m.startswith("sampled parents: 8 5x levels") for m in logs)
     assert load_bundle(out).config.training["sampled_parents"] == {"t0": [300], "prob": 0.5}
     assert (tmp_path / "b" / "sampled_parents.npz").is_file()
     assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "loss.csv")) if r["phase"] == "unet"] == [4, 5]

@@ -1031,6 +1031,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             log(f"nucleus stamps fitted on the training images: {spec}")
         reread = parent_reread(st, cfg, guided, device)
         latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread)
+        n_fine = len(latents.latents)  # variants the finest level draws from; coarse warps follow them
         if cfg.coarse_warps:
             bent = [li for k in range(1, cfg.coarse_warps + 1) for li in load_training_levels(cfg, warp=k, reads=reads, coarse=True)]
             latents = latents.extended(encode_all(bent, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, skip_finest=True))
@@ -1057,7 +1058,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             sampler = read_bundle_config(Path(cfg.init_from))
             if tuple(sampler.magnifications) != tuple(cfg.magnifications) or sampler.pixel_levels != cfg.pixel_levels:
                 raise UserError(f"--sampled-parents: {cfg.init_from} samples other levels than this run trains; keep its magnifications")
-            sampled = sample_parents(Path(cfg.init_from), latents.latents, cfg.sampled_parents,
+            # only the finest level takes sampled parents: the coarse-warp variants need none
+            sampled = sample_parents(Path(cfg.init_from), latents.latents[:n_fine], cfg.sampled_parents,
                                      device, log, progress, cache=run / "sampled_parents.npz")
         if st.val_last_step != st.unet_step:
             validate()  # where this run starts (a new denoiser or an --init-from bundle's)
