@@ -25,7 +25,7 @@ class RunConfig:
     height: int
     out: str
     seed: int
-    steps: int = 20
+    steps: tuple[int, ...] | None = None  # DDIM steps per level, finest first (or one for all); None = the model's
     eta: float = 0.0
     guidance: tuple[float, ...] | None = None  # CFG weight per refinement level, finest first (or one for all); None = the model's
     autoguidance: float | None = None  # None = the model's own default (1 when it has no guide network)
@@ -72,14 +72,21 @@ def default_batch_size(tile: int) -> int:
     return max(1, CALL_PIXELS // (tile * tile))
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def validate(cfg: RunConfig) -> None:
     """Checks that need no model; raises UserError with one line for the first problem found."""
-    for name in ("width", "height", "steps", "batch_size"):
+    for name in ("width", "height", "batch_size"):
         value = getattr(cfg, name)
         if name == "batch_size" and value is None:
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _positive_int(value):
             raise UserError(f"{name.replace('_', '-')} must be a positive integer, not {value!r}")
+    if cfg.steps is not None and (not isinstance(cfg.steps, tuple) or not cfg.steps or not all(map(_positive_int, cfg.steps))):
+        shown = ",".join(map(str, cfg.steps)) if isinstance(cfg.steps, tuple) else repr(cfg.steps)
+        raise UserError(f"steps must be a positive integer per level, not {shown}")
     if cfg.blend not in BLEND_MODES:
         raise UserError(f"unknown blend mode {cfg.blend!r}; choose from {', '.join(BLEND_MODES)}")
     if cfg.eta < 0:

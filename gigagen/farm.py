@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from gigagen.engine.grid import Tile
 from gigagen.engine.store import DiskStore, LevelSpec, StateView
@@ -137,11 +137,13 @@ class Farm:
             if pending:
                 running.add(submit())
 
-    def denoiser(self, steps: list[StepPlan], eta: float, on_tiles: Callable[[int], None]) -> Callable[[Any, StateView | None, int], None]:
+    def denoiser(self, steps: Sequence[list[StepPlan]], eta: float,
+                 on_tiles: Callable[[int], None]) -> Callable[[Any, StateView | None, int], None]:
+        """As cascade.local_denoiser (`steps[level]`: that level's schedule), each step's tile batches farmed out."""
         def denoise(store: Any, parent: StateView | None, factor: int) -> None:
             spec: LevelSpec = store.spec
             pref = (parent.store.spec, parent.state) if parent is not None else None
-            for step in steps[store.completed() :]:
+            for step in steps[spec.level][store.completed() :]:
                 batches = step_batches(spec, step.index)
                 calls = [(denoise_task, (self.rspec, self.root, spec, b, pref, factor, step, eta)) for b in batches]
                 self._run_all(calls, on_tiles, [len(b) for b in batches])

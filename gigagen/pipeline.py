@@ -61,7 +61,7 @@ class Job:
     runner: Any  # gigagen.models.denoiser.BundleRunner
     tiling: Tiling
     plans: list[LevelPlan]
-    steps: list[Any]
+    steps: list[list[Any]]  # per level, finest first: its DDIM schedule (engine.tiler.StepPlan)
     state: RunState
     farm: Any = None  # gigagen.farm.Farm when tiles go to dask workers
 
@@ -132,24 +132,22 @@ def replacing(out: Path, active: bool) -> Iterator[None]:
 
 
 def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPlan]]:
-    """The run's config with the model's defaults made explicit (tile, guidance, autoguidance, cond_aug, batch size:
+    """The run's config with the model's defaults made explicit (steps, tile, guidance, autoguidance, cond_aug, batch size:
     run.json and the resume fingerprint record the values used), device, dtype, model bundle and cascade plan;
     UserError for what the model rules out."""
     from gigagen.models.checkpoint import load_bundle
-    from gigagen.models.denoiser import cond_aug_timestep, guidance_weights, pick_device, pick_dtype
+    from gigagen.models.denoiser import cond_aug_timestep, guidance_weights, pick_device, pick_dtype, sampling_steps
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     bundle = load_bundle(Path(cfg.checkpoint) if cfg.checkpoint else None, device)
     mc = bundle.config
-    if cfg.steps > mc.n_train_steps:
-        raise UserError(f"steps must be at most {mc.n_train_steps} for this model")
     tile = cfg.tile or mc.sampling_tile
     if tile % mc.unet.divisor:
         raise UserError(f"tile must be a multiple of {mc.unet.divisor} for this model, not {tile}")
     plans = plan_cascade(cfg.width, cfg.height, mc.level_cells, mc.magnifications, mc.unet.divisor)
     cfg = replace(with_autoguidance(cfg, bundle), tile=tile, cond_aug=cond_aug_timestep(bundle, cfg.cond_aug),
-                  guidance=guidance_weights(bundle, cfg.guidance),
+                  guidance=guidance_weights(bundle, cfg.guidance), steps=sampling_steps(bundle, cfg.steps),
                   batch_size=cfg.batch_size or default_batch_size(tile))
     return cfg, device, dtype, bundle, plans
 
@@ -218,7 +216,8 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
     if not mc.trained:
         log("warning: this model is an untrained random placeholder; the slide will not look like tissue")
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
-    steps = step_plans(runner.alphas_cumprod, ddim_timesteps(mc.n_train_steps, cfg.steps))
+    assert cfg.steps is not None  # resolved per level by _setup_model
+    steps = [step_plans(runner.alphas_cumprod, ddim_timesteps(mc.n_train_steps, n)) for n in cfg.steps]
     job = Job(cfg, out, runner, tiling, plans, steps, state)
     record: dict[str, Any] = {
         "generator": "gigagen", "synthetic": True, "status": "generating", "config": cfg.as_dict(),
@@ -299,7 +298,7 @@ def _evaluations(job: Job, c: Any) -> dict[str, Any]:
         c = job.farm.counters
         decode_calls += c.decode_calls
     # the levels the denoiser samples (a decoded level costs decoder passes only)
-    area = job.cfg.steps * sum(p.shape[0] * p.shape[1] for p in sampled_plans(job.plans, job.runner.bundle.config))
+    area = sum(len(job.steps[p.level]) * p.shape[0] * p.shape[1] for p in sampled_plans(job.plans, job.runner.bundle.config))
     return {
         "unet_calls": c.unet_calls, "unet_tiles": c.unet_tiles, "unet_latent_pixels": c.unet_pixels,
         "per_latent_pixel_per_step": round(c.unet_pixels / area, 4) if not job.cfg.resume else None,
@@ -312,14 +311,15 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
     """The cascade with one progress bar per level; the layout level is saved as layout.png."""
     cfg, plans, state = job.cfg, job.plans, job.state
     bars: dict[str, Any] = {}
-    n_levels, n_steps = len(plans), len(job.steps)
+    n_levels, n_steps = len(plans), tuple(len(s) for s in job.steps)
     mc = job.runner.bundle.config
 
     def start(plan: LevelPlan, store: Any) -> None:
         if plan.level == mc.decoded_level:
-            total, kind = (0 if store.completed() >= n_steps else len(level_tiles(store.spec, n_steps))), "decode"
+            n = n_steps[plan.level]
+            total, kind = (0 if store.completed() >= n else len(level_tiles(store.spec, n))), "decode"
         else:
-            total = tiles_per_level(store.spec, n_steps, store.completed())
+            total = tiles_per_level(store.spec, n_steps[plan.level], store.completed())
             kind = "layout" if plan.level == n_levels - 1 else "refine"
         bars["bar"] = progress(f"{kind} {plan.magnification:g}x", total, "tile")
         bars["t0"] = time.perf_counter()
@@ -328,7 +328,7 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
         bars["bar"].close()
         timings.stages[f"level{plan.level}_{plan.magnification:g}x"] = round(time.perf_counter() - bars["t0"], 3)
         if plan.level == n_levels - 1:
-            _save_layout(job, store.view(n_steps), plan)
+            _save_layout(job, store.view(n_steps[plan.level]), plan)
 
     def on_tiles(n: int) -> None:
         bars["bar"].update(n)
@@ -339,7 +339,7 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
         plans, channels=mc.ae.latent_ch, n_steps=n_steps, seed=cfg.seed, tiling=job.tiling,
         denoise=denoise, make_store=make_store, cond_noise=job.runner.cond_noise, on_level_start=start, on_level_done=done,
     )
-    return store.view(n_steps)
+    return store.view(n_steps[0])
 
 
 def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
@@ -355,7 +355,7 @@ def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
         assert k is not None
         stamps = (mc.nucleus_stamps, job.cfg.seed, k) if mc.nucleus_stamps is not None else None
         decode_level(store, parent, job.runner.level_decode_fn, ae_factor=mc.ae.factor, cell=mc.level_cells[k],
-                     scale=mc.level_scales[k], halo=mc.ae.decode_halo, n_steps=len(job.steps), on_tiles=on_tiles,
+                     scale=mc.level_scales[k], halo=mc.ae.decode_halo, n_steps=len(job.steps[k]), on_tiles=on_tiles,
                      stamps=stamps, noise=mc.level_noise(job.cfg.seed))
 
     return with_decoded_level(denoise, k, decode)

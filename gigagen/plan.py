@@ -62,7 +62,7 @@ def disk_bytes(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind
 
 def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int, guide_levels: tuple[int, ...] = ()) -> dict[str, int]:
     """UNet tiles and latent pixels evaluated over the whole cascade (CFG doubles the levels it guides;
-    cfg.guidance is the resolved per-level tuple);
+    cfg.guidance and cfg.steps are the resolved per-level tuples);
     autoguidance adds as many evaluations of the smaller guide network at its levels, counted apart."""
     tiles = pixels = guide_tiles = guide_pixels = 0
     guided = cfg.autoguidance not in (None, 1.0)
@@ -70,7 +70,7 @@ def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int,
         level_tiles = level_pixels = 0
         guided_cfg = p.level < len(cfg.guidance or ()) and cfg.guidance[p.level] != 1.0  # type: ignore[index]
         passes = 2 if guided_cfg else 1
-        for step in range(cfg.steps):
+        for step in range(cfg.steps[p.level]):  # type: ignore[index]
             rows, cols = step_segments(p.shape, tile, cfg.blend, seed=cfg.seed, level=p.level, step=step, divisor=divisor, stride=cfg.overlap_stride)
             level_tiles += passes * len(rows) * len(cols)
             level_pixels += passes * sum(b - a for a, b in rows) * sum(b - a for a, b in cols)

@@ -49,7 +49,7 @@ def seam_score(slide: Path, cfg: RunConfig, factor: int, divisor: int, tile: int
 def _warm_up(checkpoint: str | None) -> None:
     """One tiny run first, so one-off costs (imports, kernel set-up) are not charged to the first mode."""
     with tempfile.TemporaryDirectory() as tmp:
-        generate(RunConfig(width=256, height=256, out=str(Path(tmp) / "w"), seed=0, steps=2, checkpoint=checkpoint, formats=()))
+        generate(RunConfig(width=256, height=256, out=str(Path(tmp) / "w"), seed=0, steps=(2,), checkpoint=checkpoint, formats=()))
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
     _warm_up(args.checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         for i, mode in enumerate(args.modes.split(",")):
-            cfg = RunConfig(width=args.size, height=args.size, out=str(Path(tmp) / f"{i}-{mode}"), seed=args.seed, steps=args.steps,
+            cfg = RunConfig(width=args.size, height=args.size, out=str(Path(tmp) / f"{i}-{mode}"), seed=args.seed, steps=(args.steps,),
                             blend=mode, checkpoint=args.checkpoint, formats=())
             t0 = time.perf_counter()
             record = generate(cfg)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Write a copy of a model bundle with other sampling defaults; its weights stay bit for bit the same.
 
-The defaults `gigagen slide` takes from a bundle (guidance weights per level, autoguidance weight, sampling
-tile, conditioning noise) are measured per model after training (scripts/bench_sampling.py); this records
+The defaults `gigagen slide` takes from a bundle (guidance weights per level, DDIM steps per level,
+autoguidance weight, sampling tile, conditioning noise) are measured per model after training (scripts/bench_sampling.py); this records
 a measured choice without training again. The bundle's training record gains `sampling_defaults`: the
 identity of the bundle it came from and the fields changed.
 
@@ -31,11 +31,21 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, not {text!r}") from None
+
+
 def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
-    """The BundleConfig fields to replace (one guidance weight means every refinement level)."""
+    """The BundleConfig fields to replace (one guidance weight means every refinement level, one step count
+    every level)."""
     out: dict[str, Any] = {}
     if args.guidance is not None:
         out["guidance"] = args.guidance * (n_levels - 1) if len(args.guidance) == 1 else args.guidance
+    if args.steps is not None:
+        out["steps"] = args.steps * n_levels if len(args.steps) == 1 else args.steps
     for name in ("autoguidance", "sample_tile", "cond_aug"):
         if getattr(args, name) is not None:
             out[name] = getattr(args, name)
@@ -47,6 +57,7 @@ def main() -> int:
     p.add_argument("bundle")
     p.add_argument("--out", required=True, help="the new bundle (must not exist)")
     p.add_argument("--guidance", type=_floats, default=None, help="CFG weight per refinement level, finest first (or one for all)")
+    p.add_argument("--steps", type=_ints, default=None, help="DDIM steps per level, finest first with the layout level (or one for all)")
     p.add_argument("--autoguidance", type=float, default=None)
     p.add_argument("--sample-tile", type=int, default=None)
     p.add_argument("--cond-aug", type=int, default=None)
@@ -59,7 +70,7 @@ def main() -> int:
         c = bundle.config
         new = changes(args, len(c.magnifications))
         if not new:
-            raise UserError("nothing to change: give --guidance, --autoguidance, --sample-tile or --cond-aug")
+            raise UserError("nothing to change: give --guidance, --steps, --autoguidance, --sample-tile or --cond-aug")
         record = {"from": bundle.identity, "changed": {k: list(v) if isinstance(v, tuple) else v for k, v in new.items()}}
         cfg = dataclasses.replace(c, **new, training=c.training | {"sampling_defaults": record})
         try:

@@ -29,8 +29,8 @@ def _sample(runner: BundleRunner, width: int, height: int, tiling: Tiling, steps
     cfg = runner.bundle.config
     plans = plan_cascade(width, height, cfg.level_cells, cfg.magnifications, cfg.unet.divisor)
     sp = step_plans(runner.alphas_cumprod, ddim_timesteps(cfg.n_train_steps, steps))
-    store = sample_cascade(plans, channels=cfg.ae.latent_ch, n_steps=steps, seed=seed, tiling=tiling,
-                           denoise=local_denoiser(runner.model_fn, sp, eta), make_store=make_store)
+    store = sample_cascade(plans, channels=cfg.ae.latent_ch, n_steps=(steps,) * len(plans), seed=seed, tiling=tiling,
+                           denoise=local_denoiser(runner.model_fn, [sp] * len(plans), eta), make_store=make_store)
     return store.view(steps)[:, :, :]
 
 
@@ -60,8 +60,8 @@ def test_a_slide_that_fits_in_one_tile_equals_the_untiled_sampler(tiny_bundle: P
     plans = plan_cascade(24, 24, cfg.level_cells, cfg.magnifications, cfg.unet.divisor)
     assert all(max(p.shape) <= 8 for p in plans)
     sp = step_plans(runner.alphas_cumprod, ddim_timesteps(cfg.n_train_steps, 5))
-    tiled = sample_cascade(plans, channels=4, n_steps=5, seed=11, tiling=Tiling(tile=8, mode="gridshift"),
-                           denoise=local_denoiser(runner.model_fn, sp, 0.0)).view(5)[:, :, :]
+    tiled = sample_cascade(plans, channels=4, n_steps=(5, 5, 5), seed=11, tiling=Tiling(tile=8, mode="gridshift"),
+                           denoise=local_denoiser(runner.model_fn, [sp] * 3, 0.0)).view(5)[:, :, :]
 
     # reference: plain DDIM on whole canvases, layout first, conditioning = whole parent upsampled
     parent = None
@@ -147,10 +147,10 @@ def test_stores_match_and_resume_after_interruption(tiny_bundle: Path, tmp_path:
     tiling = Tiling(tile=8, batch_size=5)
     for n_calls in (3, 9, 30):  # interrupted in the layout, then mid-refinement, then at the finest level
         with pytest.raises(_Interrupt):
-            sample_cascade(plans, channels=4, n_steps=4, seed=3, tiling=tiling,
-                           denoise=local_denoiser(_failing_after(runner.model_fn, n_calls), sp, 0.0), make_store=make)
-    store = sample_cascade(plans, channels=4, n_steps=4, seed=3, tiling=tiling,
-                           denoise=local_denoiser(runner.model_fn, sp, 0.0), make_store=make)
+            sample_cascade(plans, channels=4, n_steps=(4, 4, 4), seed=3, tiling=tiling,
+                           denoise=local_denoiser(_failing_after(runner.model_fn, n_calls), [sp] * 3, 0.0), make_store=make)
+    store = sample_cascade(plans, channels=4, n_steps=(4, 4, 4), seed=3, tiling=tiling,
+                           denoise=local_denoiser(runner.model_fn, [sp] * 3, 0.0), make_store=make)
     np.testing.assert_array_equal(store.view(4)[:, :, :], ref)
     if kind == "disk":  # only the final state of each level is left on disk
         assert sorted(p.name for p in (tmp_path / "state" / "L0").iterdir()) == ["s0004", "state.json"]

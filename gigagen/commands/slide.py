@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--height", type=int, help="height (overrides --size)")
     p.add_argument("--out", help="output slide directory (default: slides/gigagen-TIMESTAMP-sSEED)")
     p.add_argument("--seed", type=int, help="random seed (default: random, recorded in run.json)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM denoising steps per level (default 20)")
+    p.add_argument("--steps", type=_counts, default=None, metavar="N[,N...]",
+                   help="DDIM denoising steps per level, finest first (20x,5x,1.25x for the default model), or one number "
+                        "for every level (default: the model's, 20,60,60 for the embedded default)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default 0)")
     p.add_argument("--guidance", type=_weights, default=None, metavar="W[,W...]",
                    help="classifier-free guidance weight per refinement level, finest first (20x,5x for the default model), or one "
@@ -69,6 +71,13 @@ def _weights(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, not {text!r}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     width = args.width if args.width is not None else args.size
     height = args.height if args.height is not None else args.size
@@ -103,7 +112,7 @@ def _print_plan(plan: dict, as_json: bool) -> None:
         return
     gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
     d, ev, sec = plan["disk_bytes"], plan["network_evaluations"], plan["seconds_on_this_machine"]
-    print(f"slide        {plan['width']}x{plan['height']} px at 20x, {plan['steps']} steps, blend {plan['blend']}, model {plan['model']}")
+    print(f"slide        {plan['width']}x{plan['height']} px at 20x, steps {','.join(map(str, plan['steps']))}, blend {plan['blend']}, model {plan['model']}")
     print("levels       " + ", ".join(f"{lv['magnification']:g}x {lv['kind']} {lv['latent_shape'][0]}x{lv['latent_shape'][1]}"
                                       + (" (decoded)" if lv["made_by"].startswith("level decoder") else "") for lv in plan["levels"]))
     print(f"disk         {gb(d['total'])} at most (zarr {gb(d['zarr'])}, tiffs {gb(d['tiffs'])}, latent state {gb(d['latent_state'])})")
@@ -135,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         record["timings_s"] = {"total": 0.0}
     summary = {
         "out": cfg.out, "width": cfg.width, "height": cfg.height, "seed": cfg.seed, "blend": cfg.blend,
-        "steps": cfg.steps, "model": record["model"]["identity"], "trained_model": record["model"]["trained"],
+        "steps": record["config"]["steps"], "model": record["model"]["identity"], "trained_model": record["model"]["trained"],
         "seconds": record["timings_s"]["total"],
         "evaluations_per_latent_pixel_per_step": record.get("network_evaluations", {}).get("per_latent_pixel_per_step"),
     }

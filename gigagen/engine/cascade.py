@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from gigagen.engine.grid import Tiling, round_up
 from gigagen.engine.levels import cond_factors
@@ -47,11 +47,14 @@ def level_spec(plan: LevelPlan, channels: int, seed: int, tiling: Tiling, cond_n
     return LevelSpec(plan.level, plan.shape, channels, seed, tiling, cond_noise if plan.factor else 0.0)
 
 
-def local_denoiser(model_fn: ModelFn, steps: list[StepPlan], eta: float, on_tiles: Callable[[int], None] | None = None) -> DenoiseFn:
-    """Denoise in this process (the default; gigagen.engine.farm provides a dask.distributed one)."""
+def local_denoiser(model_fn: ModelFn, steps: Sequence[list[StepPlan]], eta: float,
+                   on_tiles: Callable[[int], None] | None = None) -> DenoiseFn:
+    """Denoise in this process (the default; gigagen.engine.farm provides a dask.distributed one); `steps[level]`
+    is that level's DDIM schedule (levels may take different numbers of steps)."""
 
     def denoise(store: Any, parent: StateView | None, factor: int) -> None:
-        denoise_level(store, parent=parent, factor=factor, model_fn=model_fn, steps=steps, eta=eta, on_tiles=on_tiles)
+        denoise_level(store, parent=parent, factor=factor, model_fn=model_fn, steps=steps[store.spec.level], eta=eta,
+                      on_tiles=on_tiles)
 
     return denoise
 
@@ -60,7 +63,7 @@ def sample_cascade(
     plans: list[LevelPlan],
     *,
     channels: int,
-    n_steps: int,
+    n_steps: Sequence[int],
     seed: int,
     tiling: Tiling,
     denoise: DenoiseFn,
@@ -72,7 +75,8 @@ def sample_cascade(
     """Sample every level from the layout down, resuming each store where it stopped.
 
     `cond_noise` > 0 noises every parent level as the denoiser was trained to expect (LevelSpec.cond_noise).
-    Returns the finest level's store (its final state is `store.view(n_steps)`). Only a level and
+    `n_steps[level]` is that level's number of DDIM steps, so its final state, the one its child is conditioned
+    on. Returns the finest level's store (its final state is `store.view(n_steps[0])`). Only a level and
     its parent are alive at once.
     """
     parent: StateView | None = None
@@ -84,7 +88,7 @@ def sample_cascade(
         denoise(store, parent, plan.factor)
         if on_level_done:
             on_level_done(plan, store)
-        parent = store.view(n_steps)
+        parent = store.view(n_steps[plan.level])
     return store
 
 

@@ -28,6 +28,7 @@ from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 
 META_KEY = "gigagen.bundle"
 FORMAT_VERSION = 1
+DEFAULT_STEPS = 20  # DDIM steps per level when neither the run nor the bundle names them
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
 
 
@@ -56,6 +57,10 @@ class BundleConfig:
     # classifier-free guidance weights `gigagen slide` uses by default, one per refinement level finest first
     # (the layout level has no parent); () = 1 at every level. Measured per model, like autoguidance.
     guidance: tuple[float, ...] = ()
+    # DDIM steps `gigagen slide` takes by default at each level, finest first with the layout level; () =
+    # DEFAULT_STEPS at every level. The coarser levels have 1/16 and 1/256 of the finest level's pixels, so
+    # more steps there cost little; measured per model (the model card; scripts/set_sampling_defaults.py --steps).
+    steps: tuple[int, ...] = ()
     # levels held as pixels folded into channels instead of latents (gigagen.engine.levels), and the factor
     # that brings their [-1, 1] pixel values to about unit variance, as latent_scale does for latents
     pixel_levels: tuple[int, ...] = ()
@@ -81,6 +86,11 @@ class BundleConfig:
             return None
         assert self.decoded_level is not None  # validate_config
         return seed, self.decoded_level, self.level_decoder_noise
+
+    @property
+    def steps_per_level(self) -> tuple[int, ...]:
+        """The default DDIM steps of every level, finest first, the layout level included."""
+        return self.steps or (DEFAULT_STEPS,) * len(self.magnifications)
 
     @property
     def sampling_tile(self) -> int:
@@ -160,6 +170,8 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("cond_aug must be a timestep in [0, n_train_steps), and 0 for a denoiser trained without conditioning augmentation")
     if cfg.guidance and (len(cfg.guidance) != len(cfg.magnifications) - 1 or min(cfg.guidance) < 0):
         raise ValueError("guidance must give one weight >= 0 per refinement level (all levels but the layout), or none")
+    if cfg.steps and (len(cfg.steps) != len(cfg.magnifications) or not all(1 <= n <= cfg.n_train_steps for n in cfg.steps)):
+        raise ValueError("steps must give one count in 1..n_train_steps per level (the layout level included), or none")
     cond_factors(cfg.magnifications, cfg.level_cells)  # raises ValueError for pixel levels the cascade cannot use
     if cfg.pixel_scale <= 0:
         raise ValueError("pixel_scale must be positive")

@@ -77,6 +77,19 @@ def guidance_weights(bundle: ModelBundle, requested: tuple[float, ...] | None) -
     return tuple(requested)
 
 
+def sampling_steps(bundle: ModelBundle, requested: tuple[int, ...] | None) -> tuple[int, ...]:
+    """DDIM steps per level, finest first, the layout level included: the bundle's when none are asked for;
+    one value applies to every level."""
+    c = bundle.config
+    n = len(c.magnifications)
+    steps = c.steps_per_level if requested is None else tuple(requested) * n if len(requested) == 1 else tuple(requested)
+    if len(steps) != n:
+        raise UserError(f"steps: give one number, or one per level finest first ({n} for {bundle.identity}), not {len(steps)}")
+    if max(steps) > c.n_train_steps:
+        raise UserError(f"steps must be at most {c.n_train_steps} for this model")
+    return steps
+
+
 def autoguidance_weight(bundle: ModelBundle, requested: float | None) -> float:
     """The weight a run uses: the bundle's default when none is asked for (1 for a bundle without a guide,
     which validate_config enforces); a weight other than 1 needs a guide network."""

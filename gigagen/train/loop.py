@@ -437,16 +437,16 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     on the same latents (encoder and latent scale, both kept) and does not depend on the main denoiser, so
     it goes on guiding the same levels with the same weight, unless the cascade changes. Its fine-tuned
     decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder. Its
-    sampling tile, conditioning noise and guidance weights, measured on the network that now trains on
-    (--sample-tile, --cond-aug and --guidance replace them). Not its level decoder (BundleConfig.decoded_level):
+    sampling tile, conditioning noise, guidance weights and steps per level, measured on the network that now
+    trains on (--sample-tile, --cond-aug and --guidance replace theirs). Not its level decoder (BundleConfig.decoded_level):
     tuned on the old denoiser's samples, it is dropped, and the continued bundle samples that level by diffusion
     until a new one is tuned (--decoder-of B --decoder-level K); unless cfg.decoded_parents, where the run learns
     the level below from that very decoder's readings, and keeps it (frozen) with its record."""
     c, rec = bundle.config, bundle.config.training
     out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug}  # how it samples best
     same_levels = tuple(c.magnifications) == tuple(cfg.magnifications) and tuple(c.pixel_levels) == tuple(cfg.pixel_levels)
-    if same_levels:  # per-level weights only mean something for the same levels, held the same way
-        out["guidance"] = tuple(c.guidance)
+    if same_levels:  # per-level weights and steps only mean something for the same levels, held the same way
+        out["guidance"], out["steps"] = tuple(c.guidance), tuple(c.steps)
     if "decoder_gan" in rec:
         out["record"]["decoder_gan"] = rec["decoder_gan"]
     if cfg.decoded_parents:
@@ -531,6 +531,7 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         sample_tile=cfg.sample_tile or st.carried.get("sample_tile"), training=record | st.carried.get("record", {}), **guide_fields,
         cond_aug=st.carried.get("cond_aug", 0) if cfg.cond_aug is None else cfg.cond_aug,
         guidance=st.carried.get("guidance", ()) if cfg.guidance is None else cfg.guidance,
+        steps=st.carried.get("steps", ()),
         pixel_levels=tuple(cfg.pixel_levels), pixel_scale=float(st.pixel_scale or 1.0),
         decoded_level=st.carried["level_decoder"]["level"] if "level_decoder" in st.carried else None,
         nucleus_stamps=StampSpec.from_dict(st.carried["nucleus_stamps"]) if st.carried.get("nucleus_stamps") else None,
