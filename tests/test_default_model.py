@@ -19,6 +19,8 @@ def test_the_model_card_names_the_embedded_bundle_and_its_sampling_defaults() ->
     c = b.config
     # the defaults the README's status paragraph and the card state
     assert c.guidance_per_level == (1.0, 2.0) and c.autoguidance == 1.5 and c.sampling_tile == 128
+    assert c.steps_per_level == (20, 60, 60)
     assert c.ae.factor == 8 and c.ae.latent_ch == 12 and c.ae.refine_ch == 0
     readme = README.read_text()
     assert "`gigagen slide --guidance 1,2`, the default" in readme and re.search(r"autoguidance\s+1\.5", card)
+    assert "`gigagen slide --steps 20,60,60`, the default" in readme and "steps 20,60,60" in newest.replace("`", "")
