@@ -6,6 +6,7 @@ its own files.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -65,6 +66,27 @@ def parse_bytes(text: str) -> int:
     if value < 0:
         raise UserError(f"size must be >= 0, not {text!r}")
     return int(value)
+
+
+def comma_ints(text: str) -> tuple[int, ...]:
+    """'20,60,60' -> (20, 60, 60), as an argparse type (one line on anything else)."""
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, not {text!r}") from None
+
+
+def comma_floats(text: str) -> tuple[float, ...]:
+    """'1,2.5' -> (1.0, 2.5), as an argparse type (one line on anything else)."""
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+
+
+def per_level(values: tuple, n: int) -> tuple:
+    """Per-level settings as given, or one value repeated for each of n levels."""
+    return tuple(values) * n if len(values) == 1 else tuple(values)
 
 
 def default_batch_size(tile: int) -> int:

@@ -20,22 +20,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gigagen.config import comma_floats, comma_ints, per_level  # noqa: E402
 from gigagen.errors import UserError  # noqa: E402
 from gigagen.models.checkpoint import load_bundle, save_bundle  # noqa: E402
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, not {text!r}") from None
 
 
 def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
@@ -43,9 +30,9 @@ def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
     every level)."""
     out: dict[str, Any] = {}
     if args.guidance is not None:
-        out["guidance"] = args.guidance * (n_levels - 1) if len(args.guidance) == 1 else args.guidance
+        out["guidance"] = per_level(args.guidance, n_levels - 1)
     if args.steps is not None:
-        out["steps"] = args.steps * n_levels if len(args.steps) == 1 else args.steps
+        out["steps"] = per_level(args.steps, n_levels)
     for name in ("autoguidance", "sample_tile", "cond_aug"):
         if getattr(args, name) is not None:
             out[name] = getattr(args, name)
@@ -56,8 +43,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle")
     p.add_argument("--out", required=True, help="the new bundle (must not exist)")
-    p.add_argument("--guidance", type=_floats, default=None, help="CFG weight per refinement level, finest first (or one for all)")
-    p.add_argument("--steps", type=_ints, default=None, help="DDIM steps per level, finest first with the layout level (or one for all)")
+    p.add_argument("--guidance", type=comma_floats, default=None, help="CFG weight per refinement level, finest first (or one for all)")
+    p.add_argument("--steps", type=comma_ints, default=None, help="DDIM steps per level, finest first with the layout level (or one for all)")
     p.add_argument("--autoguidance", type=float, default=None)
     p.add_argument("--sample-tile", type=int, default=None)
     p.add_argument("--cond-aug", type=int, default=None)

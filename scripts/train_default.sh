@@ -108,7 +108,7 @@ fi
 # 5x and layout levels, which cost little (1/16 and 1/256 of the 20x pixels); weights unchanged
 final=runs/default-final.safetensors
 rm -f "$final"
-.venv/bin/python scripts/set_sampling_defaults.py "$bundle" --out "$final" --steps "${STEPS:-20,60,60}"
+"$PY" scripts/set_sampling_defaults.py "$bundle" --out "$final" --steps "${STEPS:-20,60,60}"
 # only runs that finished replace the shipped weights (set -e stops here otherwise)
 cp "$final" gigagen/weights/default.safetensors
 echo "default model: gigagen/weights/default.safetensors"

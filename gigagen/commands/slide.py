@@ -8,7 +8,7 @@ import secrets
 import sys
 import time
 
-from gigagen.config import FORMATS, RunConfig, parse_bytes
+from gigagen.config import FORMATS, RunConfig, comma_floats, comma_ints, parse_bytes
 from gigagen.engine.grid import BLEND_MODES
 from gigagen.errors import UserError
 
@@ -27,11 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--height", type=int, help="height (overrides --size)")
     p.add_argument("--out", help="output slide directory (default: slides/gigagen-TIMESTAMP-sSEED)")
     p.add_argument("--seed", type=int, help="random seed (default: random, recorded in run.json)")
-    p.add_argument("--steps", type=_counts, default=None, metavar="N[,N...]",
+    p.add_argument("--steps", type=comma_ints, default=None, metavar="N[,N...]",
                    help="DDIM denoising steps per level, finest first (20x,5x,1.25x for the default model), or one number "
                         "for every level (default: the model's, 20,60,60 for the embedded default)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default 0)")
-    p.add_argument("--guidance", type=_weights, default=None, metavar="W[,W...]",
+    p.add_argument("--guidance", type=comma_floats, default=None, metavar="W[,W...]",
                    help="classifier-free guidance weight per refinement level, finest first (20x,5x for the default model), or one "
                         "weight for every level; 1 = one pass (default: the model's, 1,2 for the embedded default)")
     p.add_argument("--autoguidance", type=float, default=None,
@@ -62,20 +62,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.add_argument("--tile-order", default="raster", help=argparse.SUPPRESS)
-
-
-def _weights(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
-
-
-def _counts(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(n) for n in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, not {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -7,25 +7,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from gigagen.config import comma_floats, comma_ints
 from gigagen.errors import UserError
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
-
-
 def _levels(text: str) -> tuple[int, ...]:
-    return () if text.strip().lower() == "none" else _ints(text)
+    return () if text.strip().lower() == "none" else comma_ints(text)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -57,7 +44,7 @@ def add_parser(subparsers: Any) -> None:
                    help="with --decoder-of: decoded samples keep the original decoder's means over blocks of this many px (default 16)")
     p.add_argument("--gan-bank-seeds", type=int, default=2,
                    help="with --decoder-of: sampled latents per training image and orientation (default 2)")
-    p.add_argument("--gan-paired", type=_ints, default=(), metavar="T0,...",
+    p.add_argument("--gan-paired", type=comma_ints, default=(), metavar="T0,...",
                    help="with --decoder-of: the bank also holds, per training image, orientation and timestep T0, the "
                         "real latent noised to T0 and denoised (SDEdit), which keeps the image's layout; the decoder learns "
                         "to reconstruct the real pixels from those too, so it draws crisp tissue from the denoiser's "
@@ -83,10 +70,10 @@ def add_parser(subparsers: Any) -> None:
                    help="with --decoder-noise: weight of the KL term that keeps the noise the decoder learns from close to "
                         "the standard normal it samples with (default 0.05)")
     p.add_argument("--ae-base", type=int, default=16, help="autoencoder base width (default 16)")
-    p.add_argument("--ae-mult", type=_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
+    p.add_argument("--ae-mult", type=comma_ints, default=(1, 2, 4, 8), help="autoencoder width multipliers; factor = 2^(n-1) (default 1,2,4,8 = f8)")
     p.add_argument("--latent-ch", type=int, default=12, help="latent channels (default 12)")
     p.add_argument("--unet-base", type=int, default=64, help="UNet base width (default 64)")
-    p.add_argument("--unet-mult", type=_ints, default=(1, 2, 2), help="UNet width multipliers (default 1,2,2)")
+    p.add_argument("--unet-mult", type=comma_ints, default=(1, 2, 2), help="UNet width multipliers (default 1,2,2)")
     p.add_argument("--unet-blocks", type=int, default=1, help="UNet residual blocks per resolution (default 1)")
     p.add_argument("--unet-head-blocks", type=int, default=None, metavar="N",
                    help="extra UNet residual blocks at full resolution before the output; with --init-from, grows the "
@@ -94,7 +81,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--unet-dropout", type=float, default=0.0,
                    help="dropout in the denoiser's residual blocks while it trains, against fitting a small training set "
                         "(inference never drops; with --init-from the rate may differ from the bundle's) (default 0)")
-    p.add_argument("--scale-aug", type=_floats, default=(),
+    p.add_argument("--scale-aug", type=comma_floats, default=(),
                    help="also train the denoiser on the inputs resampled by these factors, e.g. 0.87,1.15 "
                         "(tissue drawn 13%% smaller and 15%% larger, as scanners' pixel sizes differ) (default none)")
     p.add_argument("--elastic-aug", type=int, default=0, metavar="N",
@@ -117,7 +104,7 @@ def add_parser(subparsers: Any) -> None:
                    help="conditioning augmentation: the denoiser learns from parent levels noised to a timestep drawn from "
                         "0..T of the 1000-step schedule, and is told it, so that at sampling it can take a generated parent's "
                         "errors for noise (Ho et al. 2022) (default 0: off)")
-    p.add_argument("--sampled-parents", type=_ints, default=(), metavar="T0[,T0...]",
+    p.add_argument("--sampled-parents", type=comma_ints, default=(), metavar="T0[,T0...]",
                    help="the finest level also learns from 5x parents the --init-from bundle samples itself, paired with the "
                         "real 20x crops: per training variant and T0, its 1.25x layout is noised to T0 and redrawn (SDEdit), and "
                         "the 5x level sampled from noise given it, as gigagen slide does; to draw real-looking tissue from a "
@@ -127,7 +114,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--cond-aug", type=int, default=None, metavar="T",
                    help="the parent noise timestep `gigagen slide` uses by default with this model, recorded in the bundle "
                         "(default: the --init-from or --guide-of bundle's, else 0)")
-    p.add_argument("--guidance", type=_floats, default=None, metavar="W[,W...]",
+    p.add_argument("--guidance", type=comma_floats, default=None, metavar="W[,W...]",
                    help="classifier-free guidance weights `gigagen slide` uses by default with this model, one per refinement "
                         "level finest first (or one for all), recorded in the bundle (default: the --init-from or --guide-of "
                         "bundle's, else 1)")
@@ -164,11 +151,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--unet-lr", type=float, default=4e-4, help="denoiser learning rate, after a linear warm-up (default 4e-4)")
     p.add_argument("--lr-decay-minutes", type=float, default=0.0,
                    help="over the last M minutes of --max-minutes the denoiser LR falls linearly to 10%% (default 0: constant)")
-    p.add_argument("--magnifications", type=_floats, default=None,
+    p.add_argument("--magnifications", type=comma_floats, default=None,
                    help="cascade levels, finest first, falling by whole factors; the last is the layout "
                         "(default 20,5,1.25, or the --init-from bundle's). A magnification may repeat once as pixels "
                         "under its latent: 20,5,5,1.25 with --pixel-levels 1 samples the 5x latent, then the 5x pixels from it")
-    p.add_argument("--level-probs", type=_floats, default=None,
+    p.add_argument("--level-probs", type=comma_floats, default=None,
                    help="share of training crops per level, finest first (default 0.5,0.3,0.2 for three levels; "
                         "otherwise 0.4 for the finest and the rest shared equally)")
     p.add_argument("--decoder-every", type=int, default=4,

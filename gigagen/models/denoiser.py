@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gigagen.engine.condition import cond_noise_std
+from gigagen.config import per_level
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import ModelBundle
 from gigagen.sampling.ddim import cfg_combine, split_prediction
@@ -70,11 +71,10 @@ def guidance_weights(bundle: ModelBundle, requested: tuple[float, ...] | None) -
     n = len(bundle.config.magnifications) - 1
     if requested is None:
         return bundle.config.guidance_per_level
-    if len(requested) == 1:
-        return tuple(requested) * n
-    if len(requested) != n:
+    weights = per_level(requested, n)
+    if len(weights) != n:
         raise UserError(f"guidance: give one weight, or one per refinement level finest first ({n} for {bundle.identity}), not {len(requested)}")
-    return tuple(requested)
+    return weights
 
 
 def sampling_steps(bundle: ModelBundle, requested: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -82,7 +82,7 @@ def sampling_steps(bundle: ModelBundle, requested: tuple[int, ...] | None) -> tu
     one value applies to every level."""
     c = bundle.config
     n = len(c.magnifications)
-    steps = c.steps_per_level if requested is None else tuple(requested) * n if len(requested) == 1 else tuple(requested)
+    steps = c.steps_per_level if requested is None else per_level(requested, n)
     if len(steps) != n:
         raise UserError(f"steps: give one number, or one per level finest first ({n} for {bundle.identity}), not {len(steps)}")
     if max(steps) > c.n_train_steps:
