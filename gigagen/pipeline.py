@@ -18,7 +18,7 @@ from gigagen.engine.cascade import DenoiseFn, LevelPlan, local_denoiser, plan_ca
 from gigagen.engine.decode import decode_level, decode_tiles, level_tiles, stream_decode
 from gigagen.engine.grid import Tiling
 from gigagen.engine.store import DiskStore, MemoryStore, remove_tree
-from gigagen.engine.tiler import step_plans, tiles_per_level
+from gigagen.engine.tiler import StepPlan, step_plans, tiles_per_level
 from gigagen.errors import UserError
 from gigagen.plan import estimate, latent_memory_bytes, versions
 from gigagen.runstate import RunState, default_state_root, fingerprint, load_state
@@ -61,7 +61,7 @@ class Job:
     runner: Any  # gigagen.models.denoiser.BundleRunner
     tiling: Tiling
     plans: list[LevelPlan]
-    steps: list[list[Any]]  # per level, finest first: its DDIM schedule (engine.tiler.StepPlan)
+    steps: list[list[StepPlan]]  # per level, finest first: its DDIM schedule
     state: RunState
     farm: Any = None  # gigagen.farm.Farm when tiles go to dask workers
 
@@ -152,6 +152,16 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
     return cfg, device, dtype, bundle, plans
 
 
+def _tiling(cfg: RunConfig, mc: Any) -> Tiling:
+    return Tiling(tile=cfg.tile, mode=cfg.blend, divisor=mc.unet.divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
+
+
+def _schedules(cfg: RunConfig, runner: Any) -> list[list[StepPlan]]:
+    """Each level's DDIM schedule, from the run's resolved per-level step counts."""
+    assert cfg.steps is not None  # resolved per level by _setup_model
+    return [step_plans(runner.alphas_cumprod, ddim_timesteps(runner.bundle.config.n_train_steps, n)) for n in cfg.steps]
+
+
 def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
     """A level as run.json and --plan report it: magnification, array shape in cells, how it is held, and
     whether the denoiser samples it or the level decoder reads it off its parent."""
@@ -198,7 +208,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
         check_output(out, cfg.overwrite)
     cfg, device, dtype, bundle, plans = _setup_model(cfg)
     mc = bundle.config
-    tiling = Tiling(tile=cfg.tile, mode=cfg.blend, divisor=mc.unet.divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
+    tiling = _tiling(cfg, mc)
     precision = str(dtype).replace("torch.", "")
     fp = fingerprint(cfg, bundle.identity, precision, device.type)
     root = cfg.state_store or default_state_root(out.resolve())
@@ -216,8 +226,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
     if not mc.trained:
         log("warning: this model is an untrained random placeholder; the slide will not look like tissue")
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
-    assert cfg.steps is not None  # resolved per level by _setup_model
-    steps = [step_plans(runner.alphas_cumprod, ddim_timesteps(mc.n_train_steps, n)) for n in cfg.steps]
+    steps = _schedules(cfg, runner)
     job = Job(cfg, out, runner, tiling, plans, steps, state)
     record: dict[str, Any] = {
         "generator": "gigagen", "synthetic": True, "status": "generating", "config": cfg.as_dict(),
@@ -425,10 +434,13 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
     evals = evaluations(cfg, sampled_plans(plans, mc), cfg.tile, mc.unet.divisor, mc.guide_levels)
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
-    calib = calibrate(runner, cfg.tile, min(cfg.batch_size, 16), PIXEL_CHUNK // mc.ae.factor)
+    steps = _schedules(cfg, runner)
+    sampled = [p.level for p in sampled_plans(plans, mc)]
+    tiling = _tiling(cfg, mc)
+    calib = calibrate(runner, cfg, tiling, steps, sampled, PIXEL_CHUNK // mc.ae.factor)
     k = mc.decoded_level
     decoded = plans[k + 1].shape[0] * plans[k + 1].shape[1] if k is not None else 0
-    seconds = predict_seconds(cfg, plans, evals, calib, mc.ae.factor, decoded)
+    seconds = predict_seconds(cfg, plans, calib, tiling, mc.ae.latent_ch, mc.ae.factor, decoded)
     if cfg.workers:
         seconds = {k: v / cfg.workers if k != "pyramid_and_export" else v for k, v in seconds.items()}
         seconds["total"] = seconds["sampling"] + seconds["decode"] + seconds["pyramid_and_export"]

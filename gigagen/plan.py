@@ -1,27 +1,34 @@
 """What a run will cost before it starts: disk, memory, network evaluations and time on this machine.
 
 Used by `gigagen slide` to refuse runs that cannot fit, and printed by `gigagen slide --plan`.
-Disk and memory figures are upper bounds; time comes from timing the real networks here.
+Disk and memory figures are upper bounds; time comes from timing one real denoising step of each level here.
 """
 
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from gigagen import __version__
 from gigagen.config import CALL_PIXELS, RunConfig
-from gigagen.engine.cascade import LevelPlan
-from gigagen.engine.grid import step_segments
+from gigagen.engine.cascade import LevelPlan, level_spec, plan_cascade
+from gigagen.engine.decode import decode_region
+from gigagen.engine.grid import Tile, Tiling, step_segments
+from gigagen.engine.store import LevelSpec, MemoryStore
+from gigagen.engine.tiler import StepPlan, denoise_level, step_batches
 
 MODEL_RSS_BYTES = 700 * 2**20  # python + torch + a small model, measured resident set before any latent
 # the network's working memory per CALL_PIXELS latent pixels in one call: measured with the default model
 # (2 tiles of 128^2: max RSS 1.24 GB at 16384^2 with latents on disk); smaller tiles need less
 CALL_WORKING_BYTES = 512 * 2**20
 TIFF_RATIO = {"jpeg": 0.25, "none": 1.0}  # bytes per raw RGB byte; lossless codecs bounded by 1.0
+# px: calibration times one step of every level of a slide at most this big (about 1.5 s with the default model here)
+CALIBRATION_SIDE = 4096
 IO_MPX_PER_S = 30.0  # zarr pyramid + TIFF export throughput measured by scripts/bench_export.py (conservative)
 
 
@@ -93,29 +100,109 @@ def estimate(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind: 
     }
 
 
-def calibrate(runner: Any, tile: int, batch_size: int, chunk_latent: int) -> dict[str, float]:
-    """Seconds per UNet latent pixel and per decoded latent pixel, timed on this machine's networks."""
-    c = runner.bundle.config.ae.latent_ch
-    x = np.random.default_rng(0).standard_normal((batch_size, c, tile, tile)).astype(np.float32)
-    runner.model_fn(x, 500, 0, x)  # warm-up: kernel selection and caches
-    t0 = time.perf_counter()
-    for _ in range(2):
-        runner.model_fn(x, 500, 0, x)
-    unet = (time.perf_counter() - t0) / (2 * batch_size * tile * tile)
-    z = np.random.default_rng(1).standard_normal((1, c, chunk_latent, chunk_latent)).astype(np.float32)
-    runner.decode_fn(z)
-    t0 = time.perf_counter()
-    runner.decode_fn(z)
-    decode = (time.perf_counter() - t0) / (chunk_latent * chunk_latent)
-    return {"unet_s_per_latent_px": unet, "decode_s_per_latent_px": decode}
+def calibrate(runner: Any, cfg: RunConfig, tiling: Tiling, steps: Sequence[list[StepPlan]], sampled: Sequence[int],
+              chunk_latent: int) -> dict[str, Any]:
+    """The cost model of a run's sampling and decoding, timed on this machine (`step_seconds` applies it).
+
+    A network call costs `call_s` plus `latent_px_s` per latent pixel in it (from a full batch of whole tiles and
+    from one small tile: on a CPU a small edge tile costs nearly a whole call). Per level, `step_factor` scales
+    that for the rest of a step (guidance passes, conditioning, noise, DDIM update), and every call of a partial
+    edge tile pays `new_shape_s` more: each step's grid shift gives its edge tiles new shapes, for which the
+    CPU kernels are built anew. Both come from the engine's own step at every level in `sampled` of a slide at
+    most CALIBRATION_SIDE px a side with this run's settings (each level conditioned on a noise parent), run twice:
+    the second run meets only shapes it has seen. Timing bare network calls on whole tiles, as this did before,
+    predicted 24-28 s for a 4096^2 slide that took 43 s.
+    """
+    mc = runner.bundle.config
+    c = mc.ae.latent_ch
+    call_s, px_s = _call_cost(runner, tiling, c)
+    cal = plan_cascade(min(cfg.width, CALIBRATION_SIDE), min(cfg.height, CALIBRATION_SIDE), mc.level_cells,
+                       mc.magnifications, mc.unet.divisor)
+    factor: dict[str, float] = {}
+    new_shape: dict[str, float] = {}
+    for p in cal:
+        if p.level not in sampled:
+            continue
+        spec = level_spec(p, c, cfg.seed, tiling, runner.cond_noise)
+        parent = MemoryStore(level_spec(cal[p.level + 1], c, cfg.seed, tiling)).view(0) if p.factor else None
+        seconds = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            denoise_level(MemoryStore(spec), parent=parent, factor=p.factor, model_fn=runner.model_fn, steps=steps[p.level][:1],
+                          eta=cfg.eta)
+            seconds.append(time.perf_counter() - t0)
+        calls, pixels, partial = step_calls(spec, range(1))
+        factor[str(p.level)] = seconds[1] / max(calls * call_s + pixels * px_s, 1e-12)
+        new_shape[str(p.level)] = max(seconds[0] - seconds[1], 0.0) / partial if partial else 0.0
+    return {"call_s": call_s, "latent_px_s": px_s, "step_factor": factor, "new_shape_s": new_shape,
+            "decode_s_per_latent_px": _decode_seconds(runner, chunk_latent) / chunk_latent**2}
 
 
-def predict_seconds(cfg: RunConfig, plans: list[LevelPlan], evals: dict[str, int], calib: dict[str, float], ae_factor: int,
-                    decoded_latent_px: int = 0) -> dict[str, float]:
-    """Seconds per stage; `decoded_latent_px`: the latent a decoded level is read off (BundleConfig.decoded_level),
-    counted as decoding, which it is (the level decoder has the autoencoder decoder's architecture)."""
-    sampling = evals["unet_latent_pixels"] * calib["unet_s_per_latent_px"]
+def step_calls(spec: LevelSpec, steps: Iterable[int]) -> tuple[int, int, int]:
+    """(network calls, latent pixels, calls of partial tiles) of these steps of a level, as the engine batches them."""
+    calls = pixels = partial = 0
+    full = (spec.tiling.tile, spec.tiling.tile)
+    for k in steps:
+        for batch in step_batches(spec, k):
+            calls += 1
+            pixels += sum(t.shape[0] * t.shape[1] for t in batch)
+            partial += batch[0].shape != full
+    return calls, pixels, partial
+
+
+def step_seconds(spec: LevelSpec, n_steps: int, calib: dict[str, Any]) -> float:
+    """Predicted seconds of a level's n_steps (calibrate's model)."""
+    calls, pixels, partial = step_calls(spec, range(n_steps))
+    key = str(spec.level)
+    return calib["step_factor"][key] * (calls * calib["call_s"] + pixels * calib["latent_px_s"]) + partial * calib["new_shape_s"][key]
+
+
+def _call_cost(runner: Any, tiling: Tiling, channels: int) -> tuple[float, float]:
+    """(seconds per call, seconds per latent pixel) of the network at the finest level, each shape's best of two."""
+
+    def best(x: np.ndarray) -> float:
+        runner.model_fn(x, 500, 0, x)  # warm-up: kernel selection and caches for this shape
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            runner.model_fn(x, 500, 0, x)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    big = np.random.default_rng(0).standard_normal((tiling.batch_size, channels, tiling.tile, tiling.tile)).astype(np.float32)
+    d = max(tiling.divisor, tiling.tile // 4)
+    small = np.ascontiguousarray(big[:1, :, :d, :d])
+    t_big, t_small = best(big), best(small)
+    px_s = max(t_big - t_small, 0.0) / max(big[:, 0].size - d * d, 1)
+    return max(t_small - px_s * d * d, 0.0), px_s
+
+
+def _decode_seconds(runner: Any, chunk_latent: int) -> float:
+    """One interior decode chunk as the pipeline decodes and writes it: with its halo of latent context on every
+    side, into a scratch OME-Zarr slide."""
+    from gigagen.io.omezarr import create_slide
+
+    ae = runner.bundle.config.ae
+    z = np.random.default_rng(1).standard_normal((ae.latent_ch, 3 * chunk_latent, 3 * chunk_latent)).astype(np.float32)
+    px = chunk_latent * ae.factor
+    centre = Tile(px, 2 * px, px, 2 * px)
+    decode_region(z, runner.decode_fn, ae.factor, centre, ae.decode_halo)  # warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = create_slide(Path(tmp) / "calibration.ome.zarr", 3 * px, 3 * px, 0.5, {}, chunk=px)
+        t0 = time.perf_counter()
+        writer.write_tile(px, px, decode_region(z, runner.decode_fn, ae.factor, centre, ae.decode_halo))
+        return time.perf_counter() - t0
+
+
+def predict_seconds(cfg: RunConfig, plans: list[LevelPlan], calib: dict[str, Any], tiling: Tiling, channels: int,
+                    ae_factor: int, decoded_latent_px: int = 0) -> dict[str, float]:
+    """Seconds per stage: every step of each sampled level at the calibrated cost of its calls (`calibrate`);
+    `decoded_latent_px`: the latent a decoded level is read off (BundleConfig.decoded_level), counted as decoding,
+    which it is (the level decoder has the autoencoder decoder's architecture)."""
+    assert cfg.steps is not None  # resolved per level
+    sampling = sum(step_seconds(level_spec(p, channels, cfg.seed, tiling), cfg.steps[p.level], calib)
+                   for p in plans if str(p.level) in calib["step_factor"])
     latent0 = -(-cfg.width // ae_factor) * -(-cfg.height // ae_factor) + decoded_latent_px
-    decode = latent0 * calib["decode_s_per_latent_px"] * 1.3  # halo overhead of 6 latent px around 64
+    decode = latent0 * calib["decode_s_per_latent_px"]
     io = cfg.width * cfg.height * (1 + len(cfg.formats)) / 1e6 / IO_MPX_PER_S
     return {"sampling": sampling, "decode": decode, "pyramid_and_export": io, "total": sampling + decode + io}
