@@ -1,7 +1,7 @@
 """What a run will cost before it starts: disk, memory, network evaluations and time on this machine.
 
 Used by `gigagen slide` to refuse runs that cannot fit, and printed by `gigagen slide --plan`.
-Disk and memory figures are upper bounds; time comes from timing one real denoising step of each level here.
+Disk and memory figures are upper bounds; time comes from a cost model timed on the engine's own steps here (`calibrate`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MODEL_RSS_BYTES = 700 * 2**20  # python + torch + a small model, measured reside
 # (2 tiles of 128^2: max RSS 1.24 GB at 16384^2 with latents on disk); smaller tiles need less
 CALL_WORKING_BYTES = 512 * 2**20
 TIFF_RATIO = {"jpeg": 0.25, "none": 1.0}  # bytes per raw RGB byte; lossless codecs bounded by 1.0
-# px: calibration times one step of every level of a slide at most this big (about 1.5 s with the default model here)
+# px: calibration runs one step of every level of a slide at most this big, twice (about 3 s with the default model here)
 CALIBRATION_SIDE = 4096
 IO_MPX_PER_S = 30.0  # zarr pyramid + TIFF export throughput measured by scripts/bench_export.py (conservative)
 
