@@ -152,11 +152,12 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
     return cfg, device, dtype, bundle, plans
 
 
-def _tiling(cfg: RunConfig, mc: Any) -> Tiling:
+def run_tiling(cfg: RunConfig, mc: Any) -> Tiling:
+    """How the run's levels are cut into tiles, from its resolved config (tile, batch size) and the model (divisor)."""
     return Tiling(tile=cfg.tile, mode=cfg.blend, divisor=mc.unet.divisor, stride=cfg.overlap_stride, batch_size=cfg.batch_size, order=cfg.tile_order)
 
 
-def _schedules(cfg: RunConfig, runner: Any) -> list[list[StepPlan]]:
+def run_schedules(cfg: RunConfig, runner: Any) -> list[list[StepPlan]]:
     """Each level's DDIM schedule, from the run's resolved per-level step counts."""
     assert cfg.steps is not None  # resolved per level by _setup_model
     return [step_plans(runner.alphas_cumprod, ddim_timesteps(runner.bundle.config.n_train_steps, n)) for n in cfg.steps]
@@ -208,7 +209,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
         check_output(out, cfg.overwrite)
     cfg, device, dtype, bundle, plans = _setup_model(cfg)
     mc = bundle.config
-    tiling = _tiling(cfg, mc)
+    tiling = run_tiling(cfg, mc)
     precision = str(dtype).replace("torch.", "")
     fp = fingerprint(cfg, bundle.identity, precision, device.type)
     root = cfg.state_store or default_state_root(out.resolve())
@@ -226,7 +227,7 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
     if not mc.trained:
         log("warning: this model is an untrained random placeholder; the slide will not look like tissue")
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
-    steps = _schedules(cfg, runner)
+    steps = run_schedules(cfg, runner)
     job = Job(cfg, out, runner, tiling, plans, steps, state)
     record: dict[str, Any] = {
         "generator": "gigagen", "synthetic": True, "status": "generating", "config": cfg.as_dict(),
@@ -434,9 +435,9 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
     evals = evaluations(cfg, sampled_plans(plans, mc), cfg.tile, mc.unet.divisor, mc.guide_levels)
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
-    steps = _schedules(cfg, runner)
+    steps = run_schedules(cfg, runner)
     sampled = [p.level for p in sampled_plans(plans, mc)]
-    tiling = _tiling(cfg, mc)
+    tiling = run_tiling(cfg, mc)
     calib = calibrate(runner, cfg, tiling, steps, sampled, PIXEL_CHUNK // mc.ae.factor)
     k = mc.decoded_level
     decoded = plans[k + 1].shape[0] * plans[k + 1].shape[1] if k is not None else 0

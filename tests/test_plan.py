@@ -1,5 +1,5 @@
-"""`gigagen slide --plan`'s time estimate: calibrated on one whole step of the engine's own code at each level
-(partial tiles, batching, guidance), so the predicted sampling cost follows the calls a run really makes."""
+"""`gigagen slide --plan`'s time estimate: a cost model of the calls a run makes (every step's own tiles, partial edge
+tiles and batching), calibrated on the engine's own step at each level, so the prediction follows the real run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gigagen.cli import main
 from gigagen.config import RunConfig
 from gigagen.engine.cascade import local_denoiser, sample_cascade
 from gigagen.models.denoiser import BundleRunner
-from gigagen.pipeline import _schedules, _setup_model, _tiling, sampled_plans
+from gigagen.pipeline import _setup_model, run_schedules, run_tiling, sampled_plans
 
 
 def _counting_runner(cfg: RunConfig, bundle, clock: list[float]) -> BundleRunner:
@@ -43,12 +43,13 @@ def test_predicted_sampling_time_is_the_calls_a_run_makes(tiny_bundle: Path, mon
     monkeypatch.setattr(plan_mod.time, "perf_counter", lambda: clock[0])
     runner = _counting_runner(cfg, bundle, clock)
     sampled = [p.level for p in sampled_plans(plans, mc)]
-    calib = plan_mod.calibrate(runner, cfg, _tiling(cfg, mc), _schedules(cfg, runner), sampled, 16)
-    predicted = plan_mod.predict_seconds(cfg, plans, calib, _tiling(cfg, mc), mc.ae.latent_ch, mc.ae.factor)["sampling"]
+    tiling, schedules = run_tiling(cfg, mc), run_schedules(cfg, runner)
+    calib = plan_mod.calibrate(runner, cfg, tiling, schedules, sampled, 16)
+    predicted = plan_mod.predict_seconds(cfg, plans, calib, tiling, mc.ae.latent_ch, mc.ae.factor)["sampling"]
 
     before = clock[0]
-    sample_cascade(plans, channels=mc.ae.latent_ch, n_steps=steps, seed=cfg.seed, tiling=_tiling(cfg, mc),
-                   denoise=local_denoiser(runner.model_fn, _schedules(cfg, runner), 0.0))
+    sample_cascade(plans, channels=mc.ae.latent_ch, n_steps=steps, seed=cfg.seed, tiling=tiling,
+                   denoise=local_denoiser(runner.model_fn, schedules, 0.0))
     calls = clock[0] - before
     assert calls > sum(steps)  # more than one call per step somewhere, or the test proves nothing
     assert predicted == pytest.approx(calls)
