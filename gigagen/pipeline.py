@@ -172,10 +172,10 @@ def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
 
 
 def made_by(level: int, mc: Any) -> str:
-    """What writes a level: the denoiser, or at the decoded level the level decoder (with its noise and its nucleus
-    stamps, if any)."""
+    """What writes a level: the denoiser (the bundle's coarse denoiser at its levels), or at the decoded level the
+    level decoder (with its noise and its nucleus stamps, if any)."""
     if level != mc.decoded_level:
-        return "denoiser"
+        return "coarse denoiser" if mc.coarse is not None and level in mc.coarse_levels else "denoiser"
     extras = [f"{mc.level_decoder_noise} noise channels"] if mc.level_decoder_noise else []
     extras += ["nucleus stamps"] if mc.nucleus_stamps is not None else []
     return "level decoder" + (" with " + " and ".join(extras) if extras else "")

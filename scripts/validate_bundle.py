@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Held-out and training validation v-loss of model bundles, as `gigagen train` measures it at every checkpoint.
+"""Held-out and training validation v-loss of model bundles, as `gigagen train` measures it at every checkpoint
+(at a bundle's coarse levels, its coarse network's).
 
 The same fixed crops, timesteps and noise (gigagen.train.loop.build_valset) for every bundle, so bundles
 trained on the same region compare directly: a denoiser whose training loss falls while its held-out loss
@@ -43,7 +44,11 @@ def bundle_losses(path: str, reference: str, holdout_frac: float) -> dict[tuple[
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
     # every level the bundle has, whatever shares it trained with
     vs = L.build_valset(splits, dataclasses.replace(cfg, level_probs=(1.0,) * len(cfg.magnifications)), cpu)
-    return L.val_losses(bundle.unet, vs, abar, torch.bfloat16)
+    losses = L.val_losses(bundle.unet, vs, abar, torch.bfloat16)
+    if bundle.coarse is not None:  # the levels the bundle's coarse network samples are its to validate
+        coarse = L.val_losses(bundle.coarse, vs, abar, torch.bfloat16)
+        losses |= {k: v for k, v in coarse.items() if k[1] in c.coarse_levels}
+    return losses
 
 
 def main() -> int:

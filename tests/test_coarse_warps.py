@@ -79,7 +79,7 @@ def test_train_with_coarse_warps_records_them_and_the_cli_checks_them(png: Path,
     for flags, word in ((["--coarse-warps", "-1"], "--coarse-warps"), (["--coarse-warps", "65"], "--coarse-warps"),
                         (["--coarse-warp-strain", "0.3"], "--coarse-warp-strain"),
                         (["--coarse-warps", "2", "--level-probs", "1,0,0"], "--level-probs"),
-                        (["--coarse-warps", "2", "--guide-of", str(out)], "--guide-of")):
+                        (["--coarse-warps", "2", "--decoder-of", str(out)], "--decoder-of")):
         assert main(base + flags) == 2
         err = capsys.readouterr().err.strip()
         assert word in err and len(err.splitlines()) == 1

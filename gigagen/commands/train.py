@@ -75,6 +75,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--unet-base", type=int, default=64, help="UNet base width (default 64)")
     p.add_argument("--unet-mult", type=comma_ints, default=(1, 2, 2), help="UNet width multipliers (default 1,2,2)")
     p.add_argument("--unet-blocks", type=int, default=1, help="UNet residual blocks per resolution (default 1)")
+    p.add_argument("--unet-no-attn", action="store_true",
+                   help="no self-attention at the UNet's lowest resolution: a receptive field of a few dozen latent "
+                        "px instead of the whole tile (single-image diffusion, SinDiffusion: a limited field learns "
+                        "the image's structures rather than the image)")
     p.add_argument("--unet-head-blocks", type=int, default=None, metavar="N",
                    help="extra UNet residual blocks at full resolution before the output; with --init-from, grows the "
                         "bundle's denoiser by them (they start as the identity) (default 0, or the bundle's)")
@@ -214,8 +218,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
                         "(and no --guide-of / --decoder-of)")
     if args.sampled_parents and (min(args.sampled_parents) < 1 or max(args.sampled_parents) >= 1000):
         raise UserError("--sampled-parents takes timesteps in [1, 1000)")
-    if args.coarse_warps and (args.decoder_of or args.guide_of):
-        raise UserError("--coarse-warps trains the cascade's coarser levels; a --guide-of or --decoder-of run trains neither")
+    if args.coarse_warps and args.decoder_of:
+        raise UserError("--coarse-warps trains the cascade's coarser levels; a --decoder-of run trains none")
     if not 0.0 < args.sampled_parent_prob <= 1.0:
         raise UserError("--sampled-parent-prob must be in (0, 1]")
     if args.nucleus_stamps and not args.decoded_parents:
@@ -244,7 +248,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         ae = read_bundle_config(Path(args.init_autoencoder)).ae
     unet = UNetConfig(latent_ch=ae.latent_ch, n_levels=len(args.magnifications), base_ch=args.unet_base, ch_mult=args.unet_mult,
                       num_res_blocks=args.unet_blocks, dropout=args.unet_dropout, cond_aug=args.cond_aug_max > 0,
-                      head_blocks=args.unet_head_blocks or 0)
+                      head_blocks=args.unet_head_blocks or 0, attn_lowest=not args.unet_no_attn)
     if args.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
     return _train_config(args, ae, unet)
@@ -322,7 +326,7 @@ def _guide_config(args: argparse.Namespace) -> Any:
         args.level_probs = (1.0,) + (0.0,) * (len(b.magnifications) - 1)
     unet = UNetConfig(latent_ch=b.ae.latent_ch, n_levels=len(b.magnifications), base_ch=args.unet_base,
                       ch_mult=args.unet_mult, num_res_blocks=args.unet_blocks, dropout=args.unet_dropout,
-                      cond_aug=args.cond_aug_max > 0, head_blocks=args.unet_head_blocks or 0)
+                      cond_aug=args.cond_aug_max > 0, head_blocks=args.unet_head_blocks or 0, attn_lowest=not args.unet_no_attn)
     if b.tile % unet.divisor or args.layout_tile % unet.divisor or (b.sample_tile or 0) % unet.divisor:
         raise UserError(f"--guide-of: the bundle's tiles ({b.tile}, {args.layout_tile}, sampling {b.sampling_tile}) "
                         f"are not multiples of the guide's divisor {unet.divisor}")

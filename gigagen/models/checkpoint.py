@@ -1,7 +1,8 @@
 """Model bundles in one safetensors file: weights plus the configuration that rebuilds them.
 
 Layout: tensors "ae.*" (Autoencoder), "unet.*" (UNet) and, optionally, "guide.*" (a smaller, weaker
-UNet on the same latents for autoguidance, Karras et al. 2024) and "level_decoder.*" (a second Decoder of the
+UNet on the same latents for autoguidance, Karras et al. 2024), "coarse.*" (a second denoiser that samples the
+coarser levels BundleConfig.coarse_levels instead of "unet") and "level_decoder.*" (a second Decoder of the
 autoencoder's architecture that reads one pixel level off the latent level above it; BundleConfig.decoded_level);
 safetensors metadata "gigagen.bundle" holds
 BundleConfig as JSON (nanoGPT habit: a checkpoint carries its model's arguments). Anything a user can
@@ -51,6 +52,11 @@ class BundleConfig:
     guide: UNetConfig | None = None  # the autoguidance network, when the bundle has one
     autoguidance: float = 1.0  # the weight `gigagen slide` uses by default (1 = the main network alone)
     guide_levels: tuple[int, ...] = ()  # the cascade levels the guide was trained on, and guides (0 = finest)
+    # a second denoiser that samples `coarse_levels` in place of `unet` (scripts/set_coarse_network.py): the
+    # coarser levels of one small region hold too few pixels for the finest level's network, which learns them
+    # by heart; a network with a smaller receptive field can learn their structures instead
+    coarse: UNetConfig | None = None
+    coarse_levels: tuple[int, ...] = ()
     # conditioning augmentation: the noise timestep `gigagen slide` noises each parent level to by default
     # (0 = clean parents); nonzero only for a denoiser trained with it (unet.cond_aug)
     cond_aug: int = 0
@@ -122,8 +128,9 @@ class BundleConfig:
             raise ValueError("unsupported bundle format version")
         d["ae"] = _dataclass_from(AutoencoderConfig, d["ae"])
         d["unet"] = _dataclass_from(UNetConfig, d["unet"])
-        if d.get("guide") is not None:
-            d["guide"] = _dataclass_from(UNetConfig, d["guide"])
+        for net in ("guide", "coarse"):
+            if d.get(net) is not None:
+                d[net] = _dataclass_from(UNetConfig, d[net])
         d["magnifications"] = tuple(d["magnifications"])
         if d.get("nucleus_stamps") is not None:
             d["nucleus_stamps"] = StampSpec.from_dict(d["nucleus_stamps"])
@@ -146,6 +153,11 @@ class ModelBundle:
     identity: str  # "name@sha256-prefix" of the file, recorded in every slide's metadata
     guide: UNet | None = None
     level_decoder: Decoder | None = None  # reads config.decoded_level off the latent above it
+    coarse: UNet | None = None  # samples config.coarse_levels instead of unet
+
+    def denoiser(self, level: int) -> UNet:
+        """The network that samples `level`: the coarse one at its levels, the main one elsewhere."""
+        return self.coarse if self.coarse is not None and level in self.config.coarse_levels else self.unet
 
 
 def validate_config(cfg: BundleConfig) -> None:
@@ -185,18 +197,36 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("level_decoder_noise must be >= 0, and 0 without a decoded level")
     if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
+    _validate_coarse(cfg)
+
+
+def _validate_coarse(cfg: BundleConfig) -> None:
+    """The coarse network works on the main one's latents and tiles (the run's tiling follows the main UNet's
+    divisor, so the coarse one's must divide it) at one or more of the cascade's levels, or is absent."""
+    c = cfg.coarse
+    if c is None:
+        if cfg.coarse_levels:
+            raise ValueError("coarse_levels need a coarse network")
+        return
+    if c.latent_ch != cfg.unet.latent_ch or c.n_levels != cfg.unet.n_levels or cfg.unet.divisor % c.divisor:
+        raise ValueError("the coarse UNet must share the main UNet's latent channels and levels, and divide its tile divisor")
+    if not cfg.coarse_levels or not set(cfg.coarse_levels) <= set(range(len(cfg.magnifications))):
+        raise ValueError("coarse_levels must name one or more of the cascade's levels")
 
 
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,
-                level_decoder: Decoder | None = None) -> None:
+                level_decoder: Decoder | None = None, coarse: UNet | None = None) -> None:
     """Write weights and config atomically (temp file, then rename)."""
     validate_config(cfg)
     if (guide is None) != (cfg.guide is None):
         raise ValueError("a guide network is saved exactly when the configuration names one")
+    if (coarse is None) != (cfg.coarse is None):
+        raise ValueError("a coarse network is saved exactly when the configuration names one")
     if (level_decoder is None) != (cfg.decoded_level is None):
         raise ValueError("a level decoder is saved exactly when the configuration names a decoded level")
     modules = {"ae": ae, "unet": unet} | ({"guide": guide} if guide is not None else {})
     modules |= {"level_decoder": level_decoder} if level_decoder is not None else {}
+    modules |= {"coarse": coarse} if coarse is not None else {}
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -253,6 +283,8 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
     level_decoder = Decoder(cfg.ae, cfg.level_decoder_noise) if cfg.decoded_level is not None else None
     modules = (("ae.", ae), ("unet.", unet)) + ((("guide.", guide),) if guide is not None else ())
     modules += (("level_decoder.", level_decoder),) if level_decoder is not None else ()
+    coarse = UNet(cfg.coarse) if cfg.coarse is not None else None
+    modules += (("coarse.", coarse),) if coarse is not None else ()
     known = tuple(prefix for prefix, _ in modules)
     stray = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
     if stray:
@@ -264,7 +296,7 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"checkpoint {path} does not match its configuration: {first}") from None
-    for module in (ae, unet, guide, level_decoder):
+    for module in (ae, unet, guide, level_decoder, coarse):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
-    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder)
+    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse)

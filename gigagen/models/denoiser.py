@@ -135,7 +135,7 @@ class BundleRunner:
         # channels-last lets oneDNN/cuDNN pick their fast convolution layouts (7x faster decode on CPU)
         self.bundle.ae.to(memory_format=torch.channels_last)
         self.bundle.unet.to(memory_format=torch.channels_last)
-        for net in (self.bundle.guide, self.bundle.level_decoder):
+        for net in (self.bundle.guide, self.bundle.level_decoder, self.bundle.coarse):
             if net is not None:
                 net.to(memory_format=torch.channels_last)
 
@@ -172,8 +172,8 @@ class BundleRunner:
         return out.float()
 
     def _unet(self, x: torch.Tensor, t: int, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
-        """The main network's output, autoguided when autoguidance != 1."""
-        out = self._net(self.bundle.unet, x, t, level, cond, mask)
+        """The main network's output (the coarse network's at its levels), autoguided when autoguidance != 1."""
+        out = self._net(self.bundle.denoiser(level), x, t, level, cond, mask)
         n = x.shape[0]
         self.counters.unet_calls += 1
         self.counters.unet_tiles += n

@@ -435,7 +435,8 @@ def forget_parents(*unets: UNet) -> None:
 def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     """What of an --init-from bundle stays valid beside its continued denoiser. Its guide: a guide learns
     on the same latents (encoder and latent scale, both kept) and does not depend on the main denoiser, so
-    it goes on guiding the same levels with the same weight, unless the cascade changes. Its fine-tuned
+    it goes on guiding the same levels with the same weight, unless the cascade changes; its coarse network
+    (BundleConfig.coarse) the same way, sampling the same levels. Its fine-tuned
     decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder. Its
     sampling tile, conditioning noise, guidance weights and steps per level, measured on the network that now
     trains on (--sample-tile, --cond-aug and --guidance replace theirs). Not its level decoder (BundleConfig.decoded_level):
@@ -460,7 +461,20 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
         out["guide"] = {"config": dataclasses.asdict(c.guide), "autoguidance": c.autoguidance,
                         "levels": list(c.guide_levels), "weights": bundle.guide.state_dict()}
         out["record"]["guide"] = rec.get("guide", {}) | {"carried_from": name}
+    if bundle.coarse is not None and same_levels:  # like the guide: same latents, the parents it learned
+        out["coarse"] = {"config": dataclasses.asdict(c.coarse), "levels": list(c.coarse_levels), "weights": bundle.coarse.state_dict()}
+        out["record"]["coarse"] = rec.get("coarse", {}) | {"carried_from": name}
     return out
+
+
+def carried_coarse(st: State) -> tuple[UNet | None, dict[str, Any]]:
+    """The coarse network an --init-from run carries (see carry_over), rebuilt, and its BundleConfig fields."""
+    c = st.carried.get("coarse")
+    if not c:
+        return None, {}
+    net = UNet(UNetConfig(**c["config"]))
+    net.load_state_dict(c["weights"])
+    return net, {"coarse": net.cfg, "coarse_levels": tuple(c["levels"])}
 
 
 def carried_guide(st: State) -> tuple[UNet | None, dict[str, Any]]:
@@ -488,7 +502,20 @@ def init_guide(st: State, bundle: Any, path: Path, cfg: TrainConfig) -> None:
 
 def guide_record(st: State, cfg: TrainConfig) -> dict[str, Any]:
     return {"unet_step": st.unet_step, "unet_minutes": round(st.unet_seconds / 60, 1), "unet_batch": cfg.unet_batch,
-            "level_probs": list(cfg.level_probs), "seed": cfg.seed}
+            "level_probs": list(cfg.level_probs), "seed": cfg.seed} | augmentation_record(cfg)
+
+
+def augmentation_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The data augmentations a run trained with, as its bundle records them."""
+    out: dict[str, Any] = {}
+    if cfg.scale_aug:
+        out["scale_aug"] = list(cfg.scale_aug)
+    if cfg.elastic_aug:
+        out["elastic_aug"] = cfg.elastic_aug
+        out["elastic_strain"] = cfg.elastic_strain
+    if cfg.coarse_warps:
+        out["coarse_warps"] = {"n": cfg.coarse_warps, "strain": cfg.coarse_warp_strain, "spacings_px": list(COARSE_WARP_SPACINGS)}
+    return out
 
 
 def adam_steps(opt: torch.optim.Optimizer) -> int:
@@ -522,9 +549,10 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
                                    sample_tile=cfg.sample_tile or main.config.sample_tile,
                                    cond_aug=main.config.cond_aug if cfg.cond_aug is None else cfg.cond_aug,
                                    guidance=main.config.guidance if cfg.guidance is None else cfg.guidance)
-        save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema, main.level_decoder)
+        save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema, main.level_decoder, main.coarse)
         return
     guide, guide_fields = carried_guide(st)
+    coarse, coarse_fields = carried_coarse(st)
     bcfg = BundleConfig(
         name=cfg.name, ae=cfg.ae, unet=cfg.unet, prediction="v", latent_scale=float(st.latent_scale or 1.0),
         magnifications=tuple(cfg.magnifications), mpp0=cfg.mpp0, tile=cfg.tile, trained=st.unet_step > 0,
@@ -535,8 +563,9 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         pixel_levels=tuple(cfg.pixel_levels), pixel_scale=float(st.pixel_scale or 1.0),
         decoded_level=st.carried["level_decoder"]["level"] if "level_decoder" in st.carried else None,
         nucleus_stamps=StampSpec.from_dict(st.carried["nucleus_stamps"]) if st.carried.get("nucleus_stamps") else None,
+        **coarse_fields,
     )
-    save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide, carried_level_decoder(st, cfg))
+    save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide, carried_level_decoder(st, cfg), coarse)
 
 
 def carried_level_decoder(st: State, cfg: TrainConfig) -> Decoder | None:
@@ -940,14 +969,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["autoencoder_from"] = st.ae_source
     if st.unet_source:
         record["denoiser_from"] = st.unet_source
-
-    if cfg.scale_aug:
-        record["scale_aug"] = list(cfg.scale_aug)
-    if cfg.elastic_aug:
-        record["elastic_aug"] = cfg.elastic_aug
-        record["elastic_strain"] = cfg.elastic_strain
-    if cfg.coarse_warps:
-        record["coarse_warps"] = {"n": cfg.coarse_warps, "strain": cfg.coarse_warp_strain, "spacings_px": list(COARSE_WARP_SPACINGS)}
+    record |= augmentation_record(cfg)
     if cfg.unet.dropout:
         record["unet_dropout"] = cfg.unet.dropout
     if cfg.cond_aug_max:

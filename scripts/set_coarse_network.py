@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Write a copy of a model bundle whose coarser levels are sampled by a second, separately trained denoiser.
+
+The network comes from a `gigagen train --guide-of BUNDLE --level-probs 0,A,B ...` run: such a run trains a
+denoiser of its own size (--unet-*, e.g. --unet-no-attn) on BUNDLE's latents at the levels --level-probs
+gives, and exports it as BUNDLE's guide. This script takes that network from the run's bundle and installs it
+as BUNDLE's *coarse* network (BundleConfig.coarse) for the same levels, where it replaces the main denoiser;
+BUNDLE's own guide, autoguidance weight, weights and sampling defaults stay as they are, bit for bit.
+
+    .venv/bin/python scripts/set_coarse_network.py BUNDLE --from runs/cn/bundle.safetensors --out NEW.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gigagen.errors import UserError  # noqa: E402
+from gigagen.models.checkpoint import ModelBundle, load_bundle, save_bundle  # noqa: E402
+
+
+def same_autoencoder(a: ModelBundle, b: ModelBundle) -> bool:
+    """Both bundles encode the same latents: equal autoencoder weights and latent scale."""
+    sa, sb = a.ae.state_dict(), b.ae.state_dict()
+    return (a.config.latent_scale == b.config.latent_scale and sa.keys() == sb.keys()
+            and all(torch.equal(sa[k], sb[k]) for k in sa))
+
+
+def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path) -> None:
+    """Save `bundle` with `run`'s guide network as its coarse network, at the levels that network learned."""
+    c, r = bundle.config, run.config
+    if run.guide is None or r.guide is None:
+        raise UserError(f"{run_path} has no guide network: train one with gigagen train --guide-of BUNDLE --level-probs 0,A,B")
+    if 0 in r.guide_levels:
+        raise UserError(f"{run_path}'s network learned the finest level too (levels {list(r.guide_levels)}); "
+                        "a coarse network samples coarser levels only (--level-probs 0,A,B)")
+    if tuple(r.magnifications) != tuple(c.magnifications) or r.pixel_levels != c.pixel_levels or not same_autoencoder(bundle, run):
+        raise UserError(f"{run_path} was not trained on this bundle's latents (autoencoder, latent scale or cascade differ)")
+    record = {"from": run.identity, "levels": list(r.guide_levels), "network": dataclasses.asdict(r.guide),
+              "training": r.training.get("guide", {})}
+    cfg = dataclasses.replace(c, coarse=r.guide, coarse_levels=tuple(r.guide_levels), training=c.training | {"coarse": record})
+    try:
+        save_bundle(out, cfg, bundle.ae, bundle.unet, bundle.guide, bundle.level_decoder, run.guide)
+    except ValueError as exc:  # validate_config: a network this bundle's tiling cannot run
+        raise UserError(f"refused: {exc}") from None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle")
+    p.add_argument("--from", dest="run", required=True, help="the bundle of a gigagen train --guide-of BUNDLE run")
+    p.add_argument("--out", required=True, help="the new bundle (must not exist)")
+    args = p.parse_args()
+    try:
+        out = Path(args.out)
+        if out.exists():
+            raise UserError(f"{out} exists; choose a new --out (the original is never overwritten)")
+        bundle, run = load_bundle(Path(args.bundle)), load_bundle(Path(args.run))
+        with_coarse(bundle, run, Path(args.run), out)
+    except UserError as exc:
+        print(f"set_coarse_network: {exc}", file=sys.stderr)
+        return 2
+    new = load_bundle(out)
+    print(f"{out}: {new.identity} (coarse network for levels {list(new.config.coarse_levels)} from {run.identity})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
