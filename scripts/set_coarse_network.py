@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write a copy of a model bundle whose coarser levels are sampled by a second, separately trained denoiser.
 
-The network comes from a `gigagen train --guide-of BUNDLE --level-probs 0,A,B ...` run: such a run trains a
+The network comes from a `gigagen train --guide-of BUNDLE --level-probs 0,P,Q ...` run: such a run trains a
 denoiser of its own size (--unet-*, e.g. --unet-no-attn) on BUNDLE's latents at the levels --level-probs
 gives, and exports it as BUNDLE's guide. This script takes that network from the run's bundle and installs it
 as BUNDLE's *coarse* network (BundleConfig.coarse) for the same levels, where it replaces the main denoiser;
@@ -37,10 +37,10 @@ def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
     """Save `bundle` with `run`'s guide network as its coarse network, at the levels that network learned."""
     c, r = bundle.config, run.config
     if run.guide is None or r.guide is None:
-        raise UserError(f"{run_path} has no guide network: train one with gigagen train --guide-of BUNDLE --level-probs 0,A,B")
+        raise UserError(f"{run_path} has no guide network: train one with gigagen train --guide-of BUNDLE --level-probs 0,P,Q")
     if 0 in r.guide_levels:
         raise UserError(f"{run_path}'s network learned the finest level too (levels {list(r.guide_levels)}); "
-                        "a coarse network samples coarser levels only (--level-probs 0,A,B)")
+                        "a coarse network samples coarser levels only (--level-probs 0,P,Q)")
     if tuple(r.magnifications) != tuple(c.magnifications) or r.pixel_levels != c.pixel_levels or not same_autoencoder(bundle, run):
         raise UserError(f"{run_path} was not trained on this bundle's latents (autoencoder, latent scale or cascade differ)")
     record = {"from": run.identity, "levels": list(r.guide_levels), "network": dataclasses.asdict(r.guide),

@@ -128,7 +128,7 @@ def test_a_slide_samples_with_the_coarse_network(coarse_bundle: Path, tiny_bundl
 
 
 def test_the_recipe_trains_a_coarse_network_without_attention_and_installs_it(png: Path, tmp_path: Path) -> None:  # noqa: F811
-    """gigagen train --guide-of B --level-probs 0,A,B --unet-no-attn --coarse-warps N, then the script: the network
+    """gigagen train --guide-of B --level-probs 0,P,Q --unet-no-attn --coarse-warps N, then the script: the network
     learns the coarser levels only (from coarse warps too), has no self-attention, and samples those levels of B."""
     first = tmp_path / "a"
     base = ["train", str(png), "--mpp", "0.5", "--unet-max-steps", "2", "--unet-batch", "2", "--threads", "1", "--quiet",
