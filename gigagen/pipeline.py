@@ -175,7 +175,7 @@ def made_by(level: int, mc: Any) -> str:
     """What writes a level: the denoiser (the bundle's coarse denoiser at its levels), or at the decoded level the
     level decoder (with its noise and its nucleus stamps, if any)."""
     if level != mc.decoded_level:
-        return "coarse denoiser" if mc.coarse is not None and level in mc.coarse_levels else "denoiser"
+        return "coarse denoiser" if mc.samples_coarse(level) else "denoiser"
     extras = [f"{mc.level_decoder_noise} noise channels"] if mc.level_decoder_noise else []
     extras += ["nucleus stamps"] if mc.nucleus_stamps is not None else []
     return "level decoder" + (" with " + " and ".join(extras) if extras else "")
@@ -433,10 +433,11 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     mc = bundle.config
     kind = choose_store(cfg, plans, mc.ae.latent_ch)
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
-    evals = evaluations(cfg, sampled_plans(plans, mc), cfg.tile, mc.unet.divisor, mc.guide_levels)
+    sampled_levels = sampled_plans(plans, mc)
+    evals = evaluations(cfg, sampled_levels, cfg.tile, mc.unet.divisor, mc.guide_levels)
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
     steps = run_schedules(cfg, runner)
-    sampled = [p.level for p in sampled_plans(plans, mc)]
+    sampled = [p.level for p in sampled_levels]
     tiling = run_tiling(cfg, mc)
     calib = calibrate(runner, cfg, tiling, steps, sampled, PIXEL_CHUNK // mc.ae.factor)
     k = mc.decoded_level

@@ -44,10 +44,11 @@ def bundle_losses(path: str, reference: str, holdout_frac: float) -> dict[tuple[
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
     # every level the bundle has, whatever shares it trained with
     vs = L.build_valset(splits, dataclasses.replace(cfg, level_probs=(1.0,) * len(cfg.magnifications)), cpu)
-    losses = L.val_losses(bundle.unet, vs, abar, torch.bfloat16)
-    if bundle.coarse is not None:  # the levels the bundle's coarse network samples are its to validate
-        coarse = L.val_losses(bundle.coarse, vs, abar, torch.bfloat16)
-        losses |= {k: v for k, v in coarse.items() if k[1] in c.coarse_levels}
+    # each level validated on the network that samples it (a coarse network's levels on that network only)
+    losses: dict[tuple[str, int], float] = {}
+    for net in {id(bundle.denoiser(lv)): bundle.denoiser(lv) for lv in range(len(c.magnifications))}.values():
+        mine = {k: b for k, b in vs.batches.items() if bundle.denoiser(k[1]) is net}
+        losses |= L.val_losses(net, dataclasses.replace(vs, batches=mine), abar, torch.bfloat16)
     return losses
 
 

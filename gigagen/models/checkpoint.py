@@ -113,6 +113,10 @@ class BundleConfig:
         """Per level, finest first: its cells per parent cell and side, the conditioning's upsampling (0: layout)."""
         return cond_factors(self.magnifications, self.level_cells)
 
+    def samples_coarse(self, level: int) -> bool:
+        """Whether the coarse network (not the main UNet) samples `level`."""
+        return self.coarse is not None and level in self.coarse_levels
+
     @property
     def level_scales(self) -> tuple[float, ...]:
         """What each level's raw array (latent, or folded pixels in [-1, 1]) is multiplied by for the denoiser."""
@@ -157,7 +161,7 @@ class ModelBundle:
 
     def denoiser(self, level: int) -> UNet:
         """The network that samples `level`: the coarse one at its levels, the main one elsewhere."""
-        return self.coarse if self.coarse is not None and level in self.config.coarse_levels else self.unet
+        return self.coarse if self.coarse is not None and self.config.samples_coarse(level) else self.unet
 
 
 def validate_config(cfg: BundleConfig) -> None:
@@ -195,9 +199,14 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("nucleus_stamps need a decoded level, a positive radius, window and scale, and a spacing >= 0")
     if cfg.level_decoder_noise < 0 or (cfg.level_decoder_noise and k is None):
         raise ValueError("level_decoder_noise must be >= 0, and 0 without a decoded level")
-    if cfg.guide is not None and (not cfg.guide_levels or not set(cfg.guide_levels) <= set(range(len(cfg.magnifications)))):
+    if cfg.guide is not None and not _names_levels(cfg.guide_levels, cfg):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
     _validate_coarse(cfg)
+
+
+def _names_levels(levels: tuple[int, ...], cfg: BundleConfig) -> bool:
+    """`levels` names one or more of the cascade's levels, and nothing else."""
+    return bool(levels) and set(levels) <= set(range(len(cfg.magnifications)))
 
 
 def _validate_coarse(cfg: BundleConfig) -> None:
@@ -210,8 +219,15 @@ def _validate_coarse(cfg: BundleConfig) -> None:
         return
     if c.latent_ch != cfg.unet.latent_ch or c.n_levels != cfg.unet.n_levels or cfg.unet.divisor % c.divisor:
         raise ValueError("the coarse UNet must share the main UNet's latent channels and levels, and divide its tile divisor")
-    if not cfg.coarse_levels or not set(cfg.coarse_levels) <= set(range(len(cfg.magnifications))):
+    if not _names_levels(cfg.coarse_levels, cfg):
         raise ValueError("coarse_levels must name one or more of the cascade's levels")
+
+
+def _networks(ae: Autoencoder, unet: UNet, guide: UNet | None, level_decoder: Decoder | None,
+              coarse: UNet | None) -> dict[str, torch.nn.Module]:
+    """A bundle's networks by tensor prefix (the file's "NAME.*" tensors), the absent ones left out."""
+    named = {"ae": ae, "unet": unet, "guide": guide, "level_decoder": level_decoder, "coarse": coarse}
+    return {name: m for name, m in named.items() if m is not None}
 
 
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,
@@ -224,9 +240,7 @@ def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guid
         raise ValueError("a coarse network is saved exactly when the configuration names one")
     if (level_decoder is None) != (cfg.decoded_level is None):
         raise ValueError("a level decoder is saved exactly when the configuration names a decoded level")
-    modules = {"ae": ae, "unet": unet} | ({"guide": guide} if guide is not None else {})
-    modules |= {"level_decoder": level_decoder} if level_decoder is not None else {}
-    modules |= {"coarse": coarse} if coarse is not None else {}
+    modules = _networks(ae, unet, guide, level_decoder, coarse)
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -281,22 +295,20 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
     ae, unet = Autoencoder(cfg.ae), UNet(cfg.unet)
     guide = UNet(cfg.guide) if cfg.guide is not None else None
     level_decoder = Decoder(cfg.ae, cfg.level_decoder_noise) if cfg.decoded_level is not None else None
-    modules = (("ae.", ae), ("unet.", unet)) + ((("guide.", guide),) if guide is not None else ())
-    modules += (("level_decoder.", level_decoder),) if level_decoder is not None else ()
     coarse = UNet(cfg.coarse) if cfg.coarse is not None else None
-    modules += (("coarse.", coarse),) if coarse is not None else ()
-    known = tuple(prefix for prefix, _ in modules)
+    modules = _networks(ae, unet, guide, level_decoder, coarse)
+    known = tuple(name + "." for name in modules)
     stray = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
     if stray:
         raise UserError(f"checkpoint {path} does not match its configuration: unexpected tensors {stray}")
-    for prefix, module in modules:
+    for name, module in modules.items():
+        prefix = name + "."
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         try:
             module.load_state_dict(sub, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"checkpoint {path} does not match its configuration: {first}") from None
-    for module in (ae, unet, guide, level_decoder, coarse):
-        if module is not None:
-            module.to(device).eval().requires_grad_(False)
+    for module in modules.values():
+        module.to(device).eval().requires_grad_(False)
     return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse)

@@ -472,9 +472,16 @@ def carried_coarse(st: State) -> tuple[UNet | None, dict[str, Any]]:
     c = st.carried.get("coarse")
     if not c:
         return None, {}
-    net = UNet(UNetConfig(**c["config"]))
-    net.load_state_dict(c["weights"])
+    net = carried_unet(c)
     return net, {"coarse": net.cfg, "coarse_levels": tuple(c["levels"])}
+
+
+def carried_unet(carried: dict[str, Any]) -> UNet:
+    """A UNet that carry_over kept as its config and weights, rebuilt (asdict kept the config's tuples: torch.save
+    pickles, no JSON)."""
+    net = UNet(UNetConfig(**carried["config"]))
+    net.load_state_dict(carried["weights"])
+    return net
 
 
 def carried_guide(st: State) -> tuple[UNet | None, dict[str, Any]]:
@@ -483,10 +490,8 @@ def carried_guide(st: State) -> tuple[UNet | None, dict[str, Any]]:
     g = st.carried.get("guide")
     if not g:
         return None, {}
-    gcfg = UNetConfig(**g["config"])  # asdict kept its tuples (torch.save pickles, no JSON)
-    guide = UNet(gcfg)
-    guide.load_state_dict(g["weights"])
-    return guide, {"guide": gcfg, "autoguidance": g["autoguidance"], "guide_levels": tuple(g["levels"])}
+    guide = carried_unet(g)
+    return guide, {"guide": guide.cfg, "autoguidance": g["autoguidance"], "guide_levels": tuple(g["levels"])}
 
 
 def init_guide(st: State, bundle: Any, path: Path, cfg: TrainConfig) -> None:
