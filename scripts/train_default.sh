@@ -95,10 +95,10 @@ fi
 # the default spacings, for the levels above the finest only) give it new arrangements of the same tissue.
 # Guide and decoder are kept; the last checkpoint is shipped, as in 2026-12-05 (model card).
 if (( COARSE_MINUTES > 0 )); then
-coarse=()
-[[ "${RESUME:-0}" == 1 && -f runs/default-coarse/state.pt ]] && coarse+=(--resume)
+coarse=(--init-from "$bundle")  # a stopped stage resumes from its own state (--init-from starts a new one)
+[[ "${RESUME:-0}" == 1 && -f runs/default-coarse/state.pt ]] && coarse=(--resume)
 nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-coarse --name gigagen-cmu-default \
-    --init-from "$bundle" --max-minutes "$COARSE_MINUTES" --holdout-frac 0.2 --unet-batch 16 \
+    --max-minutes "$COARSE_MINUTES" --holdout-frac 0.2 --unet-batch 16 \
     --level-probs 0.3,0.7,0 --decoder-every 0 --lr-decay-minutes 15 --unet-lr 2e-4 --unet-dropout 0.1 \
     --scale-aug 0.87,1.15 --elastic-aug 6 --elastic-strain 0.08 --coarse-warps 24 --coarse-warp-strain 0.08 \
     --unet-precision bf16 --threads "${THREADS:-2}" --seed "${SEED:-0}" "${coarse[@]}"
