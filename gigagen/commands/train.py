@@ -30,6 +30,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--init-from", metavar="BUNDLE", default=None,
                    help="continue training this bundle's denoiser (fine-tune; its autoencoder and model configuration are kept, "
                         "and so is its autoguidance network unless --magnifications changes the cascade)")
+    p.add_argument("--distill", action="store_true",
+                   help="with --init-from B: the denoiser learns to give in one pass what B gives with its default guidance "
+                        "(classifier-free and autoguidance; Meng et al. 2023), so the run's bundle samples with one network "
+                        "pass per tile and no guide; the run's loss and validation measure the match to B (--resume finds B again)")
     p.add_argument("--guide-of", metavar="BUNDLE", default=None,
                    help="train a small guide denoiser for this bundle (autoguidance; size it with --unet-*) on its autoencoder, "
                         "cascade and tile; the run's bundle is that bundle plus the guide, which guides the levels it "
@@ -222,6 +226,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--coarse-warps trains the cascade's coarser levels; a --decoder-of run trains none")
     if not 0.0 < args.sampled_parent_prob <= 1.0:
         raise UserError("--sampled-parent-prob must be in (0, 1]")
+    if args.distill and (not args.init_from or args.guide_of or args.decoder_of):
+        raise UserError("--distill learns a bundle's guided sampling: give --init-from B (and no --guide-of / --decoder-of)")
+    if args.distill and (args.guidance is not None or args.cond_aug_max or args.decoded_parents or args.sampled_parents):
+        raise UserError("--distill: the student samples as its teacher does, in one pass; --guidance, --cond-aug-max, "
+                        "--decoded-parents and --sampled-parents do not apply")
     if args.nucleus_stamps and not args.decoded_parents:
         raise UserError("--nucleus-stamps paints into the level decoder's reading: give --decoded-parents too")
     if (args.decoder_refine or args.decoder_level is not None) and not args.decoder_of:
@@ -462,7 +471,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         guidance=_guidance(args.guidance, len(args.magnifications)),
         pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)), input_perturbation=args.input_perturbation,
         decoded_parents=args.decoded_parents, nucleus_stamps=args.nucleus_stamps,
-        sampled_parents=tuple(args.sampled_parents), sampled_parent_prob=args.sampled_parent_prob,
+        sampled_parents=tuple(args.sampled_parents), sampled_parent_prob=args.sampled_parent_prob, distill=args.distill,
     )
 
 

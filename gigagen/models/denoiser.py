@@ -156,9 +156,10 @@ class BundleRunner:
         return t.contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def _net(self, net: torch.nn.Module, x: torch.Tensor, t: int, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
+    def _net(self, net: torch.nn.Module, x: torch.Tensor, t: int | torch.Tensor, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
         b = x.shape[0]
-        ts = torch.full((b,), float(t), device=self.device)
+        # one timestep for the batch when sampling; one per sample when distilling (gigagen.train.distill)
+        ts = t.float().to(self.device) if isinstance(t, torch.Tensor) else torch.full((b,), float(t), device=self.device)
         lv = torch.full((b,), level, dtype=torch.long, device=self.device)
         cm = torch.full((b,), mask, device=self.device)
         # a network trained with conditioning augmentation is told the parent's noise timestep (0 without one)
@@ -171,7 +172,7 @@ class BundleRunner:
                                  for i in range(b)])
         return out.float()
 
-    def _unet(self, x: torch.Tensor, t: int, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
+    def _unet(self, x: torch.Tensor, t: int | torch.Tensor, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
         """The main network's output (the coarse network's at its levels), autoguided when autoguidance != 1."""
         out = self._net(self.bundle.denoiser(level), x, t, level, cond, mask)
         n = x.shape[0]
@@ -186,17 +187,22 @@ class BundleRunner:
             out = cfg_combine(out, weak, self.autoguidance)  # weak + w (main - weak)
         return out
 
-    def model_fn(self, x: np.ndarray, t: int, level: int, cond: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """x_t, cond: (B, C, h, w) scaled latents -> (x0, eps). Two passes only where guidance != 1."""
-        xt = self._tensor(x)
+    def guided(self, xt: torch.Tensor, t: int | torch.Tensor, level: int, cond: torch.Tensor | None) -> torch.Tensor:
+        """The network output sampling uses at x_t (channels-last tensors): with the run's classifier-free guidance
+        and autoguidance at this level; cond None (the layout level, or a dropped parent) is the unconditional
+        output. Two passes only where guidance != 1 (and the guide's where autoguidance != 1)."""
         if cond is None:
-            out = self._unet(xt, t, level, torch.zeros_like(xt), 0.0)
-        else:
-            ct = self._tensor(cond)
-            out = self._unet(xt, t, level, ct, 1.0)
-            w = self.guidance_at(level)
-            if w != 1.0:
-                out = cfg_combine(out, self._unet(xt, t, level, ct, 0.0), w)
+            return self._unet(xt, t, level, torch.zeros_like(xt), 0.0)
+        out = self._unet(xt, t, level, cond, 1.0)
+        w = self.guidance_at(level)
+        if w != 1.0:
+            out = cfg_combine(out, self._unet(xt, t, level, cond, 0.0), w)
+        return out
+
+    def model_fn(self, x: np.ndarray, t: int, level: int, cond: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """x_t, cond: (B, C, h, w) scaled latents -> (x0, eps)."""
+        xt = self._tensor(x)
+        out = self.guided(xt, t, level, None if cond is None else self._tensor(cond))
         x0, eps = split_prediction(out, xt, float(self.alphas_cumprod[t]), self.bundle.config.prediction)
         return x0.cpu().numpy(), eps.cpu().numpy()
 

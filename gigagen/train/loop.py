@@ -29,11 +29,13 @@ from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales,
 from gigagen.engine.nuclei import StampSpec, fit_spec, stamp
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import BundleConfig, load_bundle, read_bundle_config, save_bundle
+from gigagen.models.denoiser import BundleRunner
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 from gigagen.sampling.schedules import cosine_alphas_cumprod
 from gigagen.train import data as D
 from gigagen.train import metrics as M
+from gigagen.train.distill import distill_plan, distill_record, teacher_runner, teacher_target
 from gigagen.train.losses import ae_loss
 
 
@@ -105,6 +107,7 @@ class TrainConfig:
     nucleus_stamps: bool = False  # with decoded_parents: that reading carries stamps at the real nucleus centres (engine.nuclei)
     sampled_parents: tuple[int, ...] = ()  # t0s: the finest level also learns from 5x parents init_from samples from layouts redrawn from these (sampled_parents)
     sampled_parent_prob: float = 0.5  # with sampled_parents: the share of finest-level crops given a sampled parent
+    distill: bool = False  # with init_from: learn that bundle's guided output in one pass (gigagen.train.distill)
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -241,14 +244,14 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
 
 
 def plot_validation(ax: Any, rows: list[dict[str, str]]) -> None:
-    """Held-out (solid) and training (dashed) validation v-loss per level against the step."""
+    """Held-out (solid) and training (dashed) validation loss per level (v, or a distillation run's match to its teacher) against the step."""
     curves: dict[tuple[str, int], list[tuple[int, float]]] = {}
     for r in rows:
         curves.setdefault((r["phase"][4:], int(json.loads(r["extra"])["level"])), []).append((int(r["step"]), float(r["loss"])))
     for (split, level), pts in sorted(curves.items()):
         xs, ys = zip(*pts)
         ax.plot(xs, ys, "-" if split == "held" else "--", marker=".", label=f"{split}, level {level}", color=f"C{level}")
-    ax.set_title("validation v-loss (EMA)")
+    ax.set_title("validation loss (EMA)")
     ax.set_xlabel("denoiser step")
     ax.legend(fontsize=7)
 
@@ -415,6 +418,21 @@ def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.devi
         forget_parents(st.unet, st.unet_ema)
     st.unet_source = path.name
     st.carried = carry_over(bundle, path.name, cfg)
+    if cfg.distill:
+        take_distill_plan(st, bundle, path, cfg)
+
+
+def take_distill_plan(st: State, bundle: Any, path: Path, cfg: TrainConfig) -> None:
+    """--distill: the bundle becomes the run's teacher (kept in the state, so --resume finds it), and the student
+    bundle samples with one pass per tile: no guide and guidance 1, its guided sampling learnt instead."""
+    if tuple(bundle.config.magnifications) != tuple(cfg.magnifications) or tuple(bundle.config.pixel_levels) != tuple(cfg.pixel_levels):
+        raise UserError(f"--distill: the student learns {path}'s levels as its teacher samples them; keep its magnifications and pixel levels")
+    plan = distill_plan(bundle, path)
+    st.carried["distill"] = plan
+    st.carried.pop("guide", None)  # its work is now the student's
+    st.carried["guidance"] = ()
+    st.carried["record"].pop("guide", None)
+    st.carried["record"]["distilled"] = distill_record(plan)
 
 
 def pixel_mags(magnifications: tuple[float, ...], pixel_levels: tuple[int, ...]) -> list[float]:
@@ -828,15 +846,16 @@ class ValSet:
     crops, timesteps and noise each time, so the numbers move only when the denoiser does."""
 
     sides: dict[int, int]  # level -> crop side, the same for both splits
-    batches: dict[tuple[str, int], tuple[torch.Tensor, ...]]  # (split, level) -> (x0, cond, mask, t, eps)
+    batches: dict[tuple[str, int], tuple[torch.Tensor, ...]]  # (split, level) -> (x0, cond, mask, t, eps, target)
 
 
-def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.device) -> ValSet:
+def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.device, teacher: BundleRunner | None = None) -> ValSet:
     """VAL_CROPS crops per split ("held": the held-out bands, "train": the training images, both
     unjittered and unrotated) at every level the run trains, each at every VAL_TIMES timestep. Both
     splits use one crop side per level, the smaller split's (CMU's 5x held-out band is 16 latent pixels
     high, so 16 rather than the training tile 32: the numbers compare checkpoints and splits, not
-    training losses); a level where that is under two UNet divisors is left out (CMU's 1.25x band: 4)."""
+    training losses); a level where that is under two UNet divisors is left out (CMU's 1.25x band: 4). The
+    target is v, or with a distillation `teacher` (gigagen.train.distill.teacher_runner) its guided output."""
     vcfg = dataclasses.replace(cfg, unet_batch=VAL_CROPS, cfg_dropout=0.0, cond_aug_max=0)  # clean parents
     rng = np.random.default_rng(VAL_SEED)  # not the run's seed: runs on the same data validate alike
     gen = torch.Generator().manual_seed(VAL_SEED)
@@ -850,8 +869,21 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
             x0, cond, mask = (torch.from_numpy(a).repeat(len(VAL_TIMES), *([1] * (a.ndim - 1)))
                               for a in unet_batch(ls, vcfg, level, rng, side)[:3])
             eps = torch.randn(x0.shape, generator=gen)
-            out[(split, level)] = tuple(a.to(device) for a in (x0, cond, mask, times, eps))
+            x0, cond, mask, t, eps = (a.to(device) for a in (x0, cond, mask, times, eps))
+            out[(split, level)] = (x0, cond, mask, t, eps, val_target(x0, cond, mask, t, eps, level, teacher))
     return ValSet(sides, out)
+
+
+def val_target(x0: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, level: int,
+               teacher: BundleRunner | None = None, batch: int = 40) -> torch.Tensor:
+    """What the denoiser should output on fixed validation crops: v, or the distillation teacher's guided output."""
+    abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=x0.device)
+    a, s = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
+    if teacher is None:
+        return a * eps - s * x0
+    xt = a * x0 + s * eps
+    return torch.cat([teacher_target(teacher, xt[i : i + batch], t[i : i + batch], level, cond[i : i + batch], mask[i : i + batch])
+                      for i in range(0, len(xt), batch)])
 
 
 @torch.no_grad()
@@ -867,11 +899,12 @@ def noised_pair(x0: torch.Tensor, a: torch.Tensor, s: torch.Tensor, gamma: float
 
 
 def val_losses(unet: UNet, vs: ValSet, abar: torch.Tensor, dtype: torch.dtype, batch: int = 40) -> dict[tuple[str, int], float]:
-    """Mean v-loss (the training loss) of `unet`, in eval mode (no dropout), on each fixed validation batch."""
+    """Mean loss (the training loss: v, or the distillation target) of `unet`, in eval mode (no dropout), on each
+    fixed validation batch."""
     was_training = unet.training
     unet.eval()
     out = {}
-    for (split, level), (x0, cond, mask, t, eps) in vs.batches.items():
+    for (split, level), (x0, cond, mask, t, eps, target) in vs.batches.items():
         total = 0.0
         for i in range(0, len(x0), batch):
             sl = slice(i, i + batch)
@@ -880,7 +913,7 @@ def val_losses(unet: UNet, vs: ValSet, abar: torch.Tensor, dtype: torch.dtype, b
             lv = torch.full((len(xt),), level, dtype=torch.long, device=xt.device)
             with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
                 v = unet(xt, t[sl].float(), lv, cond[sl].contiguous(memory_format=torch.channels_last), mask[sl])
-            total += (v.float() - (a * eps[sl] - s * x0[sl])).pow(2).sum().item()
+            total += (v.float() - target[sl]).pow(2).sum().item()
         out[(split, level)] = total / x0.numel()
     unet.train(was_training)
     return out
@@ -956,6 +989,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         init_from_bundle(st, Path(cfg.init_from), cfg, device)
     elif cfg.init_autoencoder and not resume:
         init_autoencoder(st, Path(cfg.init_autoencoder), cfg, device)
+    plan = st.carried.get("distill")  # a distillation run (--distill, kept across resumes): its teacher
+    teacher = teacher_runner(plan, device) if plan else None
     decoded = st.carried.get("level_decoder", {}).get("level")
     if decoded is not None and cfg.level_probs[decoded]:  # --resume with other shares; a new run is checked by the CLI
         raise UserError(f"--decoded-parents: level {decoded} is read by the level decoder; give it --level-probs share 0")
@@ -1079,7 +1114,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
         n = len(cfg.inputs)  # variant 8 i is input i unrotated and unjittered at scale 1 (encode_all)
         unrotated = LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])
-        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads, reread), cfg, device)
+        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads, reread), cfg, device, teacher)
         del reads  # every variant is built; the levels hold what the decoder steps need
         sampled = None
         if cfg.sampled_parents:
@@ -1115,6 +1150,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             xt, target = noised_pair(x0, a, s, cfg.input_perturbation)
             xt = xt.contiguous(memory_format=torch.channels_last)
             cond = cond.contiguous(memory_format=torch.channels_last)
+            if teacher is not None:
+                target = teacher_target(teacher, xt, t, level, cond, mask)
             with torch.autocast(device.type, dtype=udtype, enabled=udtype != torch.float32):
                 out = st.unet(xt, t.float(), torch.full((b,), level, dtype=torch.long, device=device), cond, mask, cond_t)
             loss = (out.float() - target).pow(2).mean()
