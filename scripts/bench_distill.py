@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gigagen.io.omezarr import open_slide
+
 from _slide_eval import GIGAGEN, ROOT, ROW_HEADER, row_cells
 
 
@@ -51,9 +53,6 @@ def evaluated(out: Path, reference: str, ckpt: str) -> dict:
 
 
 def overview(out: Path, max_side: int = 1024) -> np.ndarray:
-    sys.path.insert(0, str(ROOT))
-    from gigagen.io.omezarr import open_slide
-
     reader = open_slide(out)
     lvl = next((k for k, (h, w) in enumerate(reader.level_shapes) if max(h, w) <= max_side), len(reader.level_shapes) - 1)
     h, w = reader.level_shapes[lvl]

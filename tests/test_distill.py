@@ -92,6 +92,8 @@ def test_resume_goes_on_distilling_and_refuses_a_changed_teacher(png: Path, teac
     more = dataclasses.replace(cfg, init_from=None, distill=False, unet_max_steps=9)  # as `--resume` builds it
     s = load_bundle(L.train(more, resume=True, log=quiet, progress=False))
     assert s.config.training["unet_step"] == 9 and s.guide is None and "distilled" in s.config.training
+    with pytest.raises(UserError, match="--guidance"):  # guidance on top of the learnt guidance: refused on resume too
+        L.train(dataclasses.replace(more, guidance=(1.0, 2.0), unet_max_steps=10), resume=True, log=quiet, progress=False)
     b = load_bundle(teacher)
     torch.nn.init.normal_(b.unet.out.weight, std=0.05)
     save_bundle(teacher, b.config, b.ae, b.unet, b.guide)

@@ -8,7 +8,7 @@ the training latents, the same x_t the teacher was trained on; the student bundl
 1 and no guide, so the 20x level costs one main-network pass per tile instead of a main and a guide pass, and
 the 5x level one pass instead of two.
 
-The teacher is a bundle file; the run keeps its path and identity (BundleConfig bytes hashed) in its state, so
+The teacher is a bundle file; the run keeps its path and identity (name and the file's sha256) in its state, so
 a resumed run refuses a teacher file that changed under it.
 """
 

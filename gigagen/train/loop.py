@@ -860,6 +860,7 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
     rng = np.random.default_rng(VAL_SEED)  # not the run's seed: runs on the same data validate alike
     gen = torch.Generator().manual_seed(VAL_SEED)
     times = torch.tensor(VAL_TIMES).repeat_interleave(VAL_CROPS)
+    abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=device)
     sides = {level: min(crop_side(ls, cfg, level) for ls in splits.values())
              for level, share in enumerate(cfg.level_probs) if share > 0}
     sides = {level: side for level, side in sides.items() if side >= 2 * cfg.unet.divisor}
@@ -870,14 +871,13 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
                               for a in unet_batch(ls, vcfg, level, rng, side)[:3])
             eps = torch.randn(x0.shape, generator=gen)
             x0, cond, mask, t, eps = (a.to(device) for a in (x0, cond, mask, times, eps))
-            out[(split, level)] = (x0, cond, mask, t, eps, val_target(x0, cond, mask, t, eps, level, teacher))
+            out[(split, level)] = (x0, cond, mask, t, eps, val_target(x0, cond, mask, t, eps, level, abar, teacher))
     return ValSet(sides, out)
 
 
 def val_target(x0: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, level: int,
-               teacher: BundleRunner | None = None, batch: int = 40) -> torch.Tensor:
+               abar: torch.Tensor, teacher: BundleRunner | None = None, batch: int = 40) -> torch.Tensor:
     """What the denoiser should output on fixed validation crops: v, or the distillation teacher's guided output."""
-    abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=x0.device)
     a, s = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
     if teacher is None:
         return a * eps - s * x0
@@ -991,6 +991,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         init_autoencoder(st, Path(cfg.init_autoencoder), cfg, device)
     plan = st.carried.get("distill")  # a distillation run (--distill, kept across resumes): its teacher
     teacher = teacher_runner(plan, device) if plan else None
+    if plan and (cfg.guidance is not None or cfg.cond_aug_max):  # a new run is checked by the CLI; --resume here
+        raise UserError("--distill: the student samples as its teacher does, in one pass; --guidance and --cond-aug-max do not apply")
     decoded = st.carried.get("level_decoder", {}).get("level")
     if decoded is not None and cfg.level_probs[decoded]:  # --resume with other shares; a new run is checked by the CLI
         raise UserError(f"--decoded-parents: level {decoded} is read by the level decoder; give it --level-probs share 0")
