@@ -433,11 +433,11 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     mc = bundle.config
     kind = choose_store(cfg, plans, mc.ae.latent_ch)
     est = estimate(cfg, plans, mc.ae.latent_ch, kind)
-    sampled_levels = sampled_plans(plans, mc)
-    evals = evaluations(cfg, sampled_levels, cfg.tile, mc.unet.divisor, mc.guide_levels)
+    to_sample = sampled_plans(plans, mc)
+    evals = evaluations(cfg, to_sample, cfg.tile, mc.unet.divisor, mc.guide_levels)
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
     steps = run_schedules(cfg, runner)
-    sampled = [p.level for p in sampled_levels]
+    sampled = [p.level for p in to_sample]
     tiling = run_tiling(cfg, mc)
     calib = calibrate(runner, cfg, tiling, steps, sampled, PIXEL_CHUNK // mc.ae.factor)
     k = mc.decoded_level

@@ -84,7 +84,8 @@ def main() -> int:
     walls: dict[str, list[float]] = {name: [] for name in models}
     pairs, controls = [], []
     names = list(models)
-    for i, seed in enumerate(int(s) for s in args.seeds.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for i, seed in enumerate(seeds):
         for name in names[i % 3 :] + names[: i % 3]:
             out = work / f"{name}_s{seed}"
             ckpt, extra = models[name]
@@ -100,7 +101,6 @@ def main() -> int:
           f"student / teacher per seed: {', '.join(f'{r:.2f}' for r in ratios)}")
     print(f"overview PSNR to the teacher's slide per seed (dB): student {', '.join(f'{v:.1f}' for v in pairs)}; "
           f"unguided {', '.join(f'{v:.1f}' for v in controls)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
     if len(seeds) > 1:  # the floor: two unrelated slides of the teacher
         apart = [psnr(overview(work / f"teacher_s{a}"), overview(work / f"teacher_s{b}")) for a, b in zip(seeds, seeds[1:])]
         print(f"overview PSNR teacher vs teacher at the next seed (unrelated slides, dB): {', '.join(f'{v:.1f}' for v in apart)}")

@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.models.checkpoint import load_bundle  # noqa: E402
-from gigagen.sampling.schedules import cosine_alphas_cumprod  # noqa: E402
 from gigagen.train import loop as L  # noqa: E402
 
 
@@ -41,14 +40,13 @@ def bundle_losses(path: str, reference: str, holdout_frac: float) -> dict[tuple[
     train = L.encode_all(L.load_training_levels(cfg, reads=reads), bundle.ae, cfg, cpu, torch.bfloat16, lambda _: None,
                          orientations=1).scaled(c.level_scales)
     splits = L.validation_latents(cfg, bundle.ae, c.level_scales, train, cpu, print, reads)
-    abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32)
     # every level the bundle has, whatever shares it trained with
     vs = L.build_valset(splits, dataclasses.replace(cfg, level_probs=(1.0,) * len(cfg.magnifications)), cpu)
     # each level validated on the network that samples it (a coarse network's levels on that network only)
     losses: dict[tuple[str, int], float] = {}
     for net in {id(bundle.denoiser(lv)): bundle.denoiser(lv) for lv in range(len(c.magnifications))}.values():
         mine = {k: b for k, b in vs.batches.items() if bundle.denoiser(k[1]) is net}
-        losses |= L.val_losses(net, dataclasses.replace(vs, batches=mine), abar, torch.bfloat16)
+        losses |= L.val_losses(net, dataclasses.replace(vs, batches=mine), torch.bfloat16)
     return losses
 
 

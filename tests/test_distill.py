@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def teacher(png: Path, tmp_path: Path) -> Path:  # noqa: F811 - the fixture
 def val_rows(run: Path) -> dict[tuple[str, int, int], float]:
     """(phase, step, level) -> validation loss, from the run's loss.csv."""
     rows = (r for r in csv.DictReader(open(run / "loss.csv")) if r["phase"].startswith("val"))
-    return {(r["phase"], int(r["step"]), int(r["extra"].split(":")[1].strip(" }"))): float(r["loss"]) for r in rows}
+    return {(r["phase"], int(r["step"]), json.loads(r["extra"])["level"]): float(r["loss"]) for r in rows}
 
 
 def test_teacher_target_is_the_guided_output_crop_by_crop(tmp_path: Path) -> None:

@@ -75,9 +75,8 @@ def test_validation_is_fixed_crops_noise_and_eval_mode(png: Path, tmp_path: Path
             assert torch.equal(x, y)
     unet = L.UNet(L.UNetConfig(latent_ch=2, base_ch=8, ch_mult=(1, 2), attn_lowest=False, dropout=0.5)).train()
     torch.nn.init.normal_(unet.out.weight, std=0.1)
-    abar = torch.tensor(L.cosine_alphas_cumprod(1000), dtype=torch.float32)
-    first = L.val_losses(unet, a, abar, torch.float32)
-    assert first == L.val_losses(unet, a, abar, torch.float32) and unet.training  # eval inside, mode restored
+    first = L.val_losses(unet, a, torch.float32)
+    assert first == L.val_losses(unet, a, torch.float32) and unet.training  # eval inside, mode restored
     assert set(first) == {(s, lv) for s in ("train", "held") for lv in (0, 1)}  # 1.25x: 2 px < 2 divisors
     assert a.sides == {0: 8, 1: 8} and first[("held", 0)] != first[("train", 0)]
     assert L.val_score(first, cfg.level_probs) == pytest.approx((0.5 * first[("held", 0)] + 0.3 * first[("held", 1)]) / 0.8)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from gigagen.errors import UserError
-from gigagen.models.checkpoint import ModelBundle, bundle_identity, load_bundle
+from gigagen.models.checkpoint import ModelBundle, load_bundle
 from gigagen.models.denoiser import BundleRunner
 
 
@@ -48,9 +48,9 @@ def teacher_runner(plan: dict[str, Any], device: torch.device) -> BundleRunner:
     """The teacher bundle of a distill plan, loaded and set to sample as it does by default (bf16, as inference);
     UserError when its file is gone or is no longer the bundle the run started from."""
     path = Path(plan["teacher"])
-    if not path.is_file() or bundle_identity(path) != plan["identity"]:
+    bundle = load_bundle(path, device) if path.is_file() else None
+    if bundle is None or bundle.identity != plan["identity"]:
         raise UserError(f"--distill: the teacher {path} is missing or changed since the run started (was {plan['identity']})")
-    bundle = load_bundle(path, device)
     return BundleRunner(bundle, device, torch.bfloat16, guidance=tuple(plan["guidance"]), autoguidance=float(plan["autoguidance"]))
 
 

@@ -846,7 +846,7 @@ class ValSet:
     crops, timesteps and noise each time, so the numbers move only when the denoiser does."""
 
     sides: dict[int, int]  # level -> crop side, the same for both splits
-    batches: dict[tuple[str, int], tuple[torch.Tensor, ...]]  # (split, level) -> (x0, cond, mask, t, eps, target)
+    batches: dict[tuple[str, int], tuple[torch.Tensor, ...]]  # (split, level) -> (x_t, cond, mask, t, target)
 
 
 def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.device, teacher: BundleRunner | None = None) -> ValSet:
@@ -871,17 +871,16 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
                               for a in unet_batch(ls, vcfg, level, rng, side)[:3])
             eps = torch.randn(x0.shape, generator=gen)
             x0, cond, mask, t, eps = (a.to(device) for a in (x0, cond, mask, times, eps))
-            out[(split, level)] = (x0, cond, mask, t, eps, val_target(x0, cond, mask, t, eps, level, abar, teacher))
+            a, s = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
+            xt = (a * x0 + s * eps).contiguous(memory_format=torch.channels_last)
+            target = a * eps - s * x0 if teacher is None else teacher_targets(teacher, xt, t, level, cond, mask)
+            out[(split, level)] = (xt, cond.contiguous(memory_format=torch.channels_last), mask, t, target)
     return ValSet(sides, out)
 
 
-def val_target(x0: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, level: int,
-               abar: torch.Tensor, teacher: BundleRunner | None = None, batch: int = 40) -> torch.Tensor:
-    """What the denoiser should output on fixed validation crops: v, or the distillation teacher's guided output."""
-    a, s = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
-    if teacher is None:
-        return a * eps - s * x0
-    xt = a * x0 + s * eps
+def teacher_targets(teacher: BundleRunner, xt: torch.Tensor, t: torch.Tensor, level: int, cond: torch.Tensor,
+                    mask: torch.Tensor, batch: int = 40) -> torch.Tensor:
+    """The distillation teacher's guided output on fixed validation crops, `batch` crops per call."""
     return torch.cat([teacher_target(teacher, xt[i : i + batch], t[i : i + batch], level, cond[i : i + batch], mask[i : i + batch])
                       for i in range(0, len(xt), batch)])
 
@@ -898,23 +897,21 @@ def noised_pair(x0: torch.Tensor, a: torch.Tensor, s: torch.Tensor, gamma: float
     return a * x0 + s * noise, a * eps - s * x0
 
 
-def val_losses(unet: UNet, vs: ValSet, abar: torch.Tensor, dtype: torch.dtype, batch: int = 40) -> dict[tuple[str, int], float]:
+def val_losses(unet: UNet, vs: ValSet, dtype: torch.dtype, batch: int = 40) -> dict[tuple[str, int], float]:
     """Mean loss (the training loss: v, or the distillation target) of `unet`, in eval mode (no dropout), on each
     fixed validation batch."""
     was_training = unet.training
     unet.eval()
     out = {}
-    for (split, level), (x0, cond, mask, t, eps, target) in vs.batches.items():
+    for (split, level), (xt, cond, mask, t, target) in vs.batches.items():
         total = 0.0
-        for i in range(0, len(x0), batch):
+        for i in range(0, len(xt), batch):
             sl = slice(i, i + batch)
-            a, s = abar[t[sl]].sqrt()[:, None, None, None], (1 - abar[t[sl]]).sqrt()[:, None, None, None]
-            xt = (a * x0[sl] + s * eps[sl]).contiguous(memory_format=torch.channels_last)
-            lv = torch.full((len(xt),), level, dtype=torch.long, device=xt.device)
+            lv = torch.full((len(xt[sl]),), level, dtype=torch.long, device=xt.device)
             with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
-                v = unet(xt, t[sl].float(), lv, cond[sl].contiguous(memory_format=torch.channels_last), mask[sl])
+                v = unet(xt[sl], t[sl].float(), lv, cond[sl], mask[sl])
             total += (v.float() - target[sl]).pow(2).sum().item()
-        out[(split, level)] = total / x0.numel()
+        out[(split, level)] = total / target.numel()
     unet.train(was_training)
     return out
 
@@ -990,9 +987,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     elif cfg.init_autoencoder and not resume:
         init_autoencoder(st, Path(cfg.init_autoencoder), cfg, device)
     plan = st.carried.get("distill")  # a distillation run (--distill, kept across resumes): its teacher
-    teacher = teacher_runner(plan, device) if plan else None
     if plan and (cfg.guidance is not None or cfg.cond_aug_max):  # a new run is checked by the CLI; --resume here
         raise UserError("--distill: the student samples as its teacher does, in one pass; --guidance and --cond-aug-max do not apply")
+    teacher = teacher_runner(plan, device) if plan else None
     decoded = st.carried.get("level_decoder", {}).get("level")
     if decoded is not None and cfg.level_probs[decoded]:  # --resume with other shares; a new run is checked by the CLI
         raise UserError(f"--decoded-parents: level {decoded} is read by the level decoder; give it --level-probs share 0")
@@ -1044,7 +1041,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     def validate() -> None:
         """Measure the EMA denoiser on the fixed held-out and training crops; a new held-out best is
         exported as bundle-best.safetensors."""
-        losses = val_losses(st.unet_ema, valset, abar, udtype)
+        losses = val_losses(st.unet_ema, valset, udtype)
         st.val_last_step = st.unet_step
         for (split, lv), v in losses.items():
             logger.row(st.unet_seconds, f"val_{split}", st.unet_step, v, {"level": lv})
