@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GIGAGEN = [sys.executable, "-m", "gigagen.cli"]
@@ -44,3 +47,46 @@ def row_cells(g: dict[str, Any]) -> str:
     """The evaluation's columns of ROW_HEADER, as markdown cells."""
     return (f"{g['W1_H']:.4f} | {g['W1_E']:.4f} | {g['nuclei_per_mm2']:.0f} | {g['nucleus_area_median_um2']:.1f} | "
             f"{g['W1_nucleus_area_um2']:.2f} | {g['hf_energy']:.4f} | {g['FD_randconv']:.3f} | {g['nn_train_ncc_max']:.3f}")
+
+
+def timed_slide(out: Path, size: int, seed: int, ckpt: str, extra: list[str]) -> tuple[float, float, dict[str, float]]:
+    """Wall seconds and peak RSS (GB) of one `gigagen slide` process with all exports (the README's command),
+    and the stage times of its run.json."""
+    cmd = GIGAGEN + ["slide", "--size", str(size), "--seed", str(seed), "--quiet", "--out", str(out), "--checkpoint", ckpt, *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (ru_maxrss in KB on Linux)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"gigagen slide failed for {ckpt} seed {seed}")
+    return wall, usage.ru_maxrss / 1e6, json.loads((out / "run.json").read_text())["timings_s"]
+
+
+def evaluated(out: Path, reference: str, ckpt: str) -> dict[str, Any]:
+    """The 'generated' row of `gigagen evaluate OUT` against the reference's held-out band."""
+    js = out.parent / (out.name + ".json")
+    subprocess.run(GIGAGEN + ["evaluate", str(out), "--reference", reference, "--json", str(js), "--checkpoint", ckpt],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads(js.read_text())["rows"]["generated"]
+
+
+def overview(out: Path, max_side: int = 1024) -> np.ndarray:
+    """The slide's largest pyramid level at most max_side pixels a side, as float RGB."""
+    from gigagen.io.omezarr import open_slide
+
+    reader = open_slide(out)
+    lvl = next((k for k, (h, w) in enumerate(reader.level_shapes) if max(h, w) <= max_side), len(reader.level_shapes) - 1)
+    h, w = reader.level_shapes[lvl]
+    return reader.read_region(lvl, 0, 0, w, h).astype(np.float64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)))
+
+
+STAGES_HEADER = "wall s | max RSS GB | 20x s | 5x s | decode s"
+
+
+def stage_cells(wall: float, rss: float, st: dict[str, float]) -> str:
+    """timed_slide's figures as the markdown cells of STAGES_HEADER."""
+    return f"{wall:.1f} | {rss:.2f} | {st.get('level0_20x', 0):.1f} | {st.get('level1_5x', 0):.1f} | {st.get('decode', 0):.1f}"

@@ -17,50 +17,14 @@ the floor).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from gigagen.io.omezarr import open_slide
-
-from _slide_eval import GIGAGEN, ROOT, ROW_HEADER, row_cells
-
-
-def timed_slide(out: Path, size: int, seed: int, ckpt: str, extra: list[str]) -> tuple[float, float, dict[str, float]]:
-    """Wall seconds and peak RSS (GB) of one `gigagen slide` process, and the stage times of its run.json."""
-    cmd = GIGAGEN + ["slide", "--size", str(size), "--seed", str(seed), "--quiet", "--out", str(out), "--checkpoint", ckpt, *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (ru_maxrss in KB on Linux)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"gigagen slide failed for {ckpt} seed {seed}")
-    return wall, usage.ru_maxrss / 1e6, json.loads((out / "run.json").read_text())["timings_s"]
-
-
-def evaluated(out: Path, reference: str, ckpt: str) -> dict:
-    js = out.parent / (out.name + ".json")
-    subprocess.run(GIGAGEN + ["evaluate", str(out), "--reference", reference, "--json", str(js), "--checkpoint", ckpt],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return json.loads(js.read_text())["rows"]["generated"]
-
-
-def overview(out: Path, max_side: int = 1024) -> np.ndarray:
-    reader = open_slide(out)
-    lvl = next((k for k, (h, w) in enumerate(reader.level_shapes) if max(h, w) <= max_side), len(reader.level_shapes) - 1)
-    h, w = reader.level_shapes[lvl]
-    return reader.read_region(lvl, 0, 0, w, h).astype(np.float64)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)))
+from _slide_eval import ROOT, ROW_HEADER, STAGES_HEADER, evaluated, overview, psnr, row_cells, stage_cells, timed_slide
 
 
 def main() -> int:
@@ -79,7 +43,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     unguided = ["--guidance", "1", "--autoguidance", "1"]
     models = {"teacher": (args.teacher, []), "student": (args.student, []), "unguided": (args.teacher, unguided)}
-    print(f"| model | seed | wall s | max RSS GB | 20x s | 5x s | decode s | {ROW_HEADER} |")
+    print(f"| model | seed | {STAGES_HEADER} | {ROW_HEADER} |")
     print("|" + "---|" * 15)
     walls: dict[str, list[float]] = {name: [] for name in models}
     pairs, controls = [], []
@@ -92,8 +56,7 @@ def main() -> int:
             wall, rss, st = timed_slide(out, args.size, seed, ckpt, extra)
             walls[name].append(wall)
             row = evaluated(out, args.reference, ckpt)
-            print(f"| {name} | {seed} | {wall:.1f} | {rss:.2f} | {st.get('level0_20x', 0):.1f} | {st.get('level1_5x', 0):.1f} | "
-                  f"{st.get('decode', 0):.1f} | {row_cells(row)} |", flush=True)
+            print(f"| {name} | {seed} | {stage_cells(wall, rss, st)} | {row_cells(row)} |", flush=True)
         pairs.append(psnr(overview(work / f"teacher_s{seed}"), overview(work / f"student_s{seed}")))
         controls.append(psnr(overview(work / f"teacher_s{seed}"), overview(work / f"unguided_s{seed}")))
     ratios = [s / t for s, t in zip(walls["student"], walls["teacher"])]
