@@ -92,6 +92,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--scale-aug", type=comma_floats, default=(),
                    help="also train the denoiser on the inputs resampled by these factors, e.g. 0.87,1.15 "
                         "(tissue drawn 13%% smaller and 15%% larger, as scanners' pixel sizes differ) (default none)")
+    p.add_argument("--level-blur", type=comma_floats, default=None, metavar="S[,S...]",
+                   help="Gaussian smoothing of the real image before it is encoded at each level: sigma in pixels at that "
+                        "level's magnification, finest first, 0 at the finest, e.g. 0,1.5,0: the 5x level keeps its "
+                        "structure but not its nuclei, so the 20x level learns to draw its own; recorded in the bundle "
+                        "(default: the --init-from bundle's, else none; a --guide-of or --decoder-of run keeps its bundle's)")
     p.add_argument("--elastic-aug", type=int, default=0, metavar="N",
                    help="also train the denoiser on N smooth elastic deformations of each input's training part "
                         "(fibres and outlines bent, local strain about 10%%; 8 orientations each) (default 0)")
@@ -228,9 +233,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--sampled-parent-prob must be in (0, 1]")
     if args.distill and (not args.init_from or args.guide_of or args.decoder_of):
         raise UserError("--distill learns a bundle's guided sampling: give --init-from B (and no --guide-of / --decoder-of)")
-    if args.distill and (args.guidance is not None or args.cond_aug_max or args.decoded_parents or args.sampled_parents):
+    if args.distill and (args.guidance is not None or args.cond_aug_max or args.decoded_parents or args.sampled_parents
+                         or args.level_blur is not None):
         raise UserError("--distill: the student samples as its teacher does, in one pass; --guidance, --cond-aug-max, "
-                        "--decoded-parents and --sampled-parents do not apply")
+                        "--decoded-parents, --sampled-parents and --level-blur do not apply")
     if args.nucleus_stamps and not args.decoded_parents:
         raise UserError("--nucleus-stamps paints into the level decoder's reading: give --decoded-parents too")
     if (args.decoder_refine or args.decoder_level is not None) and not args.decoder_of:
@@ -238,6 +244,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.decoder_noise and args.decoder_level is None:
         raise UserError("--decoder-noise feeds noise to a level decoder: give --decoder-of B --decoder-level K too")
     ae = AutoencoderConfig(base_ch=args.ae_base, ch_mult=args.ae_mult, latent_ch=args.latent_ch)
+    if args.level_blur is not None and (args.guide_of or args.decoder_of):
+        raise UserError("--level-blur: a --guide-of or --decoder-of run learns its bundle's levels as that bundle smooths them")
     if args.decoder_of:
         if args.sample_tile is not None or args.cond_aug is not None or args.cond_aug_max or args.guidance is not None:
             raise UserError("--sample-tile, --cond-aug, --cond-aug-max, --guidance: a --decoder-of run keeps its bundle's sampling "
@@ -472,7 +480,18 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)), input_perturbation=args.input_perturbation,
         decoded_parents=args.decoded_parents, nucleus_stamps=args.nucleus_stamps,
         sampled_parents=tuple(args.sampled_parents), sampled_parent_prob=args.sampled_parent_prob, distill=args.distill,
+        level_blur=_level_blur(args.level_blur, len(args.magnifications)),
     )
+
+
+def _level_blur(sigmas: tuple[float, ...] | None, n_levels: int) -> tuple[float, ...] | None:
+    """--level-blur, checked as the bundle will be: one sigma >= 0 per level, 0 at the finest."""
+    if sigmas is None:
+        return None
+    if len(sigmas) != n_levels or min(sigmas) < 0 or sigmas[0] != 0:
+        raise UserError(f"--level-blur needs {n_levels} sigmas >= 0, one per magnification finest first, the first 0 "
+                        f"(the finest level is what gigagen slide draws), not {','.join(f'{v:g}' for v in sigmas)}")
+    return tuple(sigmas)
 
 
 def _guidance(weights: tuple[float, ...] | None, n_levels: int) -> tuple[float, ...] | None:

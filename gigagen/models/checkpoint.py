@@ -79,6 +79,16 @@ class BundleConfig:
     # with a decoded level: standard normal channels its level decoder reads next to the latent, drawn per
     # (seed, level, position) (engine.decode.level_noise), so it draws detail the latent does not fix (0: none)
     level_decoder_noise: int = 0
+    # Gaussian sigma, in pixels at each level's own magnification (finest first), of the smoothing a real image
+    # gets before it is encoded at that level, in training and wherever a real level is read for this bundle
+    # (train.loop.level_array); () = none. A level that only conditions the level below it can be smoothed to its
+    # structure: its generator then draws structure, not texture, and the level below learns its own detail
+    # (nuclei) from its own pixels. The finest level, the one gigagen slide draws, is never smoothed.
+    level_blur: tuple[float, ...] = ()
+
+    def blur_at(self, level: int) -> float:
+        """The smoothing sigma of `level` (level_blur), 0 for none."""
+        return self.level_blur[level] if self.level_blur else 0.0
 
     @property
     def guidance_per_level(self) -> tuple[float, ...]:
@@ -199,6 +209,8 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("nucleus_stamps need a decoded level, a positive radius, window and scale, and a spacing >= 0")
     if cfg.level_decoder_noise < 0 or (cfg.level_decoder_noise and k is None):
         raise ValueError("level_decoder_noise must be >= 0, and 0 without a decoded level")
+    if cfg.level_blur and (len(cfg.level_blur) != len(cfg.magnifications) or min(cfg.level_blur) < 0 or cfg.level_blur[0] != 0):
+        raise ValueError("level_blur must give one sigma >= 0 per level, 0 at the finest (the level gigagen slide draws), or none")
     if cfg.guide is not None and not _names_levels(cfg.guide_levels, cfg):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
     _validate_coarse(cfg)

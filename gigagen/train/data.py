@@ -102,6 +102,16 @@ def downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def blurred(rgb: np.ndarray, sigma: float) -> np.ndarray:
+    """(H, W, 3) uint8 smoothed by a Gaussian of `sigma` pixels (reflected at the borders); sigma 0 returns it as is."""
+    if sigma <= 0:
+        return rgb
+    from scipy import ndimage
+
+    x = ndimage.gaussian_filter(rgb.astype(np.float32), sigma=(sigma, sigma, 0), mode="reflect")
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W) bool: stained, non-white pixels (Otsu on saturation, at least 0.07), closed and
     opened."""

@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,7 @@ class TrainConfig:
     sampled_parents: tuple[int, ...] = ()  # t0s: the finest level also learns from 5x parents init_from samples from layouts redrawn from these (sampled_parents)
     sampled_parent_prob: float = 0.5  # with sampled_parents: the share of finest-level crops given a sampled parent
     distill: bool = False  # with init_from: learn that bundle's guided output in one pass (gigagen.train.distill)
+    level_blur: tuple[float, ...] | None = None  # Gaussian sigma per level before encoding (BundleConfig.level_blur); None: carried, else none
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -457,13 +459,17 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     (BundleConfig.coarse) the same way, sampling the same levels. Its fine-tuned
     decoder's record ("decoder_gan"), until a decoder step (--decoder-every) retrains that decoder. Its
     sampling tile, conditioning noise, guidance weights and steps per level, measured on the network that now
-    trains on (--sample-tile, --cond-aug and --guidance replace theirs). Not its level decoder (BundleConfig.decoded_level):
+    trains on (--sample-tile, --cond-aug and --guidance replace theirs), and its level smoothing (--level-blur replaces
+    it, and then the guide and coarse network, which learnt the old smoothing, are not carried). Not its level decoder (BundleConfig.decoded_level):
     tuned on the old denoiser's samples, it is dropped, and the continued bundle samples that level by diffusion
     until a new one is tuned (--decoder-of B --decoder-level K); unless cfg.decoded_parents, where the run learns
     the level below from that very decoder's readings, and keeps it (frozen) with its record."""
     c, rec = bundle.config, bundle.config.training
-    out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug}  # how it samples best
+    out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug,  # how it samples best
+                           "level_blur": tuple(c.level_blur)}
     same_levels = tuple(c.magnifications) == tuple(cfg.magnifications) and tuple(c.pixel_levels) == tuple(cfg.pixel_levels)
+    # a guide or coarse network learnt its levels from the bundle's smoothing of them; another smoothing leaves them out of step
+    same_parents = same_levels and (cfg.level_blur is None or tuple(cfg.level_blur) == tuple(c.level_blur))
     if same_levels:  # per-level weights and steps only mean something for the same levels, held the same way
         out["guidance"], out["steps"] = tuple(c.guidance), tuple(c.steps)
     if "decoder_gan" in rec:
@@ -475,11 +481,11 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
         out["record"]["level_decoder_gan"] = rec.get("level_decoder_gan", {})
         if cfg.nucleus_stamps:  # the stamps its denoiser learnt from, or None: fitted when the denoiser phase starts
             out["nucleus_stamps"] = c.nucleus_stamps.to_dict() if c.nucleus_stamps is not None else None
-    if bundle.guide is not None and same_levels:  # a guide conditions on the parents it learned
+    if bundle.guide is not None and same_parents:  # a guide conditions on the parents it learned
         out["guide"] = {"config": dataclasses.asdict(c.guide), "autoguidance": c.autoguidance,
                         "levels": list(c.guide_levels), "weights": bundle.guide.state_dict()}
         out["record"]["guide"] = rec.get("guide", {}) | {"carried_from": name}
-    if bundle.coarse is not None and same_levels:  # like the guide: same latents, the parents it learned
+    if bundle.coarse is not None and same_parents:  # like the guide: same latents, the parents it learned
         out["coarse"] = {"config": dataclasses.asdict(c.coarse), "levels": list(c.coarse_levels), "weights": bundle.coarse.state_dict()}
         out["record"]["coarse"] = rec.get("coarse", {}) | {"carried_from": name}
     return out
@@ -582,13 +588,25 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         sample_tile=cfg.sample_tile or st.carried.get("sample_tile"), training=record | st.carried.get("record", {}), **guide_fields,
         cond_aug=st.carried.get("cond_aug", 0) if cfg.cond_aug is None else cfg.cond_aug,
         guidance=st.carried.get("guidance", ()) if cfg.guidance is None else cfg.guidance,
-        steps=st.carried.get("steps", ()),
+        steps=st.carried.get("steps", ()), level_blur=run_blur(cfg, st, None),
         pixel_levels=tuple(cfg.pixel_levels), pixel_scale=float(st.pixel_scale or 1.0),
         decoded_level=st.carried["level_decoder"]["level"] if "level_decoder" in st.carried else None,
         nucleus_stamps=StampSpec.from_dict(st.carried["nucleus_stamps"]) if st.carried.get("nucleus_stamps") else None,
         **coarse_fields,
     )
     save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide, carried_level_decoder(st, cfg), coarse)
+
+
+def run_blur(cfg: TrainConfig, st: State, guided: Any) -> tuple[float, ...]:
+    """The smoothing sigma per level a run applies to real images before encoding them (BundleConfig.level_blur): a
+    guide run's bundle's (a guide must learn the parents that bundle's denoiser learnt), else --level-blur, else
+    an --init-from bundle's (carry_over), else none."""
+    if guided is not None:
+        own = tuple(guided.config.level_blur)
+        if cfg.level_blur is not None and tuple(cfg.level_blur) != own:
+            raise UserError(f"--level-blur: a --guide-of run keeps its bundle's ({list(own) or 'none'})")
+        return own
+    return tuple(cfg.level_blur) if cfg.level_blur is not None else tuple(st.carried.get("level_blur", ()))
 
 
 def carried_level_decoder(st: State, cfg: TrainConfig) -> Decoder | None:
@@ -699,9 +717,10 @@ def encode_image(ae: Autoencoder, rgb: np.ndarray, device: torch.device, dtype: 
 
 
 def level_array(bundle: Any, rgb: np.ndarray, level: int, device: torch.device = torch.device("cpu")) -> np.ndarray:
-    """An (H, W, 3) image as the bundle's denoiser sees it at `level`: its latent (encoded in bounded chunks)
-    or, at a pixel level, its folded pixels; times that level's scale."""
+    """An (H, W, 3) image as the bundle's denoiser sees it at `level`: smoothed as the bundle says (level_blur),
+    then its latent (encoded in bounded chunks) or, at a pixel level, its folded pixels; times that level's scale."""
     c = bundle.config
+    rgb = D.blurred(rgb, c.blur_at(level))  # the bundle's smoothing of that level, as its denoiser learnt it
     if level in c.pixel_levels:
         return fold(D.to_tensor_range(rgb), c.level_cells[level]) * c.level_scales[level]
     return encode_image(bundle.ae, np.ascontiguousarray(rgb), device, torch.bfloat16) * c.level_scales[level]
@@ -727,9 +746,10 @@ class LatentSet:
 
 def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
                log: Callable[[str], None], orientations: int = 8,
-               reread: tuple[int, Reader] | None = None, skip_finest: bool = False) -> LatentSet:
+               reread: tuple[int, Reader] | None = None, skip_finest: bool = False, blur: tuple[float, ...] = ()) -> LatentSet:
     """Every image in its first `orientations` dihedral orientations (the first unjittered, the others
-    stain-jittered); variant i is image i // orientations in orientation i % orientations. Pixel levels
+    stain-jittered); variant i is image i // orientations in orientation i % orientations; each level smoothed by
+    its `blur` sigma (BundleConfig.level_blur; () = none) after orientation and jitter, before encoding. Pixel levels
     (cfg.pixel_levels) are folded into cells instead of encoded; with `reread` (level K, reader: level_reader),
     level K's pixels are first replaced by the reader's version (its tissue mask stays the real one's; the reader
     also gets the variant's finest image, where nucleus stamps find the real nuclei). With `skip_finest` the
@@ -752,6 +772,8 @@ def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, d
                     vm.append(np.zeros((0, 0), bool))
                     continue
                 jittered = finest if level == 0 else oriented(img)
+                if blur and blur[level]:
+                    jittered = D.blurred(jittered, blur[level])
                 if reread is not None and level == reread[0]:
                     jittered = reread[1](jittered, finest)
                 f = cells[level]
@@ -821,14 +843,14 @@ def augment_cond(cond: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, ab
 
 def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float | tuple[float, ...], train: LatentSet, device: torch.device,
                        log: Callable[[str], None], reads: Reads | None = None,
-                       reread: tuple[int, Reader] | None = None) -> dict[str, LatentSet]:
+                       reread: tuple[int, Reader] | None = None, blur: tuple[float, ...] = ()) -> dict[str, LatentSet]:
     """The scaled latents validation measures: "train", the training images as they are (unrotated,
     unjittered, scale 1: `train`), and "held", the held-out bands, encoded here the same way (none with
     --holdout-frac 0)."""
     splits = {"train": train}
     held = load_training_levels(cfg, part=1, reads=reads) if cfg.holdout_frac > 0 else []
     if held:
-        ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1, reread=reread)
+        ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1, reread=reread, blur=blur)
         splits["held"] = ls.scaled(latent_scale)
     else:
         log("no held-out band large enough for validation: no bundle-best.safetensors, no early stopping")
@@ -1095,11 +1117,14 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             st.carried["nucleus_stamps"] = spec.to_dict()
             log(f"nucleus stamps fitted on the training images: {spec}")
         reread = parent_reread(st, cfg, guided, device)
-        latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread)
+        blur = run_blur(cfg, st, guided)
+        if any(blur):
+            log(f"levels smoothed before encoding, sigma px per level: {list(blur)}")
+        latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, blur=blur)
         n_fine = len(latents.latents)  # variants the finest level draws from; coarse warps follow them
         if cfg.coarse_warps:
             bent = [li for k in range(1, cfg.coarse_warps + 1) for li in load_training_levels(cfg, warp=k, reads=reads, coarse=True)]
-            latents = latents.extended(encode_all(bent, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, skip_finest=True))
+            latents = latents.extended(encode_all(bent, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, skip_finest=True, blur=blur))
         if not st.latent_scale:
             st.latent_scale = float(1.0 / np.concatenate([v[0].ravel() for v in latents.latents]).std())
             log(f"latent_scale = {st.latent_scale:.4f}")
@@ -1113,7 +1138,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
         n = len(cfg.inputs)  # variant 8 i is input i unrotated and unjittered at scale 1 (encode_all)
         unrotated = LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])
-        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads, reread), cfg, device, teacher)
+        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads, reread, blur), cfg, device, teacher)
         del reads  # every variant is built; the levels hold what the decoder steps need
         sampled = None
         if cfg.sampled_parents:
