@@ -90,3 +90,24 @@ STAGES_HEADER = "wall s | max RSS GB | 20x s | 5x s | decode s"
 def stage_cells(wall: float, rss: float, st: dict[str, float]) -> str:
     """timed_slide's figures as the markdown cells of STAGES_HEADER."""
     return f"{wall:.1f} | {rss:.2f} | {st.get('level0_20x', 0):.1f} | {st.get('level1_5x', 0):.1f} | {st.get('decode', 0):.1f}"
+
+
+def rotate_slides(models: list[tuple[str, str, list[str]]], seeds: list[int], size: int, reference: str,
+                  work: Path) -> tuple[dict[str, list[float]], dict[str, list[dict[str, Any]]]]:
+    """For each seed, the README's command (timed_slide) with every (name, bundle, slide options) in `models` in turn,
+    rotating which goes first so a drift in this machine's speed falls on all, into work/NAME_sSEED, then its evaluation;
+    prints a markdown row each (after a header). Returns per name the wall seconds and the evaluation rows, seed order."""
+    print(f"| model | seed | {STAGES_HEADER} | {ROW_HEADER} |")
+    print("|" + "---|" * (2 + STAGES_HEADER.count("|") + 1 + ROW_HEADER.count("|") + 1))
+    walls: dict[str, list[float]] = {m[0]: [] for m in models}
+    rows: dict[str, list[dict[str, Any]]] = {m[0]: [] for m in models}
+    for i, seed in enumerate(seeds):
+        k = i % len(models)
+        for name, bundle, extra in models[k:] + models[:k]:
+            out = work / f"{name}_s{seed}"
+            wall, rss, st = timed_slide(out, size, seed, bundle, extra)
+            row = evaluated(out, reference, bundle)
+            walls[name].append(wall)
+            rows[name].append(row)
+            print(f"| {name} | {seed} | {stage_cells(wall, rss, st)} | {row_cells(row)} |", flush=True)
+    return walls, rows

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _slide_eval import ROOT, ROW_HEADER, STAGES_HEADER, evaluated, overview, psnr, row_cells, stage_cells, timed_slide
+from _slide_eval import ROOT, overview, psnr, rotate_slides
 
 
 def parse_model(spec: str) -> tuple[str, str, list[str]]:
@@ -60,19 +60,8 @@ def main() -> int:
         return 2
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_bundles_"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"| model | seed | {STAGES_HEADER} | {ROW_HEADER} |")
-    print("|" + "---|" * (2 + STAGES_HEADER.count("|") + 1 + ROW_HEADER.count("|") + 1))
-    walls: dict[str, list[float]] = {n: [] for n in names}
-    fds: dict[str, list[float]] = {n: [] for n in names}
-    for i, seed in enumerate(seeds):
-        k = i % len(models)
-        for name, bundle, extra in models[k:] + models[:k]:
-            out = work / f"{name}_s{seed}"
-            wall, rss, st = timed_slide(out, args.size, seed, bundle, extra)
-            row = evaluated(out, args.reference, bundle)
-            walls[name].append(wall)
-            fds[name].append(row["FD_randconv"])
-            print(f"| {name} | {seed} | {stage_cells(wall, rss, st)} | {row_cells(row)} |", flush=True)
+    walls, rows = rotate_slides(models, seeds, args.size, args.reference, work)
+    fds = {name: [r["FD_randconv"] for r in rs] for name, rs in rows.items()}
     print()
     for name in names:
         print(f"{name}: wall s median {np.median(walls[name]):.1f} (range {min(walls[name]):.1f}-{max(walls[name]):.1f}), "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _slide_eval import ROOT, ROW_HEADER, STAGES_HEADER, evaluated, overview, psnr, row_cells, stage_cells, timed_slide
+from _slide_eval import ROOT, overview, psnr, rotate_slides
 
 
 def main() -> int:
@@ -42,23 +42,11 @@ def main() -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_distill_"))
     work.mkdir(parents=True, exist_ok=True)
     unguided = ["--guidance", "1", "--autoguidance", "1"]
-    models = {"teacher": (args.teacher, []), "student": (args.student, []), "unguided": (args.teacher, unguided)}
-    print(f"| model | seed | {STAGES_HEADER} | {ROW_HEADER} |")
-    print("|" + "---|" * 15)
-    walls: dict[str, list[float]] = {name: [] for name in models}
-    pairs, controls = [], []
-    names = list(models)
     seeds = [int(s) for s in args.seeds.split(",")]
-    for i, seed in enumerate(seeds):
-        for name in names[i % 3 :] + names[: i % 3]:
-            out = work / f"{name}_s{seed}"
-            ckpt, extra = models[name]
-            wall, rss, st = timed_slide(out, args.size, seed, ckpt, extra)
-            walls[name].append(wall)
-            row = evaluated(out, args.reference, ckpt)
-            print(f"| {name} | {seed} | {stage_cells(wall, rss, st)} | {row_cells(row)} |", flush=True)
-        pairs.append(psnr(overview(work / f"teacher_s{seed}"), overview(work / f"student_s{seed}")))
-        controls.append(psnr(overview(work / f"teacher_s{seed}"), overview(work / f"unguided_s{seed}")))
+    models = [("teacher", args.teacher, []), ("student", args.student, []), ("unguided", args.teacher, unguided)]
+    walls, _ = rotate_slides(models, seeds, args.size, args.reference, work)
+    pairs = [psnr(overview(work / f"teacher_s{seed}"), overview(work / f"student_s{seed}")) for seed in seeds]
+    controls = [psnr(overview(work / f"teacher_s{seed}"), overview(work / f"unguided_s{seed}")) for seed in seeds]
     ratios = [s / t for s, t in zip(walls["student"], walls["teacher"])]
     print(f"\nwall s, median: {', '.join(f'{name} {np.median(w):.1f}' for name, w in walls.items())}; "
           f"student / teacher per seed: {', '.join(f'{r:.2f}' for r in ratios)}")
