@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gigagen.cli import main
+from gigagen.errors import UserError
 from gigagen.models.checkpoint import load_bundle, validate_config
 from gigagen.models.vae import Autoencoder
 from gigagen.train import data as D
@@ -72,6 +73,10 @@ def test_encode_all_smooths_only_the_levels_it_is_told_to(tmp_path: Path) -> Non
 def test_training_records_the_smoothing_and_init_from_carries_it(png: Path, tmp_path: Path) -> None:
     first = L.train(tiny_cfg(png, tmp_path / "a", level_blur=(0.0, 2.0, 0.0)), log=lambda s: None, progress=False)
     assert load_bundle(first).config.level_blur == (0.0, 2.0, 0.0)
+    resumed = L.train(tiny_cfg(png, tmp_path / "a", unet_max_steps=5), resume=True, log=lambda s: None, progress=False)
+    assert load_bundle(resumed).config.level_blur == (0.0, 2.0, 0.0)  # --resume keeps the run's smoothing
+    with pytest.raises(UserError, match="--level-blur"):
+        L.train(tiny_cfg(png, tmp_path / "a", unet_max_steps=6, level_blur=(0.0, 1.0, 0.0)), resume=True, log=lambda s: None, progress=False)
     second = L.train(tiny_cfg(png, tmp_path / "b", init_from=str(first), unet_max_steps=4, decoder_every=0),
                      log=lambda s: None, progress=False)
     assert load_bundle(second).config.level_blur == (0.0, 2.0, 0.0)  # not given: the bundle's

@@ -15,7 +15,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +341,10 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
         raise UserError(f"--resume: {path} belongs to a run {'with' if st.carried.get('level_decoder') else 'without'} --decoded-parents; resume it the same way")
     if ("nucleus_stamps" in st.carried) != cfg.nucleus_stamps:
         raise UserError(f"--resume: {path} belongs to a run {'with' if 'nucleus_stamps' in st.carried else 'without'} --nucleus-stamps; resume it the same way")
+    kept = st.carried.get("level_blur")
+    if cfg.level_blur is not None and kept is not None and tuple(cfg.level_blur) != tuple(kept):
+        raise UserError(f"--resume: {path} belongs to a run with --level-blur {','.join(f'{v:g}' for v in kept) or 'none'}; "
+                        "its latents and carried networks follow that smoothing (leave --level-blur out to keep it)")
     if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
@@ -1117,7 +1120,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             st.carried["nucleus_stamps"] = spec.to_dict()
             log(f"nucleus stamps fitted on the training images: {spec}")
         reread = parent_reread(st, cfg, guided, device)
-        blur = run_blur(cfg, st, guided)
+        blur = st.carried["level_blur"] = run_blur(cfg, st, guided)  # kept for --resume
         if any(blur):
             log(f"levels smoothed before encoding, sigma px per level: {list(blur)}")
         latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, blur=blur)
