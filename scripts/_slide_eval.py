@@ -71,17 +71,23 @@ def evaluated(out: Path, reference: str, ckpt: str) -> dict[str, Any]:
 
 
 def overview(out: Path, max_side: int = 1024) -> np.ndarray:
-    """The slide's largest pyramid level at most max_side pixels a side, as float RGB."""
+    """The slide's largest pyramid level at most max_side pixels a side, as uint8 RGB."""
     from gigagen.io.omezarr import open_slide
 
     reader = open_slide(out)
     lvl = next((k for k, (h, w) in enumerate(reader.level_shapes) if max(h, w) <= max_side), len(reader.level_shapes) - 1)
     h, w = reader.level_shapes[lvl]
-    return reader.read_region(lvl, 0, 0, w, h).astype(np.float64)
+    return reader.read_region(lvl, 0, 0, w, h)
+
+
+def overviews(work: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The overview of each slide directory work/NAME, read once for all the comparisons a benchmark makes."""
+    return {name: overview(work / name) for name in names}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)))
+    err = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(err, 1e-12)))
 
 
 STAGES_HEADER = "wall s | max RSS GB | 20x s | 5x s | decode s"

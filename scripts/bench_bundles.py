@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _slide_eval import ROOT, overview, psnr, rotate_slides
+from _slide_eval import ROOT, overviews, psnr, rotate_slides
 
 
 def parse_model(spec: str) -> tuple[str, str, list[str]]:
@@ -67,8 +67,9 @@ def main() -> int:
         print(f"{name}: wall s median {np.median(walls[name]):.1f} (range {min(walls[name]):.1f}-{max(walls[name]):.1f}), "
               f"FD randconv mean {np.mean(fds[name]):.4f}")
     first = names[0]
+    ov = overviews(work, [f"{name}_s{s}" for name in names for s in seeds])
     for name in names[1:]:
-        vals = [psnr(overview(work / f"{first}_s{s}"), overview(work / f"{name}_s{s}")) for s in seeds]
+        vals = [psnr(ov[f"{first}_s{s}"], ov[f"{name}_s{s}"]) for s in seeds]
         print(f"overview PSNR {name} vs {first} per seed (dB): {', '.join(f'{v:.1f}' for v in vals)}")
     if not args.keep:
         shutil.rmtree(work)

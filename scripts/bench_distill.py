@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _slide_eval import ROOT, overview, psnr, rotate_slides
+from _slide_eval import ROOT, overviews, psnr, rotate_slides
 
 
 def main() -> int:
@@ -45,15 +45,16 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     models = [("teacher", args.teacher, []), ("student", args.student, []), ("unguided", args.teacher, unguided)]
     walls, _ = rotate_slides(models, seeds, args.size, args.reference, work)
-    pairs = [psnr(overview(work / f"teacher_s{seed}"), overview(work / f"student_s{seed}")) for seed in seeds]
-    controls = [psnr(overview(work / f"teacher_s{seed}"), overview(work / f"unguided_s{seed}")) for seed in seeds]
+    ov = overviews(work, [f"{name}_s{seed}" for name, _, _ in models for seed in seeds])
+    pairs = [psnr(ov[f"teacher_s{seed}"], ov[f"student_s{seed}"]) for seed in seeds]
+    controls = [psnr(ov[f"teacher_s{seed}"], ov[f"unguided_s{seed}"]) for seed in seeds]
     ratios = [s / t for s, t in zip(walls["student"], walls["teacher"])]
     print(f"\nwall s, median: {', '.join(f'{name} {np.median(w):.1f}' for name, w in walls.items())}; "
           f"student / teacher per seed: {', '.join(f'{r:.2f}' for r in ratios)}")
     print(f"overview PSNR to the teacher's slide per seed (dB): student {', '.join(f'{v:.1f}' for v in pairs)}; "
           f"unguided {', '.join(f'{v:.1f}' for v in controls)}")
     if len(seeds) > 1:  # the floor: two unrelated slides of the teacher
-        apart = [psnr(overview(work / f"teacher_s{a}"), overview(work / f"teacher_s{b}")) for a, b in zip(seeds, seeds[1:])]
+        apart = [psnr(ov[f"teacher_s{a}"], ov[f"teacher_s{b}"]) for a, b in zip(seeds, seeds[1:])]
         print(f"overview PSNR teacher vs teacher at the next seed (unrelated slides, dB): {', '.join(f'{v:.1f}' for v in apart)}")
     if not args.keep:
         shutil.rmtree(work)

@@ -775,7 +775,7 @@ def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, d
                     vm.append(np.zeros((0, 0), bool))
                     continue
                 jittered = finest if level == 0 else oriented(img)
-                if blur and blur[level]:
+                if blur:  # blurred() leaves a sigma-0 level as it is
                     jittered = D.blurred(jittered, blur[level])
                 if reread is not None and level == reread[0]:
                     jittered = reread[1](jittered, finest)
