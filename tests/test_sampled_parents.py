@@ -61,6 +61,27 @@ def test_sampled_parents_are_5x_levels_drawn_from_redrawn_layouts_deterministica
         S.sample_parents(first, [v[:2] for v in lat], (200,), CPU, logs.append, False)
 
 
+def test_parent_source_redraws_the_5x_level_itself_near_the_real_one(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    png, first = trained
+    lat = variant_latents(png, first)
+    logs: list[str] = []
+    cache = tmp_path / "sp.npz"
+    layout = S.sample_parents(first, lat, (300,), CPU, logs.append, False, cache=cache)
+    near = S.sample_parents(first, lat, (300,), CPU, logs.append, False, cache=cache, source="parent")
+    assert "read from" not in logs[-1] and "each redrawn from t0 [300]" in logs[-1]  # another cache key
+    far = S.sample_parents(first, lat, (950,), CPU, logs.append, False, source="parent")
+    for v, a, b, c in zip(lat, layout, near, far):
+        assert b[0].shape == v[1].shape and b[0].dtype == np.float32
+        err = {name: float(np.abs(s[0] - v[1]).mean()) for name, s in (("layout", a), ("near", b), ("far", c))}
+        # redrawn from t0 300 keeps the real 5x level's places: nearer to it than a redraw from 950 or a level
+        # sampled from noise, yet not the real level itself
+        assert 0.01 < err["near"] < err["far"] and err["near"] < err["layout"]
+    again = S.sample_parents(first, lat, (300,), CPU, logs.append, False, cache=cache, source="parent")
+    assert "read from" in logs[-1] and all(np.array_equal(p[0], q[0]) for p, q in zip(near, again))
+    with pytest.raises(ValueError, match="source"):
+        S.sample_parents(first, lat, (300,), CPU, logs.append, False, source="5x")
+
+
 def test_layout_redraw_keeps_the_real_layout_more_the_lower_t0(trained: tuple[Path, Path]) -> None:
     png, first = trained
     b = load_bundle(first)
@@ -96,8 +117,12 @@ def test_train_with_sampled_parents_records_them_and_the_cli_checks_them(trained
                    coarse_warps=1)
     out = L.train(cfg, log=logs.append, progress=False)
     # one image x 8 orientations; the coarse warp's 8 variants are never drawn at 20x and get none
-    assert any(m.startswith("sampled parents: 8 5x levels") for m in logs)
+    assert any(m.startswith("sampled parents: 8 5x levels") and "layouts redrawn" in m for m in logs)
     assert load_bundle(out).config.training["sampled_parents"] == {"t0": [300], "prob": 0.5}
+    logs.clear()
+    out = L.train(dataclasses.replace(cfg, out=str(tmp_path / "p"), sampled_parents_from="parent"), log=logs.append, progress=False)
+    assert any(m.startswith("sampled parents: 8 5x levels") and "each redrawn" in m for m in logs)
+    assert load_bundle(out).config.training["sampled_parents"] == {"t0": [300], "prob": 0.5, "from": "parent"}
     assert (tmp_path / "b" / "sampled_parents.npz").is_file()
     assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "loss.csv")) if r["phase"] == "unet"] == [4, 5]
     logs.clear()
@@ -108,7 +133,8 @@ def test_train_with_sampled_parents_records_them_and_the_cli_checks_them(trained
                         (["--init-from", str(first), "--sampled-parents", "0"], "[1, 1000)"),
                         (["--init-from", str(first), "--sampled-parents", "1000"], "[1, 1000)"),
                         (["--init-from", str(first), "--sampled-parents", "300", "--sampled-parent-prob", "0"], "(0, 1]"),
-                        (["--guide-of", str(first), "--sampled-parents", "300"], "--init-from")):
+                        (["--guide-of", str(first), "--sampled-parents", "300"], "--init-from"),
+                        (["--init-from", str(first), "--sampled-parents-from", "parent"], "give --sampled-parents")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert text in err and err.count("\n") == 1 and not (tmp_path / "e").exists()

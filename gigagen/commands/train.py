@@ -124,6 +124,10 @@ def add_parser(subparsers: Any) -> None:
                         "parent that looks generated (default: off)")
     p.add_argument("--sampled-parent-prob", type=float, default=0.5, metavar="P",
                    help="with --sampled-parents: the share of finest-level crops given a sampled parent (default 0.5)")
+    p.add_argument("--sampled-parents-from", choices=("layout", "parent"), default="layout",
+                   help="with --sampled-parents: what is noised to T0 and redrawn, the 1.25x layout (the 5x level is then "
+                        "sampled from noise) or the 5x level itself given the real layout, so the pair keeps the real "
+                        "tissue's places and differs in the generated texture (default: layout)")
     p.add_argument("--cond-aug", type=int, default=None, metavar="T",
                    help="the parent noise timestep `gigagen slide` uses by default with this model, recorded in the bundle "
                         "(default: the --init-from or --guide-of bundle's, else 0)")
@@ -231,6 +235,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--coarse-warps trains the cascade's coarser levels; a --decoder-of run trains none")
     if not 0.0 < args.sampled_parent_prob <= 1.0:
         raise UserError("--sampled-parent-prob must be in (0, 1]")
+    if args.sampled_parents_from != "layout" and not args.sampled_parents:
+        raise UserError("--sampled-parents-from says what --sampled-parents redraws: give --sampled-parents T0")
     if args.distill and (not args.init_from or args.guide_of or args.decoder_of):
         raise UserError("--distill learns a bundle's guided sampling: give --init-from B (and no --guide-of / --decoder-of)")
     if args.distill and (args.guidance is not None or args.cond_aug_max or args.decoded_parents or args.sampled_parents
@@ -479,7 +485,8 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         guidance=_guidance(args.guidance, len(args.magnifications)),
         pixel_levels=_pixel_levels(args.pixel_levels, ae, tuple(args.magnifications)), input_perturbation=args.input_perturbation,
         decoded_parents=args.decoded_parents, nucleus_stamps=args.nucleus_stamps,
-        sampled_parents=tuple(args.sampled_parents), sampled_parent_prob=args.sampled_parent_prob, distill=args.distill,
+        sampled_parents=tuple(args.sampled_parents), sampled_parent_prob=args.sampled_parent_prob,
+        sampled_parents_from=args.sampled_parents_from, distill=args.distill,
         level_blur=_level_blur(args.level_blur, len(args.magnifications)),
     )
 

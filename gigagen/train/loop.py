@@ -107,6 +107,7 @@ class TrainConfig:
     nucleus_stamps: bool = False  # with decoded_parents: that reading carries stamps at the real nucleus centres (engine.nuclei)
     sampled_parents: tuple[int, ...] = ()  # t0s: the finest level also learns from 5x parents init_from samples from layouts redrawn from these (sampled_parents)
     sampled_parent_prob: float = 0.5  # with sampled_parents: the share of finest-level crops given a sampled parent
+    sampled_parents_from: str = "layout"  # with sampled_parents: what is redrawn from t0, "layout" or "parent" (sampled_parents.SOURCES)
     distill: bool = False  # with init_from: learn that bundle's guided output in one pass (gigagen.train.distill)
     level_blur: tuple[float, ...] | None = None  # Gaussian sigma per level before encoding (BundleConfig.level_blur); None: carried, else none
 
@@ -1046,6 +1047,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["nucleus_stamps"] = True
     if cfg.sampled_parents:
         record["sampled_parents"] = {"t0": list(cfg.sampled_parents), "prob": cfg.sampled_parent_prob}
+        if cfg.sampled_parents_from != "layout":  # bundles trained before the option was added redrew the layout
+            record["sampled_parents"]["from"] = cfg.sampled_parents_from
 
     def current_record() -> dict[str, Any]:
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
@@ -1153,7 +1156,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                 raise UserError(f"--sampled-parents: {cfg.init_from} samples other levels than this run trains; keep its magnifications")
             # only the finest level takes sampled parents: the coarse-warp variants need none
             sampled = sample_parents(Path(cfg.init_from), latents.latents[:n_fine], cfg.sampled_parents,
-                                     device, log, progress, cache=run / "sampled_parents.npz")
+                                     device, log, progress, cache=run / "sampled_parents.npz", source=cfg.sampled_parents_from)
         if st.val_last_step != st.unet_step:
             validate()  # where this run starts (a new denoiser or an --init-from bundle's)
         bar = tqdm(desc="denoiser", unit="step", disable=not progress, initial=st.unet_step)
