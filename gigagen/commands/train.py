@@ -121,7 +121,7 @@ def add_parser(subparsers: Any) -> None:
                    help="the finest level also learns from 5x parents the --init-from bundle samples itself, paired with the "
                         "real 20x crops: per training variant and T0, its 1.25x layout is noised to T0 and redrawn (SDEdit), and "
                         "the 5x level sampled from noise given it, as gigagen slide does; to draw real-looking tissue from a "
-                        "parent that looks generated (default: off)")
+                        "parent that looks generated; --sampled-parents-from parent redraws the 5x level instead (default: off)")
     p.add_argument("--sampled-parent-prob", type=float, default=0.5, metavar="P",
                    help="with --sampled-parents: the share of finest-level crops given a sampled parent (default 0.5)")
     p.add_argument("--sampled-parents-from", choices=("layout", "parent"), default="layout",

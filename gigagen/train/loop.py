@@ -105,7 +105,7 @@ class TrainConfig:
     input_perturbation: float = 0.0  # gamma of Ning et al. 2023: x_t gets (1 + gamma^2) times the noise variance, the target not
     decoded_parents: bool = False  # with init_from a decoded-level bundle: that level's pixels are its level decoder's reading
     nucleus_stamps: bool = False  # with decoded_parents: that reading carries stamps at the real nucleus centres (engine.nuclei)
-    sampled_parents: tuple[int, ...] = ()  # t0s: the finest level also learns from 5x parents init_from samples from layouts redrawn from these (sampled_parents)
+    sampled_parents: tuple[int, ...] = ()  # t0s: the finest level also learns from 5x parents init_from samples from layouts (or 5x levels: sampled_parents_from) redrawn from these
     sampled_parent_prob: float = 0.5  # with sampled_parents: the share of finest-level crops given a sampled parent
     sampled_parents_from: str = "layout"  # with sampled_parents: what is redrawn from t0, "layout" or "parent" (sampled_parents.SOURCES)
     distill: bool = False  # with init_from: learn that bundle's guided output in one pass (gigagen.train.distill)
