@@ -120,9 +120,14 @@ def test_train_with_sampled_parents_records_them_and_the_cli_checks_them(trained
     assert any(m.startswith("sampled parents: 8 5x levels") and "layouts redrawn" in m for m in logs)
     assert load_bundle(out).config.training["sampled_parents"] == {"t0": [300], "prob": 0.5}
     logs.clear()
-    out = L.train(dataclasses.replace(cfg, out=str(tmp_path / "p"), sampled_parents_from="parent"), log=logs.append, progress=False)
+    tight = dataclasses.replace(cfg, out=str(tmp_path / "p"), sampled_parents_from="parent")
+    out = L.train(tight, log=logs.append, progress=False)
     assert any(m.startswith("sampled parents: 8 5x levels") and "each redrawn" in m for m in logs)
     assert load_bundle(out).config.training["sampled_parents"] == {"t0": [300], "prob": 0.5, "from": "parent"}
+    # a resume keeps the run's sampled parents: other ones, or none, are refused before any training
+    for other in (dict(sampled_parents_from="layout"), dict(sampled_parents=()), dict(sampled_parent_prob=0.7)):
+        with pytest.raises(UserError, match="--sampled-parents-from parent; resume it with the same options"):
+            L.train(dataclasses.replace(tight, unet_max_steps=6, **other), resume=True, log=logs.append, progress=False)
     assert (tmp_path / "b" / "sampled_parents.npz").is_file()
     assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "loss.csv")) if r["phase"] == "unet"] == [4, 5]
     logs.clear()

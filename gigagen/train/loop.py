@@ -346,6 +346,11 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     if cfg.level_blur is not None and kept is not None and tuple(cfg.level_blur) != tuple(kept):
         raise UserError(f"--resume: {path} belongs to a run with --level-blur {','.join(f'{v:g}' for v in kept) or 'none'}; "
                         "its latents and carried networks follow that smoothing (leave --level-blur out to keep it)")
+    kept = st.carried.get("sampled_parents", "unrecorded")  # runs from before the check recorded nothing
+    if kept != "unrecorded" and kept != sampled_spec(cfg):
+        said = (f"--sampled-parents {','.join(map(str, kept['t0']))} --sampled-parent-prob {kept['prob']:g} "
+                f"--sampled-parents-from {kept['from']}") if kept else "no --sampled-parents"
+        raise UserError(f"--resume: {path} belongs to a run with {said}; resume it with the same options")
     if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
@@ -386,6 +391,13 @@ def parents_read_alike(old: BundleConfig, cfg: TrainConfig, mapping: list[int]) 
     (latents or pixels), so the stem's weights on the parent still read it."""
     return all((k + 1 in cfg.pixel_levels) == (j + 1 in old.pixel_levels)
                for k, j in enumerate(mapping[:-1]) if j < len(old.magnifications) - 1)
+
+
+def sampled_spec(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The run's sampled-parent options as its state keeps them (None: off)."""
+    if not cfg.sampled_parents:
+        return None
+    return {"t0": list(cfg.sampled_parents), "prob": cfg.sampled_parent_prob, "from": cfg.sampled_parents_from}
 
 
 def init_from_bundle(st: State, path: Path, cfg: TrainConfig, device: torch.device) -> None:
@@ -1124,6 +1136,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             log(f"nucleus stamps fitted on the training images: {spec}")
         reread = parent_reread(st, cfg, guided, device)
         blur = st.carried["level_blur"] = run_blur(cfg, st, guided)  # kept for --resume
+        st.carried["sampled_parents"] = sampled_spec(cfg)  # load_state refuses a resume with other sampled parents
         if any(blur):
             log(f"levels smoothed before encoding, sigma px per level: {list(blur)}")
         latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, blur=blur)
