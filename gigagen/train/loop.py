@@ -1057,10 +1057,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["decoded_parents"] = True
     if cfg.nucleus_stamps:
         record["nucleus_stamps"] = True
-    if cfg.sampled_parents:
-        record["sampled_parents"] = {"t0": list(cfg.sampled_parents), "prob": cfg.sampled_parent_prob}
-        if cfg.sampled_parents_from != "layout":  # bundles trained before the option was added redrew the layout
-            record["sampled_parents"]["from"] = cfg.sampled_parents_from
+    if (spec := sampled_spec(cfg)) is not None:  # "from" only when not the layout, as bundles from before the option record it
+        record["sampled_parents"] = {k: v for k, v in spec.items() if k != "from" or v != "layout"}
 
     def current_record() -> dict[str, Any]:
         rec = record | {k: getattr(st, k) for k in ("ae_step", "unet_step")} | {
