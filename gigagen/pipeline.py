@@ -172,9 +172,11 @@ def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
 
 
 def made_by(level: int, mc: Any) -> str:
-    """What writes a level: the denoiser (the bundle's coarse denoiser at its levels), or at the decoded level the
-    level decoder (with its noise and its nucleus stamps, if any)."""
+    """What writes a level: the denoiser (the bundle's coarse denoiser at its levels; with its expert from a timestep
+    on), or at the decoded level the level decoder (with its noise and its nucleus stamps, if any)."""
     if level != mc.decoded_level:
+        if mc.expert is not None and level in mc.expert_levels:
+            return f"denoiser, its expert from timestep {mc.expert_from}"
         return "coarse denoiser" if mc.samples_coarse(level) else "denoiser"
     extras = [f"{mc.level_decoder_noise} noise channels"] if mc.level_decoder_noise else []
     extras += ["nucleus stamps"] if mc.nucleus_stamps is not None else []

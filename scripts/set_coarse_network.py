@@ -47,7 +47,7 @@ def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
               "training": r.training.get("guide", {})}
     cfg = dataclasses.replace(c, coarse=r.guide, coarse_levels=tuple(r.guide_levels), training=c.training | {"coarse": record})
     try:
-        save_bundle(out, cfg, bundle.ae, bundle.unet, bundle.guide, bundle.level_decoder, run.guide)
+        save_bundle(out, cfg, bundle.ae, bundle.unet, bundle.guide, bundle.level_decoder, run.guide, bundle.expert)
     except ValueError as exc:  # validate_config: a network this bundle's tiling cannot run
         raise UserError(f"refused: {exc}") from None
 

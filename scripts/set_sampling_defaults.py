@@ -61,7 +61,7 @@ def main() -> int:
         record = {"from": bundle.identity, "changed": {k: list(v) if isinstance(v, tuple) else v for k, v in new.items()}}
         cfg = dataclasses.replace(c, **new, training=c.training | {"sampling_defaults": record})
         try:
-            save_bundle(out, cfg, bundle.ae, bundle.unet, bundle.guide, bundle.level_decoder, bundle.coarse)
+            save_bundle(out, cfg, bundle.ae, bundle.unet, bundle.guide, bundle.level_decoder, bundle.coarse, bundle.expert)
         except ValueError as exc:  # validate_config: a default the bundle cannot apply
             raise UserError(f"refused: {exc}") from None
     except UserError as exc:

@@ -154,6 +154,11 @@ def add_parser(subparsers: Any) -> None:
                    help="the denoiser learns from inputs with (1 + G^2) times the noise variance, its target from the "
                         "noise without the extra part (Ning et al. 2023): against exposure bias, a sampler drifting on its "
                         "own trajectory; 0.1 in the paper (default 0: off)")
+    p.add_argument("--t-range", type=comma_ints, default=(0, 1000), metavar="LO,HI",
+                   help="the denoiser learns only timesteps LO..HI-1 of the 1000 (and is validated only at the validation "
+                        "timesteps among them): with --init-from, a copy that specialises in part of the noise schedule, "
+                        "e.g. 400,1000 for the high-noise half, where the layout of nuclei and fibres is decided "
+                        "(scripts/set_expert.py puts it beside the bundle's denoiser; default: 0,1000, all)")
     p.add_argument("--early-stop", type=int, default=0, metavar="N",
                    help="stop the denoiser after N validations in a row (one per checkpoint) without a lower held-out "
                         "loss; the best is always kept as bundle-best.safetensors (default 0: never stop early)")
@@ -191,7 +196,7 @@ def add_parser(subparsers: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     from gigagen.models.unet import UNetConfig
     from gigagen.models.vae import AutoencoderConfig
-    from gigagen.train.loop import TrainConfig
+    from gigagen.train.loop import VAL_TIMES, TrainConfig, val_times
 
     for name in ("max_minutes", "ae_minutes"):
         if getattr(args, name) < 0:
@@ -220,6 +225,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError("--coarse-warp-strain must be in (0, 0.2]: stronger deformations fold the tissue over itself")
     if not 0.0 <= args.input_perturbation <= 1.0:
         raise UserError("--input-perturbation must be in [0, 1] (0.1 in Ning et al. 2023)")
+    if len(args.t_range) != 2 or not 0 <= args.t_range[0] < args.t_range[1] <= 1000 or not val_times(tuple(args.t_range)):
+        raise UserError(f"--t-range takes LO,HI with 0 <= LO < HI <= 1000, holding one of the validation timesteps "
+                        f"{','.join(map(str, VAL_TIMES))}")
     if not 0 <= args.cond_aug_max < 1000 or (args.cond_aug is not None and not 0 <= args.cond_aug < 1000):
         raise UserError("--cond-aug-max and --cond-aug must be timesteps in [0, 1000)")
     if any(not 0.5 <= s <= 2.0 or s == 1.0 for s in args.scale_aug):
@@ -487,7 +495,7 @@ def _train_config(args: argparse.Namespace, ae: Any, unet: Any) -> Any:
         decoded_parents=args.decoded_parents, nucleus_stamps=args.nucleus_stamps,
         sampled_parents=tuple(args.sampled_parents), sampled_parent_prob=args.sampled_parent_prob,
         sampled_parents_from=args.sampled_parents_from, distill=args.distill,
-        level_blur=_level_blur(args.level_blur, len(args.magnifications)),
+        level_blur=_level_blur(args.level_blur, len(args.magnifications)), t_range=(args.t_range[0], args.t_range[1]),
     )
 
 

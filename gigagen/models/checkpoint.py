@@ -2,7 +2,8 @@
 
 Layout: tensors "ae.*" (Autoencoder), "unet.*" (UNet) and, optionally, "guide.*" (a smaller, weaker
 UNet on the same latents for autoguidance, Karras et al. 2024), "coarse.*" (a second denoiser that samples the
-coarser levels BundleConfig.coarse_levels instead of "unet") and "level_decoder.*" (a second Decoder of the
+coarser levels BundleConfig.coarse_levels instead of "unet"), "expert.*" (a denoiser that samples BundleConfig.expert_levels at
+timesteps from BundleConfig.expert_from on instead of "unet") and "level_decoder.*" (a second Decoder of the
 autoencoder's architecture that reads one pixel level off the latent level above it; BundleConfig.decoded_level);
 safetensors metadata "gigagen.bundle" holds
 BundleConfig as JSON (nanoGPT habit: a checkpoint carries its model's arguments). Anything a user can
@@ -57,6 +58,13 @@ class BundleConfig:
     # by heart; a network with a smaller receptive field can learn their structures instead
     coarse: UNetConfig | None = None
     coarse_levels: tuple[int, ...] = ()
+    # a denoiser that samples `expert_levels` at timesteps >= `expert_from` in place of unet (scripts/set_expert.py;
+    # eDiff-I's expert denoisers, Balaji et al. 2022): the main network trained on for only the high-noise part of
+    # the schedule, where a small network must decide where nuclei and fibres go, so its capacity goes there alone.
+    # Each sampling step still costs one network pass.
+    expert: UNetConfig | None = None
+    expert_levels: tuple[int, ...] = ()
+    expert_from: int = 0
     # conditioning augmentation: the noise timestep `gigagen slide` noises each parent level to by default
     # (0 = clean parents); nonzero only for a denoiser trained with it (unet.cond_aug)
     cond_aug: int = 0
@@ -123,6 +131,10 @@ class BundleConfig:
         """Per level, finest first: its cells per parent cell and side, the conditioning's upsampling (0: layout)."""
         return cond_factors(self.magnifications, self.level_cells)
 
+    def samples_expert(self, level: int, t: int) -> bool:
+        """Whether the expert network (not the main UNet) denoises `level` at timestep `t`."""
+        return self.expert is not None and level in self.expert_levels and t >= self.expert_from
+
     def samples_coarse(self, level: int) -> bool:
         """Whether the coarse network (not the main UNet) samples `level`."""
         return self.coarse is not None and level in self.coarse_levels
@@ -142,7 +154,7 @@ class BundleConfig:
             raise ValueError("unsupported bundle format version")
         d["ae"] = _dataclass_from(AutoencoderConfig, d["ae"])
         d["unet"] = _dataclass_from(UNetConfig, d["unet"])
-        for net in ("guide", "coarse"):
+        for net in ("guide", "coarse", "expert"):
             if d.get(net) is not None:
                 d[net] = _dataclass_from(UNetConfig, d[net])
         d["magnifications"] = tuple(d["magnifications"])
@@ -168,9 +180,13 @@ class ModelBundle:
     guide: UNet | None = None
     level_decoder: Decoder | None = None  # reads config.decoded_level off the latent above it
     coarse: UNet | None = None  # samples config.coarse_levels instead of unet
+    expert: UNet | None = None  # samples config.expert_levels from timestep config.expert_from on instead of unet
 
-    def denoiser(self, level: int) -> UNet:
-        """The network that samples `level`: the coarse one at its levels, the main one elsewhere."""
+    def denoiser(self, level: int, t: int | None = None) -> UNet:
+        """The network that samples `level` at timestep `t`: the expert at its levels and timesteps, the coarse one
+        at its levels, the main one elsewhere. t None: the network of the level's low-noise steps."""
+        if self.expert is not None and t is not None and self.config.samples_expert(level, t):
+            return self.expert
         return self.coarse if self.coarse is not None and self.config.samples_coarse(level) else self.unet
 
 
@@ -214,6 +230,7 @@ def validate_config(cfg: BundleConfig) -> None:
     if cfg.guide is not None and not _names_levels(cfg.guide_levels, cfg):
         raise ValueError("guide_levels must name one or more of the cascade's levels")
     _validate_coarse(cfg)
+    _validate_expert(cfg)
 
 
 def _names_levels(levels: tuple[int, ...], cfg: BundleConfig) -> bool:
@@ -235,24 +252,44 @@ def _validate_coarse(cfg: BundleConfig) -> None:
         raise ValueError("coarse_levels must name one or more of the cascade's levels")
 
 
+def _validate_expert(cfg: BundleConfig) -> None:
+    """The expert stands in for the main network at some of its levels (not the coarse network's), on the same
+    latents and tiles, from a timestep inside the schedule on; or is absent."""
+    e = cfg.expert
+    if e is None:
+        if cfg.expert_levels or cfg.expert_from:
+            raise ValueError("expert_levels and expert_from need an expert network")
+        return
+    if e.latent_ch != cfg.unet.latent_ch or e.n_levels != cfg.unet.n_levels or cfg.unet.divisor % e.divisor:
+        raise ValueError("the expert UNet must share the main UNet's latent channels and levels, and divide its tile divisor")
+    if not _names_levels(cfg.expert_levels, cfg) or set(cfg.expert_levels) & set(cfg.coarse_levels if cfg.coarse else ()):
+        raise ValueError("expert_levels must name one or more of the cascade's levels the main network samples")
+    if not 0 < cfg.expert_from < cfg.n_train_steps:
+        raise ValueError("expert_from must be a timestep in 1..n_train_steps-1")
+    if e.cond_aug != cfg.unet.cond_aug:
+        raise ValueError("the expert must read its parent as the main UNet does (conditioning augmentation or not)")
+
+
 def _networks(ae: Autoencoder, unet: UNet, guide: UNet | None, level_decoder: Decoder | None,
-              coarse: UNet | None) -> dict[str, torch.nn.Module]:
+              coarse: UNet | None, expert: UNet | None = None) -> dict[str, torch.nn.Module]:
     """A bundle's networks by tensor prefix (the file's "NAME.*" tensors), the absent ones left out."""
-    named = {"ae": ae, "unet": unet, "guide": guide, "level_decoder": level_decoder, "coarse": coarse}
+    named = {"ae": ae, "unet": unet, "guide": guide, "level_decoder": level_decoder, "coarse": coarse, "expert": expert}
     return {name: m for name, m in named.items() if m is not None}
 
 
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,
-                level_decoder: Decoder | None = None, coarse: UNet | None = None) -> None:
+                level_decoder: Decoder | None = None, coarse: UNet | None = None, expert: UNet | None = None) -> None:
     """Write weights and config atomically (temp file, then rename)."""
     validate_config(cfg)
     if (guide is None) != (cfg.guide is None):
         raise ValueError("a guide network is saved exactly when the configuration names one")
     if (coarse is None) != (cfg.coarse is None):
         raise ValueError("a coarse network is saved exactly when the configuration names one")
+    if (expert is None) != (cfg.expert is None):
+        raise ValueError("an expert network is saved exactly when the configuration names one")
     if (level_decoder is None) != (cfg.decoded_level is None):
         raise ValueError("a level decoder is saved exactly when the configuration names a decoded level")
-    modules = _networks(ae, unet, guide, level_decoder, coarse)
+    modules = _networks(ae, unet, guide, level_decoder, coarse, expert)
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -308,7 +345,8 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
     guide = UNet(cfg.guide) if cfg.guide is not None else None
     level_decoder = Decoder(cfg.ae, cfg.level_decoder_noise) if cfg.decoded_level is not None else None
     coarse = UNet(cfg.coarse) if cfg.coarse is not None else None
-    modules = _networks(ae, unet, guide, level_decoder, coarse)
+    expert = UNet(cfg.expert) if cfg.expert is not None else None
+    modules = _networks(ae, unet, guide, level_decoder, coarse, expert)
     known = tuple(name + "." for name in modules)
     stray = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
     if stray:
@@ -323,4 +361,4 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
             raise UserError(f"checkpoint {path} does not match its configuration: {first}") from None
     for module in modules.values():
         module.to(device).eval().requires_grad_(False)
-    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse)
+    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse, expert)

@@ -135,7 +135,7 @@ class BundleRunner:
         # channels-last lets oneDNN/cuDNN pick their fast convolution layouts (7x faster decode on CPU)
         self.bundle.ae.to(memory_format=torch.channels_last)
         self.bundle.unet.to(memory_format=torch.channels_last)
-        for net in (self.bundle.guide, self.bundle.level_decoder, self.bundle.coarse):
+        for net in (self.bundle.guide, self.bundle.level_decoder, self.bundle.coarse, self.bundle.expert):
             if net is not None:
                 net.to(memory_format=torch.channels_last)
 
@@ -174,7 +174,9 @@ class BundleRunner:
 
     def _unet(self, x: torch.Tensor, t: int | torch.Tensor, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
         """The main network's output (the coarse network's at its levels), autoguided when autoguidance != 1."""
-        out = self._net(self.bundle.denoiser(level), x, t, level, cond, mask)
+        # per-sample timesteps (distillation) only for bundles without an expert (distill_plan refuses those)
+        net = self.bundle.denoiser(level, None if isinstance(t, torch.Tensor) else int(t))
+        out = self._net(net, x, t, level, cond, mask)
         n = x.shape[0]
         self.counters.unet_calls += 1
         self.counters.unet_tiles += n

@@ -32,6 +32,8 @@ def distill_plan(bundle: ModelBundle, path: Path) -> dict[str, Any]:
         raise UserError(f"--distill: {path} samples with one pass per tile already (guidance 1, autoguidance 1); nothing to distil")
     if bundle.coarse is not None:
         raise UserError(f"--distill: {path} samples its coarser levels with a coarse network, which a distilled main network cannot replace")
+    if bundle.expert is not None:
+        raise UserError(f"--distill: {path} samples its high-noise steps with an expert network; distil a bundle without one")
     if c.decoded_level is not None:
         raise UserError(f"--distill: {path} reads a level with a level decoder; distil a bundle that samples every level")
     return {"teacher": str(Path(path).resolve()), "identity": bundle.identity, "guidance": list(c.guidance_per_level),

@@ -420,12 +420,12 @@ def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> N
         training = bundle.config.training | {"level_decoder_gan": rec}
         save_bundle(path, dataclasses.replace(bundle.config, decoded_level=cfg.decoder_level, level_decoder_noise=noise,
                                               training=training),
-                    bundle.ae, bundle.unet, bundle.guide, level_decoder, bundle.coarse)
+                    bundle.ae, bundle.unet, bundle.guide, level_decoder, bundle.coarse, bundle.expert)
         return
     ae = mixed_autoencoder(bundle, st.original, st.decoder_ema, cfg.gan_mix)
     training = bundle.config.training | {"decoder_gan": rec}
     save_bundle(path, dataclasses.replace(bundle.config, ae=st.original.cfg, training=training), ae, bundle.unet, bundle.guide,
-                bundle.level_decoder, bundle.coarse)
+                bundle.level_decoder, bundle.coarse, bundle.expert)
 
 
 def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> Path:

@@ -110,6 +110,7 @@ class TrainConfig:
     sampled_parents_from: str = "layout"  # with sampled_parents: what is redrawn from t0, "layout" or "parent" (sampled_parents.SOURCES)
     distill: bool = False  # with init_from: learn that bundle's guided output in one pass (gigagen.train.distill)
     level_blur: tuple[float, ...] | None = None  # Gaussian sigma per level before encoding (BundleConfig.level_blur); None: carried, else none
+    t_range: tuple[int, int] = (0, 1000)  # the denoiser learns (and is validated) at timesteps lo..hi-1 only: an expert for that part of the schedule
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -351,6 +352,9 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
         said = (f"--sampled-parents {','.join(map(str, kept['t0']))} --sampled-parent-prob {kept['prob']:g} "
                 f"--sampled-parents-from {kept['from']}") if kept else "no --sampled-parents"
         raise UserError(f"--resume: {path} belongs to a run with {said}; resume it with the same options")
+    kept = tuple(blob.get("config", {}).get("t_range", (0, 1000)))  # runs from before the option learned every timestep
+    if kept != tuple(cfg.t_range):
+        raise UserError(f"--resume: {path} belongs to a run with --t-range {kept[0]},{kept[1]}; resume it with the same option")
     if _resolved(st.guide_of) != _resolved(cfg.guide_of):
         want = f"--guide-of {st.guide_of}" if st.guide_of else "no --guide-of"
         raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
@@ -479,7 +483,9 @@ def carry_over(bundle: Any, name: str, cfg: TrainConfig) -> dict[str, Any]:
     it, and then the guide and coarse network, which learnt the old smoothing, are not carried). Not its level decoder (BundleConfig.decoded_level):
     tuned on the old denoiser's samples, it is dropped, and the continued bundle samples that level by diffusion
     until a new one is tuned (--decoder-of B --decoder-level K); unless cfg.decoded_parents, where the run learns
-    the level below from that very decoder's readings, and keeps it (frozen) with its record."""
+    the level below from that very decoder's readings, and keeps it (frozen) with its record. Not its expert
+    (BundleConfig.expert): split from the old main network for the high-noise steps, it would sample them for a
+    main network that no longer matches it; scripts/set_expert.py can give the continued bundle one again."""
     c, rec = bundle.config, bundle.config.training
     out: dict[str, Any] = {"record": {}, "sample_tile": c.sample_tile, "cond_aug": c.cond_aug,  # how it samples best
                            "level_blur": tuple(c.level_blur)}
@@ -594,7 +600,7 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
                                    sample_tile=cfg.sample_tile or main.config.sample_tile,
                                    cond_aug=main.config.cond_aug if cfg.cond_aug is None else cfg.cond_aug,
                                    guidance=main.config.guidance if cfg.guidance is None else cfg.guidance)
-        save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema, main.level_decoder, main.coarse)
+        save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema, main.level_decoder, main.coarse, main.expert)
         return
     guide, guide_fields = carried_guide(st)
     coarse, coarse_fields = carried_coarse(st)
@@ -878,6 +884,11 @@ VAL_CROPS = 16  # crops per (split, level)
 VAL_SEED = 12345
 
 
+def val_times(t_range: tuple[int, int]) -> tuple[int, ...]:
+    """The validation timesteps a run that learns only t_range is measured at (all of VAL_TIMES normally)."""
+    return tuple(t for t in VAL_TIMES if t_range[0] <= t < t_range[1])
+
+
 @dataclass
 class ValSet:
     """Fixed noised latent crops on which the EMA denoiser is measured at every validation: the same
@@ -897,7 +908,7 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
     vcfg = dataclasses.replace(cfg, unet_batch=VAL_CROPS, cfg_dropout=0.0, cond_aug_max=0)  # clean parents
     rng = np.random.default_rng(VAL_SEED)  # not the run's seed: runs on the same data validate alike
     gen = torch.Generator().manual_seed(VAL_SEED)
-    times = torch.tensor(VAL_TIMES).repeat_interleave(VAL_CROPS)
+    times = torch.tensor(val_times(cfg.t_range)).repeat_interleave(VAL_CROPS)
     abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=device)
     sides = {level: min(crop_side(ls, cfg, level) for ls in splits.values())
              for level, share in enumerate(cfg.level_probs) if share > 0}
@@ -905,7 +916,7 @@ def build_valset(splits: dict[str, LatentSet], cfg: TrainConfig, device: torch.d
     out: dict[tuple[str, int], tuple[torch.Tensor, ...]] = {}
     for split, ls in splits.items():
         for level, side in sides.items():
-            x0, cond, mask = (torch.from_numpy(a).repeat(len(VAL_TIMES), *([1] * (a.ndim - 1)))
+            x0, cond, mask = (torch.from_numpy(a).repeat(len(times) // VAL_CROPS, *([1] * (a.ndim - 1)))
                               for a in unet_batch(ls, vcfg, level, rng, side)[:3])
             eps = torch.randn(x0.shape, generator=gen)
             x0, cond, mask, t, eps = (a.to(device) for a in (x0, cond, mask, times, eps))
@@ -1053,6 +1064,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["cond_aug_max"] = cfg.cond_aug_max
     if cfg.input_perturbation:
         record["input_perturbation"] = cfg.input_perturbation
+    if cfg.t_range != (0, 1000):
+        record["t_range"] = list(cfg.t_range)
     if cfg.decoded_parents:
         record["decoded_parents"] = True
     if cfg.nucleus_stamps:
@@ -1066,7 +1079,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "ae_batch": cfg.ae_batch, "ae_crop": cfg.ae_crop, "unet_batch": cfg.unet_batch, "layout_tile": cfg.layout_tile,
             "level_probs": list(cfg.level_probs)}
         if math.isfinite(st.val_best):
-            rec["validation"] = {"best_held_v_loss": round(st.val_best, 5), "best_step": st.val_best_step, "times": list(VAL_TIMES)}
+            rec["validation"] = {"best_held_v_loss": round(st.val_best, 5), "best_step": st.val_best_step, "times": list(val_times(cfg.t_range))}
         return rec
 
     def checkpoint() -> None:
@@ -1185,7 +1198,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             x0, cond, mask, cnoise = (torch.from_numpy(a).to(device) for a in unet_batch(latents, cfg, level, rng, sampled=sampled))
             cond, cond_t = augment_cond(cond, cnoise, mask, abar, cfg.cond_aug_max, rng)
             b = x0.shape[0]
-            t = torch.from_numpy(rng.integers(0, 1000, size=b)).to(device)
+            t = torch.from_numpy(rng.integers(*cfg.t_range, size=b)).to(device)
             a = abar[t].sqrt()[:, None, None, None]
             s = (1 - abar[t]).sqrt()[:, None, None, None]
             xt, target = noised_pair(x0, a, s, cfg.input_perturbation)
