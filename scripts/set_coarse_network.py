@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -52,10 +53,14 @@ def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
         raise UserError(f"refused: {exc}") from None
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def install_main(doc: str, from_help: str, put: Callable[[ModelBundle, ModelBundle, Path, Path], None],
+                 describe: Callable[[ModelBundle, ModelBundle], str]) -> int:
+    """The command line of a script that writes BUNDLE with a network taken from a training run's bundle, as
+    put(bundle, run, run path, out) does: never over an existing file; a refusal is one line and exit code 2."""
+    prog = Path(sys.argv[0]).stem
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     p.add_argument("bundle")
-    p.add_argument("--from", dest="run", required=True, help="the bundle of a gigagen train --guide-of BUNDLE run")
+    p.add_argument("--from", dest="run", required=True, help=from_help)
     p.add_argument("--out", required=True, help="the new bundle (must not exist)")
     args = p.parse_args()
     try:
@@ -63,13 +68,18 @@ def main() -> int:
         if out.exists():
             raise UserError(f"{out} exists; choose a new --out (the original is never overwritten)")
         bundle, run = load_bundle(Path(args.bundle)), load_bundle(Path(args.run))
-        with_coarse(bundle, run, Path(args.run), out)
+        put(bundle, run, Path(args.run), out)
     except UserError as exc:
-        print(f"set_coarse_network: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     new = load_bundle(out)
-    print(f"{out}: {new.identity} (coarse network for levels {list(new.config.coarse_levels)} from {run.identity})")
+    print(f"{out}: {new.identity} ({describe(new, run)})")
     return 0
+
+
+def main() -> int:
+    return install_main(__doc__, "the bundle of a gigagen train --guide-of BUNDLE run", with_coarse,
+                        lambda new, run: f"coarse network for levels {list(new.config.coarse_levels)} from {run.identity}")
 
 
 if __name__ == "__main__":

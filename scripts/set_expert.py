@@ -13,7 +13,6 @@ sampling defaults stay as they are, bit for bit.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -21,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from set_coarse_network import same_autoencoder  # noqa: E402
+from set_coarse_network import install_main, same_autoencoder  # noqa: E402
 
 from gigagen.errors import UserError  # noqa: E402
-from gigagen.models.checkpoint import ModelBundle, load_bundle, save_bundle  # noqa: E402
+from gigagen.models.checkpoint import ModelBundle, save_bundle  # noqa: E402
 
 RUN_RECORD = ("unet_step", "unet_minutes", "level_probs", "validation", "denoiser_from", "unet_dropout", "scale_aug",
               "elastic_aug", "elastic_strain")
@@ -51,24 +50,9 @@ def with_expert(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle")
-    p.add_argument("--from", dest="run", required=True, help="the bundle of a gigagen train --init-from BUNDLE --t-range LO,1000 run")
-    p.add_argument("--out", required=True, help="the new bundle (must not exist)")
-    args = p.parse_args()
-    try:
-        out = Path(args.out)
-        if out.exists():
-            raise UserError(f"{out} exists; choose a new --out (the original is never overwritten)")
-        bundle, run = load_bundle(Path(args.bundle)), load_bundle(Path(args.run))
-        with_expert(bundle, run, Path(args.run), out)
-    except UserError as exc:
-        print(f"set_expert: {exc}", file=sys.stderr)
-        return 2
-    new = load_bundle(out)
-    print(f"{out}: {new.identity} (expert for levels {list(new.config.expert_levels)} from timestep "
-          f"{new.config.expert_from}, from {run.identity})")
-    return 0
+    return install_main(__doc__, "the bundle of a gigagen train --init-from BUNDLE --t-range LO,1000 run", with_expert,
+                        lambda new, run: f"expert for levels {list(new.config.expert_levels)} from timestep "
+                                         f"{new.config.expert_from}, from {run.identity}")
 
 
 if __name__ == "__main__":
