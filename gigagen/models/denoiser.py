@@ -173,7 +173,8 @@ class BundleRunner:
         return out.float()
 
     def _unet(self, x: torch.Tensor, t: int | torch.Tensor, level: int, cond: torch.Tensor, mask: float) -> torch.Tensor:
-        """The main network's output (the coarse network's at its levels), autoguided when autoguidance != 1."""
+        """The main network's output (the coarse network's at its levels, the expert's at its levels and timesteps),
+        autoguided when autoguidance != 1."""
         # per-sample timesteps (distillation) only for bundles without an expert (distill_plan refuses those)
         net = self.bundle.denoiser(level, None if isinstance(t, torch.Tensor) else int(t))
         out = self._net(net, x, t, level, cond, mask)
