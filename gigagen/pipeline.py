@@ -175,7 +175,7 @@ def made_by(level: int, mc: Any) -> str:
     """What writes a level: the denoiser (the bundle's coarse denoiser at its levels; with its expert from a timestep
     on), or at the decoded level the level decoder (with its noise and its nucleus stamps, if any)."""
     if level != mc.decoded_level:
-        if mc.expert is not None and level in mc.expert_levels:
+        if mc.expert_at(level):
             return f"denoiser, its expert from timestep {mc.expert_from}"
         return "coarse denoiser" if mc.samples_coarse(level) else "denoiser"
     extras = [f"{mc.level_decoder_noise} noise channels"] if mc.level_decoder_noise else []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +57,29 @@ def make_guided_bundle(path: Path, seed: int = 0, autoguidance: float = 2.0, gui
 @pytest.fixture(scope="session")
 def guided_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_guided_bundle(tmp_path_factory.mktemp("model") / "guided.safetensors")
+
+
+def one_step_x0(path: Path, t: int, level: int) -> np.ndarray:
+    """The x0 a bundle's runner predicts at timestep t and level from fixed random inputs (2 tiny tiles; a parent
+    below the layout level): which network samples that step shows in it."""
+    from gigagen.models.checkpoint import load_bundle
+    from gigagen.models.denoiser import BundleRunner
+
+    runner = BundleRunner(load_bundle(path), torch.device("cpu"), torch.bfloat16)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    cond = rng.standard_normal((2, 4, 8, 8)).astype(np.float32) if level < 2 else None
+    return runner.model_fn(x, t, level, cond)[0]
+
+
+def tiny_slide(bundle: Path, out: Path) -> tuple[list[str], np.ndarray]:
+    """A 256^2 slide of seed 4 in 3 steps without exports: run.json's `made_by` per level, and its finest pixels."""
+    from gigagen.cli import main
+    from gigagen.io.omezarr import open_slide
+
+    args = ["slide", "--checkpoint", str(bundle), "--steps", "3", "--quiet", "--formats", "none", "--size", "256",
+            "--seed", "4", "--out", str(out)]
+    assert main(args) == 0
+    made = [lv["made_by"] for lv in json.loads((out / "run.json").read_text())["levels"]]
+    r = open_slide(out)
+    return made, r.read_region(0, 0, 0, r.width, r.height)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +14,10 @@ import torch
 
 from gigagen.cli import main
 from gigagen.models.checkpoint import load_bundle, save_bundle
-from gigagen.models.denoiser import BundleRunner
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.train.loop import TrainConfig, carried_coarse, carry_over
 
-from conftest import make_guided_bundle, tiny_config
+from conftest import make_guided_bundle, one_step_x0, tiny_config, tiny_slide
 from test_train import png  # noqa: F401 - the fixture is used by name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,23 +39,15 @@ def coarse_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
     return d / "coarse.safetensors"
 
 
-def _outputs(path: Path, level: int) -> np.ndarray:
-    runner = BundleRunner(load_bundle(path), torch.device("cpu"), torch.bfloat16)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
-    cond = rng.standard_normal((2, 4, 8, 8)).astype(np.float32) if level < 2 else None
-    return runner.model_fn(x, 600, level, cond)[0]
-
-
 def test_the_coarse_network_samples_its_levels_and_only_those(coarse_bundle: Path, tiny_bundle: Path) -> None:
     b, plain = load_bundle(coarse_bundle), load_bundle(tiny_bundle)
     assert b.coarse is not None and b.config.coarse_levels == (1, 2) and b.config.coarse.base_ch == 8
     assert b.denoiser(0) is b.unet and b.denoiser(1) is b.coarse and b.denoiser(2) is b.coarse
     assert plain.denoiser(1) is plain.unet
     # the finest level is the main network's, bit for bit; the coarser ones are the coarse network's
-    assert np.array_equal(_outputs(coarse_bundle, 0), _outputs(tiny_bundle, 0))
+    assert np.array_equal(one_step_x0(coarse_bundle, 600, 0), one_step_x0(tiny_bundle, 600, 0))
     for level in (1, 2):
-        assert np.abs(_outputs(coarse_bundle, level) - _outputs(tiny_bundle, level)).max() > 1e-3
+        assert np.abs(one_step_x0(coarse_bundle, 600, level) - one_step_x0(tiny_bundle, 600, level)).max() > 1e-3
 
 
 def test_the_script_keeps_everything_else_and_records_the_source(coarse_bundle: Path, tiny_bundle: Path) -> None:
@@ -113,15 +103,9 @@ class _State:
 
 def test_a_slide_samples_with_the_coarse_network(coarse_bundle: Path, tiny_bundle: Path, tmp_path: Path) -> None:
     def slide(bundle: Path, out: Path) -> np.ndarray:
-        args = ["slide", "--checkpoint", str(bundle), "--steps", "3", "--quiet", "--formats", "none", "--size", "256",
-                "--seed", "4", "--out", str(out)]
-        assert main(args) == 0
-        made = [lv["made_by"] for lv in json.loads((out / "run.json").read_text())["levels"]]
+        made, pixels = tiny_slide(bundle, out)
         assert made == (["denoiser", "coarse denoiser", "coarse denoiser"] if bundle == coarse_bundle else ["denoiser"] * 3)
-        from gigagen.io.omezarr import open_slide
-
-        r = open_slide(out)
-        return r.read_region(0, 0, 0, r.width, r.height)
+        return pixels
 
     with_coarse, without = slide(coarse_bundle, tmp_path / "a"), slide(tiny_bundle, tmp_path / "b")
     assert with_coarse.shape == without.shape and not np.array_equal(with_coarse, without)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,13 @@ import torch
 
 from gigagen.cli import main
 from gigagen.models.checkpoint import load_bundle, save_bundle
-from gigagen.models.denoiser import BundleRunner
 from gigagen.models.unet import UNet
 from gigagen.sampling.schedules import cosine_alphas_cumprod
 from gigagen.train import loop as L
 from gigagen.train.distill import distill_plan
 from gigagen.errors import UserError
 
-from conftest import make_bundle, tiny_config
+from conftest import make_bundle, one_step_x0, tiny_config, tiny_slide
 from test_train import png, tiny_cfg  # noqa: F401 - the fixture is used by name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,36 +48,22 @@ def expert_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _with_expert(tmp_path_factory.mktemp("expert") / "expert.safetensors")
 
 
-def _x0(path: Path, t: int, level: int) -> np.ndarray:
-    runner = BundleRunner(load_bundle(path), torch.device("cpu"), torch.bfloat16)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
-    cond = rng.standard_normal((2, 4, 8, 8)).astype(np.float32) if level < 2 else None
-    return runner.model_fn(x, t, level, cond)[0]
-
-
 def test_the_expert_samples_its_levels_from_its_timestep_on(expert_bundle: Path, tiny_bundle: Path) -> None:
     b = load_bundle(expert_bundle)
     assert b.denoiser(0, 500) is b.expert and b.denoiser(0, 999) is b.expert
     assert b.denoiser(0, 499) is b.unet and b.denoiser(1, 900) is b.unet and b.denoiser(0) is b.unet
     # below its timestep and at other levels the main network's output, bit for bit; above it, the expert's
-    assert np.array_equal(_x0(expert_bundle, 400, 0), _x0(tiny_bundle, 400, 0))
-    assert np.array_equal(_x0(expert_bundle, 800, 1), _x0(tiny_bundle, 800, 1))
-    assert np.abs(_x0(expert_bundle, 800, 0) - _x0(tiny_bundle, 800, 0)).max() > 1e-3
+    assert np.array_equal(one_step_x0(expert_bundle, 400, 0), one_step_x0(tiny_bundle, 400, 0))
+    assert np.array_equal(one_step_x0(expert_bundle, 800, 1), one_step_x0(tiny_bundle, 800, 1))
+    assert np.abs(one_step_x0(expert_bundle, 800, 0) - one_step_x0(tiny_bundle, 800, 0)).max() > 1e-3
 
 
 def test_a_slide_samples_with_the_expert(expert_bundle: Path, tiny_bundle: Path, tmp_path: Path) -> None:
     def slide(bundle: Path, out: Path) -> np.ndarray:
-        args = ["slide", "--checkpoint", str(bundle), "--steps", "3", "--quiet", "--formats", "none", "--size", "256",
-                "--seed", "4", "--out", str(out)]
-        assert main(args) == 0
-        made = [lv["made_by"] for lv in json.loads((out / "run.json").read_text())["levels"]]
+        made, pixels = tiny_slide(bundle, out)
         first = "denoiser, its expert from timestep 500" if bundle == expert_bundle else "denoiser"
         assert made == [first, "denoiser", "denoiser"]
-        from gigagen.io.omezarr import open_slide
-
-        r = open_slide(out)
-        return r.read_region(0, 0, 0, r.width, r.height)
+        return pixels
 
     assert not np.array_equal(slide(expert_bundle, tmp_path / "a"), slide(tiny_bundle, tmp_path / "b"))
 

@@ -131,9 +131,13 @@ class BundleConfig:
         """Per level, finest first: its cells per parent cell and side, the conditioning's upsampling (0: layout)."""
         return cond_factors(self.magnifications, self.level_cells)
 
+    def expert_at(self, level: int) -> bool:
+        """Whether the expert network takes some of `level`'s steps (those from expert_from on)."""
+        return self.expert is not None and level in self.expert_levels
+
     def samples_expert(self, level: int, t: int) -> bool:
         """Whether the expert network (not the main UNet) denoises `level` at timestep `t`."""
-        return self.expert is not None and level in self.expert_levels and t >= self.expert_from
+        return self.expert_at(level) and t >= self.expert_from
 
     def samples_coarse(self, level: int) -> bool:
         """Whether the coarse network (not the main UNet) samples `level`."""
@@ -238,6 +242,12 @@ def _names_levels(levels: tuple[int, ...], cfg: BundleConfig) -> bool:
     return bool(levels) and set(levels) <= set(range(len(cfg.magnifications)))
 
 
+def _stands_in(net: UNetConfig, cfg: BundleConfig) -> bool:
+    """A network can sample some of the main UNet's steps: the same latent channels and level embeddings, and a
+    tile divisor that divides the main one's (the run's tiling follows the main UNet's)."""
+    return net.latent_ch == cfg.unet.latent_ch and net.n_levels == cfg.unet.n_levels and cfg.unet.divisor % net.divisor == 0
+
+
 def _validate_coarse(cfg: BundleConfig) -> None:
     """The coarse network works on the main one's latents and tiles (the run's tiling follows the main UNet's
     divisor, so the coarse one's must divide it) at one or more of the cascade's levels, or is absent."""
@@ -246,7 +256,7 @@ def _validate_coarse(cfg: BundleConfig) -> None:
         if cfg.coarse_levels:
             raise ValueError("coarse_levels need a coarse network")
         return
-    if c.latent_ch != cfg.unet.latent_ch or c.n_levels != cfg.unet.n_levels or cfg.unet.divisor % c.divisor:
+    if not _stands_in(c, cfg):
         raise ValueError("the coarse UNet must share the main UNet's latent channels and levels, and divide its tile divisor")
     if not _names_levels(cfg.coarse_levels, cfg):
         raise ValueError("coarse_levels must name one or more of the cascade's levels")
@@ -260,7 +270,7 @@ def _validate_expert(cfg: BundleConfig) -> None:
         if cfg.expert_levels or cfg.expert_from:
             raise ValueError("expert_levels and expert_from need an expert network")
         return
-    if e.latent_ch != cfg.unet.latent_ch or e.n_levels != cfg.unet.n_levels or cfg.unet.divisor % e.divisor:
+    if not _stands_in(e, cfg):
         raise ValueError("the expert UNet must share the main UNet's latent channels and levels, and divide its tile divisor")
     if not _names_levels(cfg.expert_levels, cfg) or set(cfg.expert_levels) & set(cfg.coarse_levels if cfg.coarse else ()):
         raise ValueError("expert_levels must name one or more of the cascade's levels the main network samples")
