@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} exists and is not a gigagen slide; refusing to replace it")
 
 
-def check_resources(cfg: RunConfig, out: Path, plans: list[LevelPlan], channels: int, store_kind: str) -> int:
+def check_resources(cfg: RunConfig, out: Path, plans: list[LevelPlan], channels: int | Sequence[int], store_kind: str) -> int:
     """Free disk and memory against the run's own estimate; returns the disk estimate in bytes."""
     import psutil
 
@@ -96,7 +96,7 @@ def check_resources(cfg: RunConfig, out: Path, plans: list[LevelPlan], channels:
     return est["disk_bytes"]
 
 
-def choose_store(cfg: RunConfig, plans: list[LevelPlan], channels: int) -> str:
+def choose_store(cfg: RunConfig, plans: list[LevelPlan], channels: int | Sequence[int]) -> str:
     """'memory' while the latents fit the budget and no workers share them, else per-tile files on disk."""
     fits = latent_memory_bytes(cfg, plans, channels) <= cfg.memory_budget
     if fits and not (cfg.scheduler or cfg.workers):
@@ -168,7 +168,7 @@ def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
     whether the denoiser samples it or the level decoder reads it off its parent."""
     kind = "pixels" if plan.level in mc.pixel_levels else "latent"
     return {"magnification": plan.magnification, "latent_shape": list(plan.shape), "kind": kind, "cell_px": mc.level_cells[plan.level],
-            "made_by": made_by(plan.level, mc)}
+            "channels": mc.level_channels[plan.level], "made_by": made_by(plan.level, mc)}
 
 
 def made_by(level: int, mc: Any) -> str:
@@ -223,8 +223,8 @@ def generate(cfg: RunConfig, progress: ProgressFactory = no_progress, log: Calla
             raise UserError("this run keeps its latents in one process's memory; resume it without --workers or --scheduler")
         disk_need = 0
     else:
-        kind = choose_store(cfg, plans, mc.ae.latent_ch)
-        disk_need = check_resources(cfg, out, plans, mc.ae.latent_ch, kind)
+        kind = choose_store(cfg, plans, mc.level_channels)
+        disk_need = check_resources(cfg, out, plans, mc.level_channels, kind)
         state = RunState(root, fp, kind)
     if not mc.trained:
         log("warning: this model is an untrained random placeholder; the slide will not look like tissue")
@@ -348,7 +348,7 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
     denoise = _denoiser(job, on_tiles)
     make_store = (lambda spec: MemoryStore(spec, state.root)) if state.store_kind == "memory" else (lambda spec: DiskStore(spec, state.root))
     store = sample_cascade(
-        plans, channels=mc.ae.latent_ch, n_steps=n_steps, seed=cfg.seed, tiling=job.tiling,
+        plans, channels=mc.level_channels, n_steps=n_steps, seed=cfg.seed, tiling=job.tiling,
         denoise=denoise, make_store=make_store, cond_noise=job.runner.cond_noise, on_level_start=start, on_level_done=done,
     )
     return store.view(n_steps[0])
@@ -394,8 +394,8 @@ def _save_layout(job: Job, latent: Any, plan: LevelPlan) -> None:
     scale = job.plans[0].magnification / plan.magnification
     h, w = max(1, round(job.cfg.height / scale)), max(1, round(job.cfg.width / scale))
     img = np.empty((h, w, 3), dtype=np.uint8)
-    ae = job.runner.bundle.config.ae
-    for tile, rgb in stream_decode(latent, job.runner.decode_fn, ae.factor, h, w, PIXEL_CHUNK, halo=ae.decode_halo):
+    ae = job.runner.bundle.autoencoder(plan.level).cfg  # the coarse autoencoder's, in a bundle with one
+    for tile, rgb in stream_decode(latent, job.runner.decode_fn_at(plan.level), ae.factor, h, w, PIXEL_CHUNK, halo=ae.decode_halo):
         img[tile.y0 : tile.y1, tile.x0 : tile.x1] = np.moveaxis(rgb, 0, -1)
     Image.fromarray(img).save(job.out / "layout.png")
 
@@ -433,8 +433,8 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     validate(cfg)
     cfg, device, dtype, bundle, plans = _setup_model(cfg)
     mc = bundle.config
-    kind = choose_store(cfg, plans, mc.ae.latent_ch)
-    est = estimate(cfg, plans, mc.ae.latent_ch, kind)
+    kind = choose_store(cfg, plans, mc.level_channels)
+    est = estimate(cfg, plans, mc.level_channels, kind)
     to_sample = sampled_plans(plans, mc)
     evals = evaluations(cfg, to_sample, cfg.tile, mc.unet.divisor, mc.guide_levels)
     runner = BundleRunner(bundle, device, dtype, cfg.guidance, cfg.autoguidance, cfg.cond_aug)
@@ -444,7 +444,7 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     calib = calibrate(runner, cfg, tiling, steps, sampled, PIXEL_CHUNK // mc.ae.factor)
     k = mc.decoded_level
     decoded = plans[k + 1].shape[0] * plans[k + 1].shape[1] if k is not None else 0
-    seconds = predict_seconds(cfg, plans, calib, tiling, mc.ae.latent_ch, mc.ae.factor, decoded)
+    seconds = predict_seconds(cfg, plans, calib, tiling, mc.level_channels, mc.ae.factor, decoded)
     if cfg.workers:
         seconds = {k: v / cfg.workers if k != "pyramid_and_export" else v for k, v in seconds.items()}
         seconds["total"] = seconds["sampling"] + seconds["decode"] + seconds["pyramid_and_export"]

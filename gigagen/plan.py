@@ -16,7 +16,7 @@ import numpy as np
 
 from gigagen import __version__
 from gigagen.config import CALL_PIXELS, RunConfig
-from gigagen.engine.cascade import LevelPlan, level_spec, plan_cascade
+from gigagen.engine.cascade import LevelPlan, channels_at, level_spec, plan_cascade
 from gigagen.engine.decode import decode_region
 from gigagen.engine.grid import Tile, Tiling, step_segments
 from gigagen.engine.store import LevelSpec, MemoryStore
@@ -47,23 +47,26 @@ def _areas(plans: list[LevelPlan]) -> list[int]:
     return [p.shape[0] * p.shape[1] for p in plans]
 
 
-def latent_memory_bytes(cfg: RunConfig, plans: list[LevelPlan], channels: int) -> int:
+def _bytes_per_px(plans: list[LevelPlan], channels: int | Sequence[int]) -> list[int]:
+    """Bytes of one float32 array element of every level (channels: one count, or one per level)."""
+    return [channels_at(channels, p.level) * 4 for p in plans]
+
+
+def latent_memory_bytes(cfg: RunConfig, plans: list[LevelPlan], channels: int | Sequence[int]) -> int:
     """Latents held in memory by the in-memory store: a level, its parent, one checkpoint copy (+ overlap sums)."""
-    a = _areas(plans)
-    parent = a[1] if len(a) > 1 else 0
-    per_px = channels * 4
-    extra = (2 * per_px + 4) * a[0] if cfg.blend == "overlap" else 0
-    return (2 * a[0] + parent) * per_px + extra
+    a, per_px = _areas(plans), _bytes_per_px(plans, channels)
+    parent = a[1] * per_px[1] if len(a) > 1 else 0
+    extra = (2 * per_px[0] + 4) * a[0] if cfg.blend == "overlap" else 0
+    return 2 * a[0] * per_px[0] + parent + extra
 
 
-def disk_bytes(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind: str) -> dict[str, int]:
+def disk_bytes(cfg: RunConfig, plans: list[LevelPlan], channels: int | Sequence[int], store_kind: str) -> dict[str, int]:
     raw = cfg.width * cfg.height * 3
     zarr_bytes = raw * 4 // 3 + 16 * 2**20  # uncompressed pyramid: an upper bound (zlib only shrinks it)
     tiffs = int(raw * 4 // 3 * TIFF_RATIO.get(cfg.compression, 1.0) * len(cfg.formats))
-    a = _areas(plans)
-    per_px = channels * 4
+    level_bytes = [area * b for area, b in zip(_areas(plans), _bytes_per_px(plans, channels))]
     # memory store: one checkpoint per level; disk store: two states of a level plus every coarser final state
-    latents = sum(a) * per_px if store_kind == "memory" else (2 * a[0] + sum(a[1:])) * per_px
+    latents = sum(level_bytes) + (level_bytes[0] if store_kind != "memory" else 0)
     return {"zarr": zarr_bytes, "tiffs": tiffs, "latent_state": latents, "total": zarr_bytes + tiffs + latents}
 
 
@@ -87,7 +90,7 @@ def evaluations(cfg: RunConfig, plans: list[LevelPlan], tile: int, divisor: int,
     return {"unet_tiles": tiles, "unet_latent_pixels": pixels, "guide_tiles": guide_tiles, "guide_latent_pixels": guide_pixels}
 
 
-def estimate(cfg: RunConfig, plans: list[LevelPlan], channels: int, store_kind: str) -> dict[str, Any]:
+def estimate(cfg: RunConfig, plans: list[LevelPlan], channels: int | Sequence[int], store_kind: str) -> dict[str, Any]:
     """Disk and peak memory of a run whose tile and batch size are resolved (pipeline._setup_model); the
     network's working memory grows with the latent pixels of one call."""
     assert cfg.tile is not None and cfg.batch_size is not None
@@ -114,8 +117,8 @@ def calibrate(runner: Any, cfg: RunConfig, tiling: Tiling, steps: Sequence[list[
     predicted 24-28 s for a 4096^2 slide that took 43 s.
     """
     mc = runner.bundle.config
-    c = mc.ae.latent_ch
-    call_s, px_s = _call_cost(runner, tiling, c)
+    c = mc.level_channels
+    call_s, px_s = _call_cost(runner, tiling, c[0], c[1] if len(c) > 1 else c[0])
     cal = plan_cascade(min(cfg.width, CALIBRATION_SIDE), min(cfg.height, CALIBRATION_SIDE), mc.level_cells,
                        mc.magnifications, mc.unet.divisor)
     factor: dict[str, float] = {}
@@ -157,22 +160,25 @@ def step_seconds(spec: LevelSpec, n_steps: int, calib: dict[str, Any]) -> float:
     return calib["step_factor"][key] * (calls * calib["call_s"] + pixels * calib["latent_px_s"]) + partial * calib["new_shape_s"][key]
 
 
-def _call_cost(runner: Any, tiling: Tiling, channels: int) -> tuple[float, float]:
-    """(seconds per call, seconds per latent pixel) of the network at the finest level, each shape's best of two."""
+def _call_cost(runner: Any, tiling: Tiling, channels: int, cond_channels: int) -> tuple[float, float]:
+    """(seconds per call, seconds per latent pixel) of the network at the finest level (its latent of `channels`, a
+    parent of `cond_channels`), each shape's best of two."""
 
-    def best(x: np.ndarray) -> float:
-        runner.model_fn(x, 500, 0, x)  # warm-up: kernel selection and caches for this shape
+    def best(x: np.ndarray, cond: np.ndarray) -> float:
+        runner.model_fn(x, 500, 0, cond)  # warm-up: kernel selection and caches for this shape
         times = []
         for _ in range(2):
             t0 = time.perf_counter()
-            runner.model_fn(x, 500, 0, x)
+            runner.model_fn(x, 500, 0, cond)
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    big = np.random.default_rng(0).standard_normal((tiling.batch_size, channels, tiling.tile, tiling.tile)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((tiling.batch_size, channels, tiling.tile, tiling.tile)).astype(np.float32)
+    cond = rng.standard_normal((tiling.batch_size, cond_channels, tiling.tile, tiling.tile)).astype(np.float32)
     d = max(tiling.divisor, tiling.tile // 4)
-    small = np.ascontiguousarray(big[:1, :, :d, :d])
-    t_big, t_small = best(big), best(small)
+    small, small_cond = (np.ascontiguousarray(a[:1, :, :d, :d]) for a in (big, cond))
+    t_big, t_small = best(big, cond), best(small, small_cond)
     px_s = max(t_big - t_small, 0.0) / max(big[:, 0].size - d * d, 1)
     return max(t_small - px_s * d * d, 0.0), px_s
 
@@ -194,7 +200,7 @@ def _decode_seconds(runner: Any, chunk_latent: int) -> float:
         return time.perf_counter() - t0
 
 
-def predict_seconds(cfg: RunConfig, plans: list[LevelPlan], calib: dict[str, Any], tiling: Tiling, channels: int,
+def predict_seconds(cfg: RunConfig, plans: list[LevelPlan], calib: dict[str, Any], tiling: Tiling, channels: int | Sequence[int],
                     ae_factor: int, decoded_latent_px: int = 0) -> dict[str, float]:
     """Seconds per stage: every step of each sampled level at the calibrated cost of its calls (`calibrate`);
     `decoded_latent_px`: the latent a decoded level is read off (BundleConfig.decoded_level), counted as decoding,

@@ -48,7 +48,7 @@ def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: 
     f, zoom = bundle.config.ae.factor, checked_zooms(bundle.config.magnifications)[0]
     train, held = split_reference(reference, 0.2)
     part = train if split == "train" else held
-    m = f * zoom * 4
+    m = max(bundle.config.level_cells[:2]) * zoom * 4  # whole cells of both levels (a coarse autoencoder's are larger)
     part = part[: part.shape[0] // m * m, : min(width, part.shape[1]) // m * m]
     coarse = D.downsample(part, zoom)
     with torch.no_grad():

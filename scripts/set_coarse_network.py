@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.errors import UserError  # noqa: E402
-from gigagen.models.checkpoint import ModelBundle, load_bundle, save_bundle  # noqa: E402
+from gigagen.models.checkpoint import ModelBundle, load_bundle, save_like  # noqa: E402
 
 
 def same_autoencoder(a: ModelBundle, b: ModelBundle) -> bool:
@@ -48,7 +48,7 @@ def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
               "training": r.training.get("guide", {})}
     cfg = dataclasses.replace(c, coarse=r.guide, coarse_levels=tuple(r.guide_levels), training=c.training | {"coarse": record})
     try:
-        save_bundle(out, cfg, bundle.ae, bundle.unet, bundle.guide, bundle.level_decoder, run.guide, bundle.expert)
+        save_like(out, bundle, cfg, coarse=run.guide)
     except ValueError as exc:  # validate_config: a network this bundle's tiling cannot run
         raise UserError(f"refused: {exc}") from None
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from gigagen.config import comma_floats, comma_ints, per_level  # noqa: E402
 from gigagen.errors import UserError  # noqa: E402
-from gigagen.models.checkpoint import load_bundle, save_bundle  # noqa: E402
+from gigagen.models.checkpoint import load_bundle, save_like  # noqa: E402
 
 
 def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def main() -> int:
         record = {"from": bundle.identity, "changed": {k: list(v) if isinstance(v, tuple) else v for k, v in new.items()}}
         cfg = dataclasses.replace(c, **new, training=c.training | {"sampling_defaults": record})
         try:
-            save_bundle(out, cfg, bundle.ae, bundle.unet, bundle.guide, bundle.level_decoder, bundle.coarse, bundle.expert)
+            save_like(out, bundle, cfg)
         except ValueError as exc:  # validate_config: a default the bundle cannot apply
             raise UserError(f"refused: {exc}") from None
     except UserError as exc:

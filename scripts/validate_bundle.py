@@ -36,12 +36,12 @@ def bundle_losses(path: str, reference: str, holdout_frac: float) -> dict[tuple[
                         magnifications=tuple(c.magnifications), mpp0=c.mpp0, tile=c.tile,
                         layout_tile=int(c.training.get("layout_tile", 16)),
                         level_probs=tuple(c.training.get("level_probs", L.default_level_probs(len(c.magnifications)))),
-                        pixel_levels=tuple(c.pixel_levels))
+                        pixel_levels=tuple(c.pixel_levels), coarse_ae=c.coarse_ae)
     cpu = torch.device("cpu")
     reads = L.read_inputs(cfg)  # one read for both splits
     train = L.encode_all(L.load_training_levels(cfg, reads=reads), bundle.ae, cfg, cpu, torch.bfloat16, lambda _: None,
-                         orientations=1).scaled(c.level_scales)
-    splits = L.validation_latents(cfg, bundle.ae, c.level_scales, train, cpu, print, reads)
+                         orientations=1, coarse_ae=bundle.coarse_ae).scaled(c.level_scales)
+    splits = L.validation_latents(cfg, bundle.ae, c.level_scales, train, cpu, print, reads, coarse_ae=bundle.coarse_ae)
     # every level the bundle has, whatever shares it trained with
     vs = L.build_valset(splits, dataclasses.replace(cfg, level_probs=(1.0,) * len(cfg.magnifications)), cpu)
     return by_time_losses(bundle, vs)

@@ -30,6 +30,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--init-from", metavar="BUNDLE", default=None,
                    help="continue training this bundle's denoiser (fine-tune; its autoencoder and model configuration are kept, "
                         "and so is its autoguidance network unless --magnifications changes the cascade)")
+    p.add_argument("--coarse-from", metavar="BUNDLE", default=None,
+                   help="train only the finest level's denoiser, in this run's own autoencoder's latent (new, or "
+                        "--init-autoencoder's, e.g. f4: --ae-mult 1,2,4 --latent-ch 4), on parents in BUNDLE's latent; the "
+                        "run's bundle samples every coarser level with BUNDLE's autoencoder and denoiser, as BUNDLE does "
+                        "(give it again with --resume)")
     p.add_argument("--distill", action="store_true",
                    help="with --init-from B: the denoiser learns to give in one pass what B gives with its default guidance "
                         "(classifier-free and autoguidance; Meng et al. 2023), so the run's bundle samples with one network "
@@ -267,6 +272,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         return _decoder_config(args)
     if args.guide_of:
         return _guide_config(args)
+    if args.coarse_from:
+        return _coarse_from_config(args, ae)
     if args.init_from:
         return _config_from_bundle(args)
     args.magnifications = _magnifications(args.magnifications or TrainConfig.magnifications)
@@ -283,6 +290,52 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.tile % unet.divisor or args.layout_tile % unet.divisor:
         raise UserError(f"--tile and --layout-tile must be multiples of {unet.divisor}")
     return _train_config(args, ae, unet)
+
+
+def _coarse_from_config(args: argparse.Namespace, ae: Any) -> Any:
+    """--coarse-from B: a new denoiser for the finest level only, in the run's autoencoder's latent (--ae-* or
+    --init-autoencoder), reading parents in B's latent; B's cascade, pixel size and coarser levels are kept as B
+    samples them, so B must sample those with its main denoiser from plain latents."""
+    from gigagen.engine.levels import cond_factors, level_cells
+    from gigagen.models.checkpoint import read_bundle_config
+    from gigagen.models.unet import UNetConfig
+
+    others = {"--init-from": args.init_from, "--distill": args.distill, "--sampled-parents": args.sampled_parents,
+              "--decoded-parents": args.decoded_parents, "--pixel-levels": args.pixel_levels, "--level-blur": args.level_blur,
+              "--coarse-warps": args.coarse_warps, "--cond-aug-max": args.cond_aug_max, "--cond-aug": args.cond_aug}
+    given = [flag for flag, value in others.items() if value]
+    if given:
+        raise UserError(f"--coarse-from trains a new finest-level denoiser on the bundle's coarser levels; it cannot be combined with {', '.join(given)}")
+    b = read_bundle_config(Path(args.coarse_from))
+    if not b.trained:
+        raise UserError(f"--coarse-from: {args.coarse_from} holds an untrained denoiser; its coarser levels would be noise")
+    if (b.pixel_levels or b.decoded_level is not None or b.level_blur or b.cond_aug or b.coarse is not None or b.coarse_ae is not None
+            or (b.guide is not None and set(b.guide_levels) != {0}) or (b.expert is not None and set(b.expert_levels) != {0})):
+        raise UserError(f"--coarse-from: {args.coarse_from} must sample its coarser levels with its main denoiser from plain latents "
+                        "(no pixel levels, decoded level, smoothing, conditioning augmentation, coarse network, or guide or expert there)")
+    if args.magnifications and tuple(args.magnifications) != tuple(b.magnifications):
+        raise UserError(f"--magnifications: a --coarse-from run keeps {args.coarse_from}'s ({','.join(f'{m:g}' for m in b.magnifications)})")
+    args.magnifications = tuple(b.magnifications)
+    args.layout_tile = args.layout_tile or int(b.training.get("layout_tile", 16))  # recorded only: the layout is B's
+    n = len(b.magnifications)
+    finest = (1.0,) + (0.0,) * (n - 1)
+    if args.level_probs is not None and tuple(args.level_probs) != finest:
+        raise UserError(f"--level-probs: a --coarse-from run trains the finest level only ({','.join(f'{p:g}' for p in finest)})")
+    args.level_probs = finest
+    if args.init_autoencoder:
+        if args.resume:
+            raise UserError("--init-autoencoder starts a new run; --resume continues one (the run already has its autoencoder)")
+        ae = read_bundle_config(Path(args.init_autoencoder)).ae
+    try:
+        cond_factors(tuple(b.magnifications), level_cells(ae.factor, ae.latent_ch, n, (), b.ae.factor))
+    except ValueError as exc:
+        raise UserError(f"--coarse-from: an autoencoder of factor {ae.factor} under {args.coarse_from}'s factor {b.ae.factor}: {exc}") from None
+    unet = UNetConfig(latent_ch=ae.latent_ch, cond_ch=b.ae.latent_ch, n_levels=n, base_ch=args.unet_base, ch_mult=args.unet_mult,
+                      num_res_blocks=args.unet_blocks, dropout=args.unet_dropout, head_blocks=args.unet_head_blocks or 0,
+                      attn_lowest=not args.unet_no_attn)
+    if args.tile % unet.divisor or b.unet.divisor % unet.divisor:
+        raise UserError(f"--tile must be a multiple of {unet.divisor}, and the UNet's divisor must divide {args.coarse_from}'s ({b.unet.divisor})")
+    return dataclasses.replace(_train_config(args, ae, unet), mpp0=b.mpp0, coarse_from=args.coarse_from, coarse_ae=b.ae)
 
 
 def _config_from_bundle(args: argparse.Namespace) -> Any:

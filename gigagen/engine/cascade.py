@@ -14,6 +14,11 @@ from gigagen.engine.tiler import ModelFn, StepPlan, denoise_level
 DenoiseFn = Callable[[Any, "StateView | None", int], None]
 
 
+def channels_at(channels: int | Sequence[int], level: int) -> int:
+    """A level's array channels from one count for all levels or one per level."""
+    return channels if isinstance(channels, int) else channels[level]
+
+
 @dataclass(frozen=True)
 class LevelPlan:
     """One cascade level: index 0 is the finest; `factor` is how many of its cells one parent cell covers per
@@ -43,8 +48,8 @@ def plan_cascade(
     return plans
 
 
-def level_spec(plan: LevelPlan, channels: int, seed: int, tiling: Tiling, cond_noise: float = 0.0) -> LevelSpec:
-    return LevelSpec(plan.level, plan.shape, channels, seed, tiling, cond_noise if plan.factor else 0.0)
+def level_spec(plan: LevelPlan, channels: int | Sequence[int], seed: int, tiling: Tiling, cond_noise: float = 0.0) -> LevelSpec:
+    return LevelSpec(plan.level, plan.shape, channels_at(channels, plan.level), seed, tiling, cond_noise if plan.factor else 0.0)
 
 
 def local_denoiser(model_fn: ModelFn, steps: Sequence[list[StepPlan]], eta: float,
@@ -62,7 +67,7 @@ def local_denoiser(model_fn: ModelFn, steps: Sequence[list[StepPlan]], eta: floa
 def sample_cascade(
     plans: list[LevelPlan],
     *,
-    channels: int,
+    channels: int | Sequence[int],
     n_steps: Sequence[int],
     seed: int,
     tiling: Tiling,
@@ -74,6 +79,7 @@ def sample_cascade(
 ) -> Any:
     """Sample every level from the layout down, resuming each store where it stopped.
 
+    `channels`: every level's array channels, or one count per level finest first.
     `cond_noise` > 0 noises every parent level as the denoiser was trained to expect (LevelSpec.cond_noise).
     `n_steps[level]` is that level's number of DDIM steps, so its final state, the one its child is conditioned
     on. Returns the finest level's store (its final state is `store.view(n_steps[0])`). Only a level and

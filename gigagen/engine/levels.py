@@ -26,17 +26,25 @@ def pixel_cell(latent_ch: int) -> int:
     return c
 
 
-def level_cells(ae_factor: int, latent_ch: int, n_levels: int, pixel_levels: tuple[int, ...]) -> tuple[int, ...]:
+def level_cells(ae_factor: int, latent_ch: int, n_levels: int, pixel_levels: tuple[int, ...],
+                coarse_factor: int | None = None) -> tuple[int, ...]:
     """Cell side of every level, finest first. Pixel levels may only be intermediate levels: the finest is
-    decoded into the slide and the layout into layout.png by the autoencoder."""
+    decoded into the slide and the layout into layout.png by the autoencoder. With `coarse_factor` (a coarse
+    autoencoder, BundleConfig.coarse_ae) every level above the finest is that autoencoder's latent."""
     if any(not 0 < k < n_levels - 1 for k in pixel_levels) or len(set(pixel_levels)) != len(pixel_levels):
         raise ValueError(f"pixel levels must be distinct intermediate levels (1..{n_levels - 2}), not {list(pixel_levels)}")
+    if coarse_factor is not None:
+        return (ae_factor,) + (coarse_factor,) * (n_levels - 1)
     cell = pixel_cell(latent_ch) if pixel_levels else ae_factor
     return tuple(cell if k in pixel_levels else ae_factor for k in range(n_levels))
 
 
-def level_scales(latent_scale: float, pixel_scale: float, n_levels: int, pixel_levels: tuple[int, ...]) -> tuple[float, ...]:
-    """What each level's raw array (latent, or folded pixels in [-1, 1]) is multiplied by for the denoiser."""
+def level_scales(latent_scale: float, pixel_scale: float, n_levels: int, pixel_levels: tuple[int, ...],
+                 coarse_scale: float | None = None) -> tuple[float, ...]:
+    """What each level's raw array (latent, or folded pixels in [-1, 1]) is multiplied by for the denoiser; with
+    `coarse_scale` (a coarse autoencoder's latent scale) every level above the finest takes that."""
+    if coarse_scale is not None:
+        return (latent_scale,) + (coarse_scale,) * (n_levels - 1)
     return tuple(pixel_scale if k in pixel_levels else latent_scale for k in range(n_levels))
 
 

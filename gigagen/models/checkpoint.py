@@ -3,7 +3,8 @@
 Layout: tensors "ae.*" (Autoencoder), "unet.*" (UNet) and, optionally, "guide.*" (a smaller, weaker
 UNet on the same latents for autoguidance, Karras et al. 2024), "coarse.*" (a second denoiser that samples the
 coarser levels BundleConfig.coarse_levels instead of "unet"), "expert.*" (a denoiser that samples BundleConfig.expert_levels at
-timesteps from BundleConfig.expert_from on instead of "unet") and "level_decoder.*" (a second Decoder of the
+timesteps from BundleConfig.expert_from on instead of "unet"), "coarse_ae.*" (the autoencoder of every level above the
+finest, BundleConfig.coarse_ae) and "level_decoder.*" (a second Decoder of the
 autoencoder's architecture that reads one pixel level off the latent level above it; BundleConfig.decoded_level);
 safetensors metadata "gigagen.bundle" holds
 BundleConfig as JSON (nanoGPT habit: a checkpoint carries its model's arguments). Anything a user can
@@ -93,6 +94,13 @@ class BundleConfig:
     # structure: its generator then draws structure, not texture, and the level below learns its own detail
     # (nuclei) from its own pixels. The finest level, the one gigagen slide draws, is never smoothed.
     level_blur: tuple[float, ...] = ()
+    # the autoencoder of every level above the finest when it is not `ae` (`gigagen train --coarse-from B`): the
+    # finest level then lives in a latent of its own, e.g. f4, where a nucleus covers 3-4 latent pixels instead of
+    # the 1-2 of B's f8 (model card, 2026-12-05 f4 probe), while the coarser levels stay B's latents, sampled by B's
+    # denoiser as the coarse network (`coarse`, at every level above the finest), which keeps B's hours of training
+    # on them. Only the finest level is decoded into the slide, by `ae`; this one decodes layout.png.
+    coarse_ae: AutoencoderConfig | None = None
+    coarse_latent_scale: float = 1.0  # latent_scale of coarse_ae's latents
 
     def blur_at(self, level: int) -> float:
         """The smoothing sigma of `level` (level_blur), 0 for none."""
@@ -124,7 +132,14 @@ class BundleConfig:
     @property
     def level_cells(self) -> tuple[int, ...]:
         """Cell side in pixels of every level's array, finest first (the autoencoder's factor for latent levels)."""
-        return level_cells(self.ae.factor, self.ae.latent_ch, len(self.magnifications), self.pixel_levels)
+        coarse = self.coarse_ae.factor if self.coarse_ae is not None else None
+        return level_cells(self.ae.factor, self.ae.latent_ch, len(self.magnifications), self.pixel_levels, coarse)
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        """Channels of every level's array, finest first (pixel levels hold as many as the latent)."""
+        coarse = self.coarse_ae.latent_ch if self.coarse_ae is not None else self.ae.latent_ch
+        return (self.ae.latent_ch,) + (coarse,) * (len(self.magnifications) - 1)
 
     @property
     def parent_factors(self) -> tuple[int, ...]:
@@ -146,7 +161,8 @@ class BundleConfig:
     @property
     def level_scales(self) -> tuple[float, ...]:
         """What each level's raw array (latent, or folded pixels in [-1, 1]) is multiplied by for the denoiser."""
-        return level_scales(self.latent_scale, self.pixel_scale, len(self.magnifications), self.pixel_levels)
+        coarse = self.coarse_latent_scale if self.coarse_ae is not None else None
+        return level_scales(self.latent_scale, self.pixel_scale, len(self.magnifications), self.pixel_levels, coarse)
 
     def to_json(self) -> str:
         return json.dumps({"format_version": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
@@ -157,6 +173,8 @@ class BundleConfig:
         if d.pop("format_version", None) != FORMAT_VERSION:
             raise ValueError("unsupported bundle format version")
         d["ae"] = _dataclass_from(AutoencoderConfig, d["ae"])
+        if d.get("coarse_ae") is not None:
+            d["coarse_ae"] = _dataclass_from(AutoencoderConfig, d["coarse_ae"])
         d["unet"] = _dataclass_from(UNetConfig, d["unet"])
         for net in ("guide", "coarse", "expert"):
             if d.get(net) is not None:
@@ -185,6 +203,11 @@ class ModelBundle:
     level_decoder: Decoder | None = None  # reads config.decoded_level off the latent above it
     coarse: UNet | None = None  # samples config.coarse_levels instead of unet
     expert: UNet | None = None  # samples config.expert_levels from timestep config.expert_from on instead of unet
+    coarse_ae: Autoencoder | None = None  # holds every level above the finest (config.coarse_ae)
+
+    def autoencoder(self, level: int) -> Autoencoder:
+        """The autoencoder whose latent holds `level`: the coarse one above the finest level, when there is one."""
+        return self.coarse_ae if self.coarse_ae is not None and level > 0 else self.ae
 
     def denoiser(self, level: int, t: int | None = None) -> UNet:
         """The network that samples `level` at timestep `t`: the expert at its levels and timesteps, the coarse one
@@ -235,6 +258,7 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("guide_levels must name one or more of the cascade's levels")
     _validate_coarse(cfg)
     _validate_expert(cfg)
+    _validate_coarse_ae(cfg)
 
 
 def _names_levels(levels: tuple[int, ...], cfg: BundleConfig) -> bool:
@@ -242,10 +266,12 @@ def _names_levels(levels: tuple[int, ...], cfg: BundleConfig) -> bool:
     return bool(levels) and set(levels) <= set(range(len(cfg.magnifications)))
 
 
-def _stands_in(net: UNetConfig, cfg: BundleConfig) -> bool:
-    """A network can sample some of the main UNet's steps: the same latent channels and level embeddings, and a
-    tile divisor that divides the main one's (the run's tiling follows the main UNet's)."""
-    return net.latent_ch == cfg.unet.latent_ch and net.n_levels == cfg.unet.n_levels and cfg.unet.divisor % net.divisor == 0
+def _stands_in(net: UNetConfig, cfg: BundleConfig, latent_ch: int | None = None) -> bool:
+    """A network can sample some of the main UNet's steps: the same latent channels (or `latent_ch`, those of the
+    levels it samples) and level embeddings, and a tile divisor that divides the main one's (the run's tiling
+    follows the main UNet's)."""
+    want = cfg.unet.latent_ch if latent_ch is None else latent_ch
+    return net.latent_ch == want and net.n_levels == cfg.unet.n_levels and cfg.unet.divisor % net.divisor == 0
 
 
 def _validate_coarse(cfg: BundleConfig) -> None:
@@ -256,8 +282,9 @@ def _validate_coarse(cfg: BundleConfig) -> None:
         if cfg.coarse_levels:
             raise ValueError("coarse_levels need a coarse network")
         return
-    if not _stands_in(c, cfg):
-        raise ValueError("the coarse UNet must share the main UNet's latent channels and levels, and divide its tile divisor")
+    if not _stands_in(c, cfg, cfg.coarse_ae.latent_ch if cfg.coarse_ae is not None else None):
+        raise ValueError("the coarse UNet must share the main UNet's latent channels (the coarse autoencoder's, with one) "
+                         "and levels, and divide its tile divisor")
     if not _names_levels(cfg.coarse_levels, cfg):
         raise ValueError("coarse_levels must name one or more of the cascade's levels")
 
@@ -280,15 +307,38 @@ def _validate_expert(cfg: BundleConfig) -> None:
         raise ValueError("the expert must read its parent as the main UNet does (conditioning augmentation or not)")
 
 
+def _validate_coarse_ae(cfg: BundleConfig) -> None:
+    """A coarse autoencoder holds every level above the finest as latents, which the coarse network samples, all of
+    them, and the main UNet reads as its parent; without one the main UNet reads its own kind of latent."""
+    ca = cfg.coarse_ae
+    if ca is None:
+        if cfg.unet.cond_channels != cfg.unet.latent_ch:
+            raise ValueError("the UNet reads a parent of other channels than its latent only with a coarse autoencoder")
+        return
+    if cfg.coarse is None or tuple(cfg.coarse_levels) != tuple(range(1, len(cfg.magnifications))):
+        raise ValueError("a coarse autoencoder needs a coarse network that samples every level above the finest")
+    if cfg.coarse.cond_channels != ca.latent_ch or cfg.unet.cond_channels != ca.latent_ch:
+        raise ValueError("the coarse network's parents and the main UNet's parent must be the coarse autoencoder's latents")
+    if cfg.pixel_levels or cfg.decoded_level is not None or cfg.level_blur or cfg.cond_aug:
+        raise ValueError("a coarse autoencoder holds every coarser level as clean latents: no pixel levels, decoded level, "
+                         "level smoothing or conditioning augmentation")
+    if cfg.guide is not None and set(cfg.guide_levels) != {0}:
+        raise ValueError("with a coarse autoencoder a guide can guide the finest level only")
+    if cfg.coarse_latent_scale <= 0:
+        raise ValueError("coarse_latent_scale must be positive")
+
+
 def _networks(ae: Autoencoder, unet: UNet, guide: UNet | None, level_decoder: Decoder | None,
-              coarse: UNet | None, expert: UNet | None = None) -> dict[str, torch.nn.Module]:
+              coarse: UNet | None, expert: UNet | None = None, coarse_ae: Autoencoder | None = None) -> dict[str, torch.nn.Module]:
     """A bundle's networks by tensor prefix (the file's "NAME.*" tensors), the absent ones left out."""
-    named = {"ae": ae, "unet": unet, "guide": guide, "level_decoder": level_decoder, "coarse": coarse, "expert": expert}
+    named = {"ae": ae, "unet": unet, "guide": guide, "level_decoder": level_decoder, "coarse": coarse, "expert": expert,
+             "coarse_ae": coarse_ae}
     return {name: m for name, m in named.items() if m is not None}
 
 
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,
-                level_decoder: Decoder | None = None, coarse: UNet | None = None, expert: UNet | None = None) -> None:
+                level_decoder: Decoder | None = None, coarse: UNet | None = None, expert: UNet | None = None,
+                coarse_ae: Autoencoder | None = None) -> None:
     """Write weights and config atomically (temp file, then rename)."""
     validate_config(cfg)
     if (guide is None) != (cfg.guide is None):
@@ -299,12 +349,25 @@ def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guid
         raise ValueError("an expert network is saved exactly when the configuration names one")
     if (level_decoder is None) != (cfg.decoded_level is None):
         raise ValueError("a level decoder is saved exactly when the configuration names a decoded level")
-    modules = _networks(ae, unet, guide, level_decoder, coarse, expert)
+    if (coarse_ae is None) != (cfg.coarse_ae is None):
+        raise ValueError("a coarse autoencoder is saved exactly when the configuration names one")
+    modules = _networks(ae, unet, guide, level_decoder, coarse, expert, coarse_ae)
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={META_KEY: cfg.to_json()})
     tmp.replace(path)
+
+
+def save_like(path: Path, bundle: ModelBundle, cfg: BundleConfig, **networks: torch.nn.Module | None) -> None:
+    """save_bundle of `bundle`'s networks under the configuration `cfg`, with those named in `networks` (ModelBundle
+    field names: ae, unet, guide, level_decoder, coarse, expert, coarse_ae) replaced: a script or run that changes one
+    part of a bundle keeps every other part."""
+    names = ("ae", "unet", "guide", "level_decoder", "coarse", "expert", "coarse_ae")
+    unknown = set(networks) - set(names)
+    if unknown:
+        raise TypeError(f"not bundle networks: {sorted(unknown)}")
+    save_bundle(path, cfg, *(networks[n] if n in networks else getattr(bundle, n) for n in names))
 
 
 def _file_identity(path: Path, name: str) -> str:
@@ -356,7 +419,8 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
     level_decoder = Decoder(cfg.ae, cfg.level_decoder_noise) if cfg.decoded_level is not None else None
     coarse = UNet(cfg.coarse) if cfg.coarse is not None else None
     expert = UNet(cfg.expert) if cfg.expert is not None else None
-    modules = _networks(ae, unet, guide, level_decoder, coarse, expert)
+    coarse_ae = Autoencoder(cfg.coarse_ae) if cfg.coarse_ae is not None else None
+    modules = _networks(ae, unet, guide, level_decoder, coarse, expert, coarse_ae)
     known = tuple(name + "." for name in modules)
     stray = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
     if stray:
@@ -371,4 +435,4 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
             raise UserError(f"checkpoint {path} does not match its configuration: {first}") from None
     for module in modules.values():
         module.to(device).eval().requires_grad_(False)
-    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse, expert)
+    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse, expert, coarse_ae)

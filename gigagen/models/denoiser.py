@@ -7,6 +7,7 @@ precision. The engine sees numpy arrays in and out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -135,7 +136,7 @@ class BundleRunner:
         # channels-last lets oneDNN/cuDNN pick their fast convolution layouts (7x faster decode on CPU)
         self.bundle.ae.to(memory_format=torch.channels_last)
         self.bundle.unet.to(memory_format=torch.channels_last)
-        for net in (self.bundle.guide, self.bundle.level_decoder, self.bundle.coarse, self.bundle.expert):
+        for net in (self.bundle.guide, self.bundle.level_decoder, self.bundle.coarse, self.bundle.expert, self.bundle.coarse_ae):
             if net is not None:
                 net.to(memory_format=torch.channels_last)
 
@@ -194,8 +195,9 @@ class BundleRunner:
         """The network output sampling uses at x_t (channels-last tensors): with the run's classifier-free guidance
         and autoguidance at this level; cond None (the layout level, or a dropped parent) is the unconditional
         output. Two passes only where guidance != 1 (and the guide's where autoguidance != 1)."""
-        if cond is None:
-            return self._unet(xt, t, level, torch.zeros_like(xt), 0.0)
+        if cond is None:  # zeros of the parent's shape, which the network's null flag tells it to ignore
+            shape = (xt.shape[0], self.bundle.denoiser(level).cfg.cond_channels, *xt.shape[2:])
+            return self._unet(xt, t, level, xt.new_zeros(shape).contiguous(memory_format=torch.channels_last), 0.0)
         out = self._unet(xt, t, level, cond, 1.0)
         w = self.guidance_at(level)
         if w != 1.0:
@@ -214,6 +216,15 @@ class BundleRunner:
         """(1, C, h, w) scaled latent -> (1, 3, h*f, w*f) pixels in [-1, 1]."""
         return self._decode(self.bundle.ae.decoder, z)
 
+    def decode_fn_at(self, level: int) -> Callable[[np.ndarray], np.ndarray]:
+        """decode_fn for `level`'s latent: the coarse autoencoder's decoder and latent scale above the finest level
+        of a bundle that has one (BundleConfig.coarse_ae), else decode_fn."""
+        ae = self.bundle.autoencoder(level)
+        if ae is self.bundle.ae:
+            return self.decode_fn
+        scale = self.bundle.config.coarse_latent_scale
+        return lambda z: self._decode(ae.decoder, z, ae.cfg.latent_ch, scale)
+
     @torch.no_grad()
     def level_decode_fn(self, z: np.ndarray) -> np.ndarray:
         """As decode_fn, with the bundle's level decoder: the pixels of its decoded level from the latent above
@@ -221,13 +232,16 @@ class BundleRunner:
         assert self.bundle.level_decoder is not None, "this bundle has no decoded level"
         return self._decode(self.bundle.level_decoder, z)
 
-    def _decode(self, decoder: torch.nn.Module, z: np.ndarray) -> np.ndarray:
+    @torch.no_grad()
+    def _decode(self, decoder: torch.nn.Module, z: np.ndarray, latent_ch: int | None = None, scale: float | None = None) -> np.ndarray:
+        """z's first latent_ch channels (default the autoencoder's) divided by `scale` (default latent_scale), decoded."""
         zt = self._tensor(z)
-        c = self.bundle.config.ae.latent_ch
+        c = self.bundle.config.ae.latent_ch if latent_ch is None else latent_ch
+        s = self.bundle.config.latent_scale if scale is None else scale
         if zt.shape[1] == c:
-            zt = zt / self.bundle.config.latent_scale
+            zt = zt / s
         else:  # the channels past the latent's are a level decoder's noise: standard normal already, not scaled
-            zt = torch.cat([zt[:, :c] / self.bundle.config.latent_scale, zt[:, c:]], 1)
+            zt = torch.cat([zt[:, :c] / s, zt[:, c:]], 1)
         with self._autocast():
             px = decoder(zt)
         self.counters.decode_calls += 1

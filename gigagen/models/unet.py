@@ -29,6 +29,14 @@ class UNetConfig:
     dropout: float = 0.0
     cond_aug: bool = False  # takes the conditioning's noise timestep (see module docstring)
     head_blocks: int = 0  # extra residual blocks at full resolution before the output (see UNet.head)
+    # channels of the conditioning (the parent level's array); 0 = latent_ch. Differs from latent_ch when the parent
+    # level is held in another autoencoder's latent (BundleConfig.coarse_ae)
+    cond_ch: int = 0
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the parent level the network reads beside its own latent."""
+        return self.cond_ch or self.latent_ch
 
     @property
     def divisor(self) -> int:
@@ -48,7 +56,7 @@ class UNet(nn.Module):
         if cfg.cond_aug:
             # zero-initialised: a network continued from one without it starts out unchanged
             self.cond_aug_emb = zero_init(nn.Linear(cfg.base_ch, emb_dim))
-        self.stem = nn.Conv2d(2 * cfg.latent_ch, chs[0], 3, padding=1)
+        self.stem = nn.Conv2d(cfg.latent_ch + cfg.cond_channels, chs[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         skips = [chs[0]]
@@ -99,7 +107,7 @@ class UNet(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor,
         cond_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x, cond: (B, C, h, w); t: (B,) float; level: (B,) long; cond_mask: (B,) 1/0; cond_t: (B,) float noise
+        """x: (B, C, h, w), cond: (B, cond_channels, h, w); t: (B,) float; level: (B,) long; cond_mask: (B,) 1/0; cond_t: (B,) float noise
         timestep of cond (None = clean) -> (B, C, h, w)."""
         flag = (cond_mask > 0.5).long()
         emb = self._embed(t, level, flag, cond_t)

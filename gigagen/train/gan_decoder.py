@@ -63,7 +63,7 @@ from gigagen.engine.grid import Tiling
 from gigagen.engine.store import LevelSpec, MemoryStore
 from gigagen.engine.tiler import denoise_level, step_plans
 from gigagen.errors import UserError
-from gigagen.models.checkpoint import ModelBundle, load_bundle, save_bundle
+from gigagen.models.checkpoint import ModelBundle, load_bundle, save_like
 from gigagen.models.denoiser import BundleRunner
 from gigagen.models.vae import Autoencoder, Decoder
 from gigagen.sampling.schedules import ddim_timesteps
@@ -139,7 +139,7 @@ def sample_finest(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, in
     (SDEdit, Meng et al. 2022): which noise levels decide what the sample looks like."""
     c = runner.bundle.config
     tiling = Tiling(tile=tile or c.sampling_tile, divisor=c.unet.divisor)
-    store = MemoryStore(LevelSpec(level, shape, c.ae.latent_ch, seed, tiling, runner.cond_noise))
+    store = MemoryStore(LevelSpec(level, shape, c.level_channels[level], seed, tiling, runner.cond_noise))
     timesteps = ddim_timesteps(c.n_train_steps, steps)
     if start is not None:
         z, t0 = start
@@ -418,14 +418,12 @@ def export(path: Path, bundle: ModelBundle, st: GanState, cfg: TrainConfig) -> N
         level_decoder.load_state_dict(mixed_decoder(st.original, st.decoder_ema, cfg.gan_mix))
         rec |= {"level": cfg.decoder_level} | ({"noise_ch": noise, "kl_weight": cfg.decoder_kl} if noise else {})
         training = bundle.config.training | {"level_decoder_gan": rec}
-        save_bundle(path, dataclasses.replace(bundle.config, decoded_level=cfg.decoder_level, level_decoder_noise=noise,
-                                              training=training),
-                    bundle.ae, bundle.unet, bundle.guide, level_decoder, bundle.coarse, bundle.expert)
+        save_like(path, bundle, dataclasses.replace(bundle.config, decoded_level=cfg.decoder_level, level_decoder_noise=noise,
+                                                    training=training), level_decoder=level_decoder)
         return
     ae = mixed_autoencoder(bundle, st.original, st.decoder_ema, cfg.gan_mix)
     training = bundle.config.training | {"decoder_gan": rec}
-    save_bundle(path, dataclasses.replace(bundle.config, ae=st.original.cfg, training=training), ae, bundle.unet, bundle.guide,
-                bundle.level_decoder, bundle.coarse, bundle.expert)
+    save_like(path, bundle, dataclasses.replace(bundle.config, ae=st.original.cfg, training=training), ae=ae)
 
 
 def train_decoder(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> Path:

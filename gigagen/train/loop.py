@@ -28,7 +28,7 @@ from gigagen.engine.decode import stream_decode
 from gigagen.engine.levels import cond_factors, fold, level_cells, level_scales, level_zooms
 from gigagen.engine.nuclei import StampSpec, fit_spec, stamp
 from gigagen.errors import UserError
-from gigagen.models.checkpoint import BundleConfig, load_bundle, read_bundle_config, save_bundle
+from gigagen.models.checkpoint import BundleConfig, load_bundle, read_bundle_config, save_bundle, save_like
 from gigagen.models.denoiser import BundleRunner
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
@@ -111,11 +111,16 @@ class TrainConfig:
     distill: bool = False  # with init_from: learn that bundle's guided output in one pass (gigagen.train.distill)
     level_blur: tuple[float, ...] | None = None  # Gaussian sigma per level before encoding (BundleConfig.level_blur); None: carried, else none
     t_range: tuple[int, int] = (0, 1000)  # the denoiser learns (and is validated) at timesteps lo..hi-1 only: an expert for that part of the schedule
+    # a bundle whose autoencoder holds, and whose denoiser samples, every level above the finest (BundleConfig.coarse_ae):
+    # the run trains only the finest level's denoiser, in its own autoencoder's latent, on parents in that bundle's
+    coarse_from: str | None = None
+    coarse_ae: AutoencoderConfig | None = None  # that bundle's autoencoder configuration (set with coarse_from)
 
     @property
     def cells(self) -> tuple[int, ...]:
         """Cell side in pixels of every level's array, finest first (as BundleConfig.level_cells)."""
-        return level_cells(self.ae.factor, self.ae.latent_ch, len(self.magnifications), self.pixel_levels)
+        coarse = self.coarse_ae.factor if self.coarse_ae is not None else None
+        return level_cells(self.ae.factor, self.ae.latent_ch, len(self.magnifications), self.pixel_levels, coarse)
 
 
 def _device(name: str) -> torch.device:
@@ -177,7 +182,7 @@ def load_training_levels(cfg: TrainConfig, scale: float = 1.0, part: int = 0, wa
                 (0xE1A5, D.ELASTIC_SPACINGS, cfg.elastic_strain)
             img = D.elastic_warp(img, np.random.default_rng([cfg.seed, tag, i, warp]), spacings, strain)
         try:
-            out.append(D.build_levels(img, checked_zooms(cfg.magnifications), cfg.ae.factor))
+            out.append(D.build_levels(img, checked_zooms(cfg.magnifications), max(cfg.cells)))  # whole cells at every level
         except UserError:
             if part == 0:
                 raise
@@ -322,6 +327,10 @@ def load_state(path: Path, cfg: TrainConfig, device: torch.device) -> State:
     blob = torch.load(path, map_location=device, weights_only=False)
     if blob.get("decoder_of"):
         raise UserError(f"--resume: {path} belongs to a --decoder-of {blob['decoder_of']} run; resume it with that option")
+    kept = blob.get("config", {}).get("coarse_from")  # before the weights: its denoiser reads another parent
+    if _resolved(kept) != _resolved(cfg.coarse_from):
+        want = f"--coarse-from {kept}" if kept else "no --coarse-from"
+        raise UserError(f"--resume: {path} belongs to a run with {want}; resume it with the same option")
     st = new_state(cfg, device)
     # a denoiser that has not trained yet may be resized on resume (the autoencoder is kept)
     keys = ("ae", "ae_ema", "opt_ae") + (("unet", "unet_ema", "opt_unet") if blob["unet_step"] else ())
@@ -590,9 +599,11 @@ def denoiser_lr(opt: torch.optim.Optimizer, base_lr: float, warmup_steps: int, s
     return lr
 
 
-def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any], main: Any = None) -> None:
+def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any], main: Any = None, coarse: Any = None) -> None:
     """EMA weights + config as the safetensors bundle `gigagen slide --checkpoint` loads. A guide run
-    (--guide-of, `main` = that bundle) writes the guided bundle whole, with this run's denoiser as its guide."""
+    (--guide-of, `main` = that bundle) writes the guided bundle whole, with this run's denoiser as its guide. A
+    --coarse-from run (`coarse` = that bundle) writes its denoiser and autoencoder for the finest level beside the
+    bundle's autoencoder and denoiser for every coarser level (coarse_cascade)."""
     if main is not None:
         training = main.config.training | {"guide": guide_record(st, cfg) | {"guide_of": Path(st.guide_of).name}}
         levels = tuple(i for i, share in enumerate(cfg.level_probs) if share > 0)  # a guide guides what it learned
@@ -600,23 +611,45 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
                                    sample_tile=cfg.sample_tile or main.config.sample_tile,
                                    cond_aug=main.config.cond_aug if cfg.cond_aug is None else cfg.cond_aug,
                                    guidance=main.config.guidance if cfg.guidance is None else cfg.guidance)
-        save_bundle(path, gcfg, main.ae, main.unet, st.unet_ema, main.level_decoder, main.coarse, main.expert)
+        save_like(path, main, gcfg, guide=st.unet_ema)
         return
     guide, guide_fields = carried_guide(st)
-    coarse, coarse_fields = carried_coarse(st)
+    coarse_net, coarse_fields = carried_coarse(st) if coarse is None else coarse_cascade(coarse)
+    if coarse is None:
+        guidance, steps = st.carried.get("guidance", ()), st.carried.get("steps", ())
+    else:  # the coarser levels sample as in that bundle (the finest level's network is new: unguided)
+        guidance, steps = (1.0,) + coarse.config.guidance_per_level[1:], coarse.config.steps
     bcfg = BundleConfig(
         name=cfg.name, ae=cfg.ae, unet=cfg.unet, prediction="v", latent_scale=float(st.latent_scale or 1.0),
         magnifications=tuple(cfg.magnifications), mpp0=cfg.mpp0, tile=cfg.tile, trained=st.unet_step > 0,
         sample_tile=cfg.sample_tile or st.carried.get("sample_tile"), training=record | st.carried.get("record", {}), **guide_fields,
         cond_aug=st.carried.get("cond_aug", 0) if cfg.cond_aug is None else cfg.cond_aug,
-        guidance=st.carried.get("guidance", ()) if cfg.guidance is None else cfg.guidance,
-        steps=st.carried.get("steps", ()), level_blur=run_blur(cfg, st, None),
+        guidance=guidance if cfg.guidance is None else cfg.guidance, steps=steps, level_blur=run_blur(cfg, st, None),
         pixel_levels=tuple(cfg.pixel_levels), pixel_scale=float(st.pixel_scale or 1.0),
         decoded_level=st.carried["level_decoder"]["level"] if "level_decoder" in st.carried else None,
         nucleus_stamps=StampSpec.from_dict(st.carried["nucleus_stamps"]) if st.carried.get("nucleus_stamps") else None,
         **coarse_fields,
     )
-    save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide, carried_level_decoder(st, cfg), coarse)
+    save_bundle(path, bcfg, st.ae_ema, st.unet_ema, guide, carried_level_decoder(st, cfg), coarse_net,
+                coarse_ae=None if coarse is None else coarse.ae)
+
+
+def coarse_cascade(coarse: Any) -> tuple[UNet, dict[str, Any]]:
+    """A --coarse-from bundle's denoiser, the coarse network of the run's bundle at every level above the finest, and
+    the BundleConfig fields that say so: its autoencoder holds those levels at its latent scale."""
+    c = coarse.config
+    return coarse.unet, {"coarse": c.unet, "coarse_levels": tuple(range(1, len(c.magnifications))), "coarse_ae": c.ae,
+                         "coarse_latent_scale": c.latent_scale}
+
+
+def load_coarse(cfg: TrainConfig, device: torch.device) -> Any:
+    """The --coarse-from bundle (None without one), checked to still be the autoencoder the run was configured with."""
+    if not cfg.coarse_from:
+        return None
+    coarse = load_bundle(Path(cfg.coarse_from), device)
+    if coarse.config.ae != cfg.coarse_ae or tuple(coarse.config.magnifications) != tuple(cfg.magnifications):
+        raise UserError(f"--coarse-from: {cfg.coarse_from} no longer has the autoencoder and levels this run learns its parents in")
+    return coarse
 
 
 def run_blur(cfg: TrainConfig, st: State, guided: Any) -> tuple[float, ...]:
@@ -740,12 +773,13 @@ def encode_image(ae: Autoencoder, rgb: np.ndarray, device: torch.device, dtype: 
 
 def level_array(bundle: Any, rgb: np.ndarray, level: int, device: torch.device = torch.device("cpu")) -> np.ndarray:
     """An (H, W, 3) image as the bundle's denoiser sees it at `level`: smoothed as the bundle says (level_blur),
-    then its latent (encoded in bounded chunks) or, at a pixel level, its folded pixels; times that level's scale."""
+    then its latent (encoded in bounded chunks, by the autoencoder that holds that level: ModelBundle.autoencoder) or, at
+    a pixel level, its folded pixels; times that level's scale."""
     c = bundle.config
     rgb = D.blurred(rgb, c.blur_at(level))  # the bundle's smoothing of that level, as its denoiser learnt it
     if level in c.pixel_levels:
         return fold(D.to_tensor_range(rgb), c.level_cells[level]) * c.level_scales[level]
-    return encode_image(bundle.ae, np.ascontiguousarray(rgb), device, torch.bfloat16) * c.level_scales[level]
+    return encode_image(bundle.autoencoder(level), np.ascontiguousarray(rgb), device, torch.bfloat16) * c.level_scales[level]
 
 
 @dataclass
@@ -768,14 +802,16 @@ class LatentSet:
 
 def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
                log: Callable[[str], None], orientations: int = 8,
-               reread: tuple[int, Reader] | None = None, skip_finest: bool = False, blur: tuple[float, ...] = ()) -> LatentSet:
+               reread: tuple[int, Reader] | None = None, skip_finest: bool = False, blur: tuple[float, ...] = (),
+               coarse_ae: Autoencoder | None = None) -> LatentSet:
     """Every image in its first `orientations` dihedral orientations (the first unjittered, the others
     stain-jittered); variant i is image i // orientations in orientation i % orientations; each level smoothed by
     its `blur` sigma (BundleConfig.level_blur; () = none) after orientation and jitter, before encoding. Pixel levels
     (cfg.pixel_levels) are folded into cells instead of encoded; with `reread` (level K, reader: level_reader),
     level K's pixels are first replaced by the reader's version (its tissue mask stays the real one's; the reader
     also gets the variant's finest image, where nucleus stamps find the real nuclei). With `skip_finest` the
-    finest level is left empty (0 x 0), which `unet_batch` never draws: variants for the coarser levels only."""
+    finest level is left empty (0 x 0), which `unet_batch` never draws: variants for the coarser levels only. With
+    `coarse_ae` (a --coarse-from run) every level above the finest is encoded by that autoencoder instead."""
     cells = cfg.cells
     lats, masks = [], []
     rng = np.random.default_rng(cfg.seed + 1)
@@ -799,7 +835,8 @@ def encode_all(levels: list[D.LevelImages], ae: Autoencoder, cfg: TrainConfig, d
                 if reread is not None and level == reread[0]:
                     jittered = reread[1](jittered, finest)
                 f = cells[level]
-                vl.append(fold(D.to_tensor_range(jittered), f) if level in cfg.pixel_levels else encode_image(ae, jittered, device, dtype))
+                coder = coarse_ae if coarse_ae is not None and level > 0 else ae
+                vl.append(fold(D.to_tensor_range(jittered), f) if level in cfg.pixel_levels else encode_image(coder, jittered, device, dtype))
                 vm.append(D.dihedral(mask, k)[f // 2 :: f, f // 2 :: f])
             lats.append(vl)
             masks.append(vm)
@@ -865,14 +902,16 @@ def augment_cond(cond: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, ab
 
 def validation_latents(cfg: TrainConfig, ae: Autoencoder, latent_scale: float | tuple[float, ...], train: LatentSet, device: torch.device,
                        log: Callable[[str], None], reads: Reads | None = None,
-                       reread: tuple[int, Reader] | None = None, blur: tuple[float, ...] = ()) -> dict[str, LatentSet]:
+                       reread: tuple[int, Reader] | None = None, blur: tuple[float, ...] = (),
+                       coarse_ae: Autoencoder | None = None) -> dict[str, LatentSet]:
     """The scaled latents validation measures: "train", the training images as they are (unrotated,
     unjittered, scale 1: `train`), and "held", the held-out bands, encoded here the same way (none with
     --holdout-frac 0)."""
     splits = {"train": train}
     held = load_training_levels(cfg, part=1, reads=reads) if cfg.holdout_frac > 0 else []
     if held:
-        ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1, reread=reread, blur=blur)
+        ls = encode_all(held, ae, cfg, device, torch.bfloat16, lambda _: None, orientations=1, reread=reread, blur=blur,
+                        coarse_ae=coarse_ae)
         splits["held"] = ls.scaled(latent_scale)
     else:
         log("no held-out band large enough for validation: no bundle-best.safetensors, no early stopping")
@@ -1029,6 +1068,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     st = load_state(run / "state.pt", cfg, device) if resume else new_state(cfg, device)
     # a guide run's bundle, read once: every checkpoint writes it back with the guide beside its denoiser
     guided = load_bundle(Path(cfg.guide_of), device) if cfg.guide_of else None  # load_state checked it is this run's
+    coarse = load_coarse(cfg, device)  # --coarse-from: every level above the finest is that bundle's
     if cfg.guide_of and not resume:
         init_guide(st, guided, Path(cfg.guide_of), cfg)
     elif cfg.init_from and not resume:
@@ -1066,6 +1106,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         record["input_perturbation"] = cfg.input_perturbation
     if cfg.t_range != (0, 1000):
         record["t_range"] = list(cfg.t_range)
+    if coarse is not None:
+        record["coarse_from"] = {"from": coarse.identity, "unet_step": coarse.config.training.get("unet_step"),
+                                 "unet_minutes": coarse.config.training.get("unet_minutes")}
     if cfg.decoded_parents:
         record["decoded_parents"] = True
     if cfg.nucleus_stamps:
@@ -1085,7 +1128,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     def checkpoint() -> None:
         nonlocal last_ckpt
         st.save(run / "state.pt", cfg)
-        export_bundle(run / "bundle.safetensors", cfg, st, current_record(), guided)
+        export_bundle(run / "bundle.safetensors", cfg, st, current_record(), guided, coarse)
         logger.flush()
         last_ckpt = time.monotonic()
 
@@ -1101,7 +1144,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             return
         if improved(score, st.val_best):
             st.val_best, st.val_best_step, st.val_stale = score, st.unet_step, 0
-            export_bundle(run / "bundle-best.safetensors", cfg, st, current_record(), guided)
+            export_bundle(run / "bundle-best.safetensors", cfg, st, current_record(), guided, coarse)
         else:
             st.val_stale += 1
         text = ", ".join(f"{split} {cfg.magnifications[lv]:g}x{' pixels' if lv in cfg.pixel_levels else ''} {v:.4f}"
@@ -1150,7 +1193,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         st.carried["sampled_parents"] = sampled_spec(cfg)  # load_state refuses a resume with other sampled parents
         if any(blur):
             log(f"levels smoothed before encoding, sigma px per level: {list(blur)}")
-        latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, blur=blur)
+        coarse_ae = coarse.ae if coarse is not None else None
+        latents = encode_all(levels + scaled + warped, st.ae_ema, cfg, device, torch.bfloat16, log, reread=reread, blur=blur,
+                             coarse_ae=coarse_ae)
         n_fine = len(latents.latents)  # variants the finest level draws from; coarse warps follow them
         if cfg.coarse_warps:
             bent = [li for k in range(1, cfg.coarse_warps + 1) for li in load_training_levels(cfg, warp=k, reads=reads, coarse=True)]
@@ -1161,14 +1206,16 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         if cfg.pixel_levels and not st.pixel_scale:
             st.pixel_scale = float(1.0 / np.concatenate([v[k].ravel() for v in latents.latents for k in cfg.pixel_levels]).std())
             log(f"pixel_scale = {st.pixel_scale:.4f}")
-        scales = level_scales(st.latent_scale, st.pixel_scale, len(cfg.magnifications), cfg.pixel_levels)
+        scales = level_scales(st.latent_scale, st.pixel_scale, len(cfg.magnifications), cfg.pixel_levels,
+                              coarse.config.latent_scale if coarse is not None else None)
         latents = latents.scaled(scales)
         abar = torch.tensor(cosine_alphas_cumprod(1000), dtype=torch.float32, device=device)
         probs = np.array(cfg.level_probs) / sum(cfg.level_probs)
         udtype = torch.bfloat16 if cfg.unet_precision == "bf16" else torch.float32
         n = len(cfg.inputs)  # variant 8 i is input i unrotated and unjittered at scale 1 (encode_all)
         unrotated = LatentSet([latents.latents[8 * i] for i in range(n)], [latents.masks[8 * i] for i in range(n)])
-        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads, reread, blur), cfg, device, teacher)
+        valset = build_valset(validation_latents(cfg, st.ae_ema, scales, unrotated, device, log, reads, reread, blur, coarse_ae),
+                              cfg, device, teacher)
         del reads  # every variant is built; the levels hold what the decoder steps need
         sampled = None
         if cfg.sampled_parents:
