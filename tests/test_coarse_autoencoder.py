@@ -143,6 +143,15 @@ def test_a_bundle_with_its_own_coarse_network_is_refused_as_b(pair: tuple[Path, 
     assert "coarse network" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--init-from", "--guide-of", "--decoder-of"])
+def test_runs_that_would_read_its_coarser_levels_in_the_wrong_latent_are_refused(
+        pair: tuple[Path, Path], flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = pair[0].parent.parent / "he.png"
+    assert main(["train", str(image), "--out", str(tmp_path / "r"), "--mpp", "0.5", flag, str(pair[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "second autoencoder" in err and not (tmp_path / "r").exists()
+
+
 def test_resume_needs_the_same_coarse_bundle(pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     run = pair[1].parent
     image = pair[0].parent.parent / "he.png"
