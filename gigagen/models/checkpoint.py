@@ -328,12 +328,13 @@ def _validate_coarse_ae(cfg: BundleConfig) -> None:
         raise ValueError("coarse_latent_scale must be positive")
 
 
-def _networks(ae: Autoencoder, unet: UNet, guide: UNet | None, level_decoder: Decoder | None,
-              coarse: UNet | None, expert: UNet | None = None, coarse_ae: Autoencoder | None = None) -> dict[str, torch.nn.Module]:
-    """A bundle's networks by tensor prefix (the file's "NAME.*" tensors), the absent ones left out."""
-    named = {"ae": ae, "unet": unet, "guide": guide, "level_decoder": level_decoder, "coarse": coarse, "expert": expert,
-             "coarse_ae": coarse_ae}
-    return {name: m for name, m in named.items() if m is not None}
+# a bundle's networks in save_bundle's argument order: their ModelBundle fields and tensor prefixes ("NAME.*")
+NETWORKS = ("ae", "unet", "guide", "level_decoder", "coarse", "expert", "coarse_ae")
+
+
+def _networks(*modules: torch.nn.Module | None) -> dict[str, torch.nn.Module]:
+    """A bundle's networks (in NETWORKS order) by tensor prefix, the absent ones left out."""
+    return {name: m for name, m in zip(NETWORKS, modules, strict=True) if m is not None}
 
 
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,
@@ -361,13 +362,11 @@ def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guid
 
 def save_like(path: Path, bundle: ModelBundle, cfg: BundleConfig, **networks: torch.nn.Module | None) -> None:
     """save_bundle of `bundle`'s networks under the configuration `cfg`, with those named in `networks` (ModelBundle
-    field names: ae, unet, guide, level_decoder, coarse, expert, coarse_ae) replaced: a script or run that changes one
-    part of a bundle keeps every other part."""
-    names = ("ae", "unet", "guide", "level_decoder", "coarse", "expert", "coarse_ae")
-    unknown = set(networks) - set(names)
+    field names, NETWORKS) replaced: a script or run that changes one part of a bundle keeps every other part."""
+    unknown = set(networks) - set(NETWORKS)
     if unknown:
         raise TypeError(f"not bundle networks: {sorted(unknown)}")
-    save_bundle(path, cfg, *(networks[n] if n in networks else getattr(bundle, n) for n in names))
+    save_bundle(path, cfg, *(networks[n] if n in networks else getattr(bundle, n) for n in NETWORKS))
 
 
 def _file_identity(path: Path, name: str) -> str:

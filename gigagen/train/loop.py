@@ -112,7 +112,7 @@ class TrainConfig:
     level_blur: tuple[float, ...] | None = None  # Gaussian sigma per level before encoding (BundleConfig.level_blur); None: carried, else none
     t_range: tuple[int, int] = (0, 1000)  # the denoiser learns (and is validated) at timesteps lo..hi-1 only: an expert for that part of the schedule
     # a bundle whose autoencoder holds, and whose denoiser samples, every level above the finest (BundleConfig.coarse_ae):
-    # the run trains only the finest level's denoiser, in its own autoencoder's latent, on parents in that bundle's
+    # the run trains only the finest level's denoiser, in its own autoencoder's latent, on parents in that bundle's latent
     coarse_from: str | None = None
     coarse_ae: AutoencoderConfig | None = None  # that bundle's autoencoder configuration (set with coarse_from)
 
