@@ -172,11 +172,17 @@ def test_a_bundle_the_engine_cannot_sample_is_refused(tmp_path: Path) -> None:
         dict(unet=dataclasses.replace(base.unet, latent_ch=3, cond_ch=3)),  # the main network reads a 3-channel parent
         dict(coarse=dataclasses.replace(coarse_net, latent_ch=3)),  # the coarse network in the wrong latent
         dict(pixel_levels=(1,)),
+        # a guide or an expert of the finest level that would read a parent of the finest latent's channels
+        dict(guide=dataclasses.replace(base.unet, latent_ch=3), guide_levels=(0,), autoguidance=1.5),
+        dict(expert=dataclasses.replace(base.unet, latent_ch=3), expert_levels=(0,), expert_from=500),
     ]
     cfg = tiny_config(**good)
     from gigagen.models.checkpoint import validate_config
 
     validate_config(cfg)
+    fitting = dict(guide=dataclasses.replace(base.unet, latent_ch=3, cond_ch=4), guide_levels=(0,), autoguidance=1.5,
+                   expert=dataclasses.replace(base.unet, latent_ch=3, cond_ch=4), expert_levels=(0,), expert_from=500)
+    validate_config(dataclasses.replace(cfg, **fitting))  # the same, reading the coarse latent: accepted
     for fields in bad:
         with pytest.raises(ValueError):
             validate_config(dataclasses.replace(cfg, **fields))

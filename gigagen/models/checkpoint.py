@@ -303,8 +303,8 @@ def _validate_expert(cfg: BundleConfig) -> None:
         raise ValueError("expert_levels must name one or more of the cascade's levels the main network samples")
     if not 0 < cfg.expert_from < cfg.n_train_steps:
         raise ValueError("expert_from must be a timestep in 1..n_train_steps-1")
-    if e.cond_aug != cfg.unet.cond_aug:
-        raise ValueError("the expert must read its parent as the main UNet does (conditioning augmentation or not)")
+    if e.cond_aug != cfg.unet.cond_aug or e.cond_channels != cfg.unet.cond_channels:
+        raise ValueError("the expert must read its parent as the main UNet does (its channels, conditioning augmentation or not)")
 
 
 def _validate_coarse_ae(cfg: BundleConfig) -> None:
@@ -322,8 +322,8 @@ def _validate_coarse_ae(cfg: BundleConfig) -> None:
     if cfg.pixel_levels or cfg.decoded_level is not None or cfg.level_blur or cfg.cond_aug:
         raise ValueError("a coarse autoencoder holds every coarser level as clean latents: no pixel levels, decoded level, "
                          "level smoothing or conditioning augmentation")
-    if cfg.guide is not None and set(cfg.guide_levels) != {0}:
-        raise ValueError("with a coarse autoencoder a guide can guide the finest level only")
+    if cfg.guide is not None and (set(cfg.guide_levels) != {0} or cfg.guide.cond_channels != ca.latent_ch):
+        raise ValueError("with a coarse autoencoder a guide can guide the finest level only, reading the coarse autoencoder's latents")
     if cfg.coarse_latent_scale <= 0:
         raise ValueError("coarse_latent_scale must be positive")
 
