@@ -126,6 +126,8 @@ def test_scripts_that_rewrite_a_bundle_keep_its_coarse_autoencoder(pair: tuple[P
     (["--level-probs", "0.5,0.5,0"], "finest level only"),
     (["--magnifications", "20,10,5"], "--magnifications"),
     (["--coarse-warps", "2"], "--coarse-warps"),
+    # a UNet whose tiles B's denoiser cannot run (divisor 1 under B's 2): refused before training, not at export
+    (["--unet-mult", "1", "--ae-mult", "1,2", "--latent-ch", "3", "--mpp", "0.5"], "divisor"),
 ])
 def test_refusals_are_one_line(pair: tuple[Path, Path], extra: list[str], said: str, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:

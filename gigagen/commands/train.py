@@ -341,8 +341,8 @@ def _coarse_from_config(args: argparse.Namespace, ae: Any) -> Any:
     unet = UNetConfig(latent_ch=ae.latent_ch, cond_ch=b.ae.latent_ch, n_levels=n, base_ch=args.unet_base, ch_mult=args.unet_mult,
                       num_res_blocks=args.unet_blocks, dropout=args.unet_dropout, head_blocks=args.unet_head_blocks or 0,
                       attn_lowest=not args.unet_no_attn)
-    if args.tile % unet.divisor or b.unet.divisor % unet.divisor:
-        raise UserError(f"--tile must be a multiple of {unet.divisor}, and the UNet's divisor must divide {args.coarse_from}'s ({b.unet.divisor})")
+    if args.tile % unet.divisor or unet.divisor % b.unet.divisor:  # the run's tiling follows the new UNet's divisor
+        raise UserError(f"--tile must be a multiple of {unet.divisor}, and the UNet's divisor a multiple of {args.coarse_from}'s ({b.unet.divisor})")
     return dataclasses.replace(_train_config(args, ae, unet), mpp0=b.mpp0, coarse_from=args.coarse_from, coarse_ae=b.ae)
 
 
