@@ -304,9 +304,9 @@ def _coarse_from_config(args: argparse.Namespace, ae: Any) -> Any:
     """--coarse-from B: a new denoiser for the finest level only, in the run's autoencoder's latent (--ae-* or
     --init-autoencoder), reading parents in B's latent; B's cascade, pixel size and coarser levels are kept as B
     samples them, so B must sample those with its main denoiser from plain latents."""
-    from gigagen.engine.levels import cond_factors, level_cells
-    from gigagen.models.checkpoint import read_bundle_config
+    from gigagen.models.checkpoint import read_bundle_config, validate_config
     from gigagen.models.unet import UNetConfig
+    from gigagen.train.loop import coarse_cascade
 
     others = {"--init-from": args.init_from, "--distill": args.distill, "--sampled-parents": args.sampled_parents,
               "--decoded-parents": args.decoded_parents, "--pixel-levels": args.pixel_levels, "--level-blur": args.level_blur,
@@ -317,10 +317,11 @@ def _coarse_from_config(args: argparse.Namespace, ae: Any) -> Any:
     b = read_bundle_config(Path(args.coarse_from))
     if not b.trained:
         raise UserError(f"--coarse-from: {args.coarse_from} holds an untrained denoiser; its coarser levels would be noise")
-    if (b.pixel_levels or b.decoded_level is not None or b.level_blur or b.cond_aug or b.coarse is not None or b.coarse_ae is not None
-            or (b.guide is not None and set(b.guide_levels) != {0}) or (b.expert is not None and set(b.expert_levels) != {0})):
-        raise UserError(f"--coarse-from: {args.coarse_from} must sample its coarser levels with its main denoiser from plain latents "
-                        "(no pixel levels, decoded level, smoothing, conditioning augmentation, coarse network, or guide or expert there)")
+    # B's coarser levels are kept only if its main denoiser alone samples them (the run's bundle drops B's guide and expert)
+    if (b.coarse is not None or b.coarse_ae is not None or (b.guide is not None and set(b.guide_levels) != {0})
+            or (b.expert is not None and set(b.expert_levels) != {0})):
+        raise UserError(f"--coarse-from: {args.coarse_from} must sample its coarser levels with its main denoiser "
+                        "(no coarse network, coarse autoencoder, or guide or expert there)")
     if args.magnifications and tuple(args.magnifications) != tuple(b.magnifications):
         raise UserError(f"--magnifications: a --coarse-from run keeps {args.coarse_from}'s ({','.join(f'{m:g}' for m in b.magnifications)})")
     args.magnifications = tuple(b.magnifications)
@@ -334,15 +335,16 @@ def _coarse_from_config(args: argparse.Namespace, ae: Any) -> Any:
         if args.resume:
             raise UserError("--init-autoencoder starts a new run; --resume continues one (the run already has its autoencoder)")
         ae = read_bundle_config(Path(args.init_autoencoder)).ae
-    try:
-        cond_factors(tuple(b.magnifications), level_cells(ae.factor, ae.latent_ch, n, (), b.ae.factor))
-    except ValueError as exc:
-        raise UserError(f"--coarse-from: an autoencoder of factor {ae.factor} under {args.coarse_from}'s factor {b.ae.factor}: {exc}") from None
     unet = UNetConfig(latent_ch=ae.latent_ch, cond_ch=b.ae.latent_ch, n_levels=n, base_ch=args.unet_base, ch_mult=args.unet_mult,
                       num_res_blocks=args.unet_blocks, dropout=args.unet_dropout, head_blocks=args.unet_head_blocks or 0,
                       attn_lowest=not args.unet_no_attn)
-    if args.tile % unet.divisor or unet.divisor % b.unet.divisor:  # the run's tiling follows the new UNet's divisor
-        raise UserError(f"--tile must be a multiple of {unet.divisor}, and the UNet's divisor a multiple of {args.coarse_from}'s ({b.unet.divisor})")
+    # the bundle the run will export, checked now as export checks it (cells, tile divisors, B's latents plain), not after training
+    bundle = dataclasses.replace(b, ae=ae, unet=unet, tile=args.tile, sample_tile=None, guide=None, guide_levels=(), autoguidance=1.0,
+                                 expert=None, expert_levels=(), expert_from=0, **coarse_cascade(b))
+    try:
+        validate_config(bundle)
+    except ValueError as exc:
+        raise UserError(f"--coarse-from {args.coarse_from}: {exc}") from None
     return dataclasses.replace(_train_config(args, ae, unet), mpp0=b.mpp0, coarse_from=args.coarse_from, coarse_ae=b.ae)
 
 

@@ -614,7 +614,7 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
         save_like(path, main, gcfg, guide=st.unet_ema)
         return
     guide, guide_fields = carried_guide(st)
-    coarse_net, coarse_fields = carried_coarse(st) if coarse is None else coarse_cascade(coarse)
+    coarse_net, coarse_fields = carried_coarse(st) if coarse is None else (coarse.unet, coarse_cascade(coarse.config))
     if coarse is None:
         guidance, steps = st.carried.get("guidance", ()), st.carried.get("steps", ())
     else:  # the coarser levels sample as in that bundle (the finest level's network is new: unguided)
@@ -634,12 +634,11 @@ def export_bundle(path: Path, cfg: TrainConfig, st: State, record: dict[str, Any
                 coarse_ae=None if coarse is None else coarse.ae)
 
 
-def coarse_cascade(coarse: Any) -> tuple[UNet, dict[str, Any]]:
-    """A --coarse-from bundle's denoiser, the coarse network of the run's bundle at every level above the finest, and
-    the BundleConfig fields that say so: its autoencoder holds those levels at its latent scale."""
-    c = coarse.config
-    return coarse.unet, {"coarse": c.unet, "coarse_levels": tuple(range(1, len(c.magnifications))), "coarse_ae": c.ae,
-                         "coarse_latent_scale": c.latent_scale}
+def coarse_cascade(c: BundleConfig) -> dict[str, Any]:
+    """The BundleConfig fields with which a --coarse-from run's bundle keeps bundle `c`'s coarser levels: `c`'s denoiser as
+    the coarse network at every level above the finest, `c`'s autoencoder holding them at its latent scale."""
+    return {"coarse": c.unet, "coarse_levels": tuple(range(1, len(c.magnifications))), "coarse_ae": c.ae,
+            "coarse_latent_scale": c.latent_scale}
 
 
 def load_coarse(cfg: TrainConfig, device: torch.device) -> Any:
