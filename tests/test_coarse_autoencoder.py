@@ -27,7 +27,7 @@ from gigagen.pipeline import run_schedules
 from gigagen.config import RunConfig
 from gigagen.plan import latent_memory_bytes
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_slide
 from test_train import fake_he
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,8 +94,7 @@ def test_the_coarser_levels_are_sampled_exactly_as_b_samples_them(pair: tuple[Pa
 
 def test_a_slide_of_h_has_b_s_layout(pair: tuple[Path, Path], tmp_path: Path) -> None:
     for name, bundle in (("b", pair[0]), ("h", pair[1])):
-        assert main(["slide", "--checkpoint", str(bundle), "--steps", "3", "--quiet", "--formats", "none", "--size", "256",
-                     "--seed", "4", "--out", str(tmp_path / name)]) == 0
+        tiny_slide(bundle, tmp_path / name)
     run = json.loads((tmp_path / "h" / "run.json").read_text())
     assert [(lv["channels"], lv["cell_px"], lv["made_by"]) for lv in run["levels"]] == [
         (3, 2, "denoiser"), (4, 4, "coarse denoiser"), (4, 4, "coarse denoiser")]
