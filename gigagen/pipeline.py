@@ -173,11 +173,14 @@ def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
 
 def made_by(level: int, mc: Any) -> str:
     """What writes a level: the denoiser (the bundle's coarse denoiser at its levels; with its expert from a timestep
-    on), or at the decoded level the level decoder (with its noise and its nucleus stamps, if any)."""
+    on), or at the decoded level the level decoder (with its noise and its nucleus stamps, if any), or exemplar
+    synthesis guided by it."""
     if level != mc.decoded_level:
         if mc.expert_at(level):
             return f"denoiser, its expert from timestep {mc.expert_from}"
         return "coarse denoiser" if mc.samples_coarse(level) else "denoiser"
+    if mc.exemplar is not None:
+        return f"exemplar synthesis ({mc.exemplar.height}x{mc.exemplar.width} px exemplar) guided by the level decoder"
     extras = [f"{mc.level_decoder_noise} noise channels"] if mc.level_decoder_noise else []
     extras += ["nucleus stamps"] if mc.nucleus_stamps is not None else []
     return "level decoder" + (" with " + " and ".join(extras) if extras else "")
@@ -366,9 +369,10 @@ def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
     def decode(store: Any, parent: Any, factor: int) -> None:
         assert k is not None
         stamps = (mc.nucleus_stamps, job.cfg.seed, k) if mc.nucleus_stamps is not None else None
+        exemplar = (job.runner.exemplar_bank(), mc.exemplar, job.cfg.seed, k) if mc.exemplar is not None else None
         decode_level(store, parent, job.runner.level_decode_fn, ae_factor=mc.ae.factor, cell=mc.level_cells[k],
                      scale=mc.level_scales[k], halo=mc.ae.decode_halo, n_steps=len(job.steps[k]), on_tiles=on_tiles,
-                     stamps=stamps, noise=mc.level_noise(job.cfg.seed))
+                     stamps=stamps, noise=mc.level_noise(job.cfg.seed), exemplar=exemplar)
 
     return with_decoded_level(denoise, k, decode)
 

@@ -292,12 +292,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return _train_config(args, ae, unet)
 
 
-def _one_autoencoder(b: Any, flag: str, path: str) -> None:
+def _can_learn_from(b: Any, flag: str, path: str) -> None:
     """Runs that continue, guide or decode a bundle encode its levels with its one autoencoder; one whose coarser levels
-    are another autoencoder's (--coarse-from) would learn them from the wrong latents."""
+    are another autoencoder's (--coarse-from) would learn them from the wrong latents. Nor can they carry an exemplar
+    (BundleConfig.exemplar)."""
     if b.coarse_ae is not None:
         raise UserError(f"{flag}: {path} holds its coarser levels in a second autoencoder's latent (--coarse-from); "
                         "this run cannot learn from it: train a new --coarse-from run instead")
+    if b.exemplar is not None:  # its level decoder is a plain copy; the run would export it without the exemplar
+        raise UserError(f"{flag}: {path} synthesises level {b.decoded_level} from an exemplar; train from the bundle it "
+                        "was made of, then run scripts/make_exemplar_bundle.py again")
 
 
 def _coarse_from_config(args: argparse.Namespace, ae: Any) -> Any:
@@ -355,7 +359,7 @@ def _config_from_bundle(args: argparse.Namespace) -> Any:
     if args.resume or args.init_autoencoder:
         raise UserError("--init-from starts a new run from a whole bundle; it cannot be combined with --resume or --init-autoencoder")
     b = read_bundle_config(Path(args.init_from))
-    _one_autoencoder(b, "--init-from", args.init_from)
+    _can_learn_from(b, "--init-from", args.init_from)
     if not b.trained:
         raise UserError(f"--init-from: {args.init_from} holds an untrained denoiser; train from scratch instead")
     _take_bundle_tiles(args, b, _magnifications(args.magnifications or tuple(b.magnifications)), new_layout_tile=True)
@@ -412,7 +416,7 @@ def _guide_config(args: argparse.Namespace) -> Any:
     if args.autoguidance < 0:
         raise UserError("--autoguidance must be >= 0")
     b = read_bundle_config(Path(args.guide_of))
-    _one_autoencoder(b, "--guide-of", args.guide_of)
+    _can_learn_from(b, "--guide-of", args.guide_of)
     if not b.trained:
         raise UserError(f"--guide-of: {args.guide_of} holds an untrained denoiser; there is nothing to guide")
     args.pixel_levels = _bundle_pixel_levels(args, b, "--guide-of")
@@ -447,7 +451,7 @@ def _decoder_config(args: argparse.Namespace) -> Any:
     if args.gan_paired and args.decoder_noise:
         raise UserError("--gan-paired teaches a deterministic decoder; a --decoder-noise decoder learns from real pixels through its posterior encoder")
     b = read_bundle_config(Path(args.decoder_of))
-    _one_autoencoder(b, "--decoder-of", args.decoder_of)
+    _can_learn_from(b, "--decoder-of", args.decoder_of)
     if any(not 0 <= t < b.n_train_steps for t in args.gan_paired):
         raise UserError(f"--gan-paired timesteps must be in 0..{b.n_train_steps - 1}")
     args.pixel_levels = _bundle_pixel_levels(args, b, "--decoder-of")

@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from gigagen.engine.exemplar import ExemplarBank, ExemplarSpec, synthesize
 from gigagen.engine.grid import Tile
 from gigagen.engine.levels import fold
 from gigagen.engine.noise import gaussian_region
@@ -95,20 +96,38 @@ def stamped_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: T
     return np.ascontiguousarray(px[oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0].transpose(2, 0, 1))
 
 
+def exemplar_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int, bank: ExemplarBank,
+                    spec: ExemplarSpec, seed: int, level: int) -> np.ndarray:
+    """A tile of a level synthesised from an exemplar (engine.exemplar) -> (3, h, w) uint8: the latent and its decoding
+    (the guide) taken with spec.halo px more on every side (within the level), so the tile equals the untiled level's."""
+    m = spec.halo(factor)
+    h, w = latent.shape[1] * factor, latent.shape[2] * factor
+    big = Tile(max(tile.y0 - m, 0), min(tile.y1 + m, h), max(tile.x0 - m, 0), min(tile.x1 + m, w))
+    guide = decode_region(latent, decode_fn, factor, big, halo).transpose(1, 2, 0)
+    z = np.asarray(latent[:, big.y0 // factor : big.y1 // factor, big.x0 // factor : big.x1 // factor], dtype=np.float32)
+    px = synthesize(bank, z, guide, spec, seed, level, big.y0, big.x0)
+    oy, ox = tile.y0 - big.y0, tile.x0 - big.x0
+    return np.ascontiguousarray(px[oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0].transpose(2, 0, 1))
+
+
 def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int, cell: int, scale: float, halo: int,
                  n_steps: int, on_tiles: Callable[[int], None] | None = None,
-                 stamps: tuple[StampSpec, int, int] | None = None, noise: LevelNoise | None = None) -> None:
+                 stamps: tuple[StampSpec, int, int] | None = None, noise: LevelNoise | None = None,
+                 exemplar: tuple[ExemplarBank, ExemplarSpec, int, int] | None = None) -> None:
     """Write a pixel level that is read off its parent latent of the same magnification instead of sampled
     (BundleConfig.decoded_level): each tile's pixels decoded with `halo` latent px of context (and the level
     decoder's `noise`), rounded to
-    uint8 as training's pixels are, with `stamps` (spec, seed, level) nucleus stamps painted in, folded into
+    uint8 as training's pixels are, with `stamps` (spec, seed, level) nucleus stamps painted in, or with `exemplar`
+    (bank, spec, seed, level) synthesised from an exemplar guided by that decoding, folded into
     cells of `cell` px and scaled; committed as the level's final state n_steps, so the cascade and --resume
     treat it like a sampled level. Nothing to do once committed."""
     if store.completed() >= n_steps:
         return
     for tile in level_tiles(store.spec, n_steps):
         px_tile = Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell)
-        if stamps is None:
+        if exemplar is not None:
+            px = exemplar_region(parent, decode_fn, ae_factor, px_tile, halo, *exemplar)
+        elif stamps is None:
             px = decode_region(parent, decode_fn, ae_factor, px_tile, halo, noise)
         else:
             px = stamped_region(parent, decode_fn, ae_factor, px_tile, halo, *stamps, noise=noise)

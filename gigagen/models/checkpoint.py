@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gigagen.engine.levels import cond_factors, level_cells, level_scales
+from gigagen.engine.exemplar import ExemplarSpec, validate_spec
 from gigagen.engine.nuclei import StampSpec
 from gigagen.errors import UserError
 from gigagen.models.unet import UNet, UNetConfig
@@ -85,6 +86,9 @@ class BundleConfig:
     decoded_level: int | None = None
     # with a decoded level: the nucleus stamps painted into it (gigagen.engine.nuclei; `gigagen train --nucleus-stamps`)
     nucleus_stamps: StampSpec | None = None
+    # the decoded level's nuclei and fibres copied from an exemplar of real pixels at its magnification, guided by
+    # the level decoder's reading of the latent (engine.exemplar; the pixels are the bundle's "exemplar.pixels")
+    exemplar: ExemplarSpec | None = None
     # with a decoded level: standard normal channels its level decoder reads next to the latent, drawn per
     # (seed, level, position) (engine.decode.level_noise), so it draws detail the latent does not fix (0: none)
     level_decoder_noise: int = 0
@@ -182,6 +186,8 @@ class BundleConfig:
         d["magnifications"] = tuple(d["magnifications"])
         if d.get("nucleus_stamps") is not None:
             d["nucleus_stamps"] = StampSpec.from_dict(d["nucleus_stamps"])
+        if d.get("exemplar") is not None:
+            d["exemplar"] = _dataclass_from(ExemplarSpec, d["exemplar"])
         return _dataclass_from(BundleConfig, d)
 
 
@@ -191,6 +197,14 @@ def _dataclass_from(cls: type, d: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class ExemplarPixels(torch.nn.Module):
+    """The exemplar's real pixels (H, W, 3) uint8 as a buffer, so they are saved and loaded with the networks."""
+
+    def __init__(self, spec: ExemplarSpec):
+        super().__init__()
+        self.register_buffer("pixels", torch.zeros(spec.height, spec.width, 3, dtype=torch.uint8))
 
 
 @dataclass
@@ -204,6 +218,7 @@ class ModelBundle:
     coarse: UNet | None = None  # samples config.coarse_levels instead of unet
     expert: UNet | None = None  # samples config.expert_levels from timestep config.expert_from on instead of unet
     coarse_ae: Autoencoder | None = None  # holds every level above the finest (config.coarse_ae)
+    exemplar: ExemplarPixels | None = None  # the decoded level's exemplar (config.exemplar)
 
     def autoencoder(self, level: int) -> Autoencoder:
         """The autoencoder whose latent holds `level`: the coarse one above the finest level, when there is one."""
@@ -252,6 +267,10 @@ def validate_config(cfg: BundleConfig) -> None:
         raise ValueError("nucleus_stamps need a decoded level, a positive radius, window and scale, and a spacing >= 0")
     if cfg.level_decoder_noise < 0 or (cfg.level_decoder_noise and k is None):
         raise ValueError("level_decoder_noise must be >= 0, and 0 without a decoded level")
+    if cfg.exemplar is not None:
+        if k is None or cfg.nucleus_stamps is not None or cfg.level_decoder_noise:
+            raise ValueError("an exemplar needs a decoded level without nucleus stamps or level decoder noise")
+        validate_spec(cfg.exemplar, cfg.ae.factor)
     if cfg.level_blur and (len(cfg.level_blur) != len(cfg.magnifications) or min(cfg.level_blur) < 0 or cfg.level_blur[0] != 0):
         raise ValueError("level_blur must give one sigma >= 0 per level, 0 at the finest (the level gigagen slide draws), or none")
     if cfg.guide is not None and not _names_levels(cfg.guide_levels, cfg):
@@ -329,7 +348,7 @@ def _validate_coarse_ae(cfg: BundleConfig) -> None:
 
 
 # a bundle's networks in save_bundle's argument order: their ModelBundle fields and tensor prefixes ("NAME.*")
-NETWORKS = ("ae", "unet", "guide", "level_decoder", "coarse", "expert", "coarse_ae")
+NETWORKS = ("ae", "unet", "guide", "level_decoder", "coarse", "expert", "coarse_ae", "exemplar")
 
 
 def _networks(*modules: torch.nn.Module | None) -> dict[str, torch.nn.Module]:
@@ -339,7 +358,7 @@ def _networks(*modules: torch.nn.Module | None) -> dict[str, torch.nn.Module]:
 
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,
                 level_decoder: Decoder | None = None, coarse: UNet | None = None, expert: UNet | None = None,
-                coarse_ae: Autoencoder | None = None) -> None:
+                coarse_ae: Autoencoder | None = None, exemplar: ExemplarPixels | None = None) -> None:
     """Write weights and config atomically (temp file, then rename)."""
     validate_config(cfg)
     if (guide is None) != (cfg.guide is None):
@@ -352,7 +371,9 @@ def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guid
         raise ValueError("a level decoder is saved exactly when the configuration names a decoded level")
     if (coarse_ae is None) != (cfg.coarse_ae is None):
         raise ValueError("a coarse autoencoder is saved exactly when the configuration names one")
-    modules = _networks(ae, unet, guide, level_decoder, coarse, expert, coarse_ae)
+    if (exemplar is None) != (cfg.exemplar is None):
+        raise ValueError("exemplar pixels are saved exactly when the configuration names an exemplar")
+    modules = _networks(ae, unet, guide, level_decoder, coarse, expert, coarse_ae, exemplar)
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -419,7 +440,8 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
     coarse = UNet(cfg.coarse) if cfg.coarse is not None else None
     expert = UNet(cfg.expert) if cfg.expert is not None else None
     coarse_ae = Autoencoder(cfg.coarse_ae) if cfg.coarse_ae is not None else None
-    modules = _networks(ae, unet, guide, level_decoder, coarse, expert, coarse_ae)
+    exemplar = ExemplarPixels(cfg.exemplar) if cfg.exemplar is not None else None
+    modules = _networks(ae, unet, guide, level_decoder, coarse, expert, coarse_ae, exemplar)
     known = tuple(name + "." for name in modules)
     stray = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
     if stray:
@@ -434,4 +456,4 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
             raise UserError(f"checkpoint {path} does not match its configuration: {first}") from None
     for module in modules.values():
         module.to(device).eval().requires_grad_(False)
-    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse, expert, coarse_ae)
+    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse, expert, coarse_ae, exemplar)

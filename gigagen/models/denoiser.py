@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from gigagen.engine.condition import cond_noise_std
+from gigagen.engine.exemplar import ExemplarBank, build_bank
 from gigagen.config import per_level
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import ModelBundle
@@ -122,6 +123,7 @@ class BundleRunner:
     autoguidance: float = 1.0
     cond_aug: int | None = None  # None = the bundle's default
     counters: Counters = field(default_factory=Counters)
+    _bank: ExemplarBank | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.guidance, tuple):  # a lone float would silently mean nothing per level
@@ -231,6 +233,24 @@ class BundleRunner:
         (followed by its BundleConfig.level_decoder_noise channels of engine.decode.level_noise, if any)."""
         assert self.bundle.level_decoder is not None, "this bundle has no decoded level"
         return self._decode(self.bundle.level_decoder, z)
+
+    def exemplar_bank(self) -> ExemplarBank:
+        """The bundle's exemplar (BundleConfig.exemplar) prepared for synthesis, built on first use: each orientation
+        encoded into the latent level above the decoded level and read back by the level decoder, as that level is."""
+        if self._bank is None:
+            c = self.bundle.config
+            assert self.bundle.exemplar is not None and c.decoded_level is not None, "this bundle has no exemplar"
+            above = c.decoded_level + 1
+            ae, scale = self.bundle.autoencoder(above), c.level_scales[above]
+
+            def encode(rgb: np.ndarray) -> np.ndarray:
+                x = self._tensor(rgb.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0)
+                with torch.no_grad(), self._autocast():
+                    return ae.encode(x).float()[0].cpu().numpy() * scale
+
+            pixels = self.bundle.exemplar.pixels.cpu().numpy()
+            self._bank = build_bank(pixels, encode, self.level_decode_fn, ae.cfg.factor)
+        return self._bank
 
     @torch.no_grad()
     def _decode(self, decoder: torch.nn.Module, z: np.ndarray, latent_ch: int | None = None, scale: float | None = None) -> np.ndarray:

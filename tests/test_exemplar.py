@@ -1,0 +1,190 @@
+"""Exemplar synthesis (engine.exemplar, BundleConfig.exemplar, scripts/make_exemplar_bundle.py): a decoded pixel level
+whose pixels are copied from an exemplar of real pixels, guided by the level decoder's reading of the latent."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_bundle, tiny_slide
+from gigagen.engine.decode import decode_level, exemplar_region, read_level
+from gigagen.engine.exemplar import ExemplarSpec, build_bank, synthesize
+from gigagen.engine.grid import Tile, Tiling
+from gigagen.engine.levels import fold
+from gigagen.engine.store import DiskStore, LevelSpec
+from gigagen.models.checkpoint import load_bundle, read_bundle_config, save_like
+from gigagen.train import data as D
+from test_decoded_level import DECODED, fake_decode
+from test_train import png  # noqa: F401  (png is a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+F8 = 8
+
+
+def textured(h: int, w: int, seed: int) -> np.ndarray:
+    """An (h, w, 3) uint8 image of smoothed noise: no two patches alike, yet smooth enough that a patch shifted by a
+    pixel or two is a near match, so the seeded jitter wins often (about a fifth of the pixels differ by seed)."""
+    from scipy.ndimage import gaussian_filter
+
+    x = gaussian_filter(np.random.default_rng(seed).uniform(0, 255, (h, w, 3)), (1.5, 1.5, 0))
+    return ((x - x.min()) / (x.max() - x.min()) * 255).astype(np.uint8)
+
+
+def block_encode(rgb: np.ndarray) -> np.ndarray:
+    """A fake encoder for factor 8: each 8 x 8 cell's mean colour and its mean in four quadrants -> (12, h/8, w/8)."""
+    x = rgb.astype(np.float32) / 127.5 - 1.0
+    h, w = x.shape[0] // F8, x.shape[1] // F8
+    quads = x.reshape(h, 2, 4, w, 2, 4, 3).mean((2, 5))  # (h, 2, w, 2, 3)
+    return quads.transpose(1, 3, 4, 0, 2).reshape(12, h, w)
+
+
+@pytest.fixture(scope="module")
+def bank_and_image():
+    img = textured(96, 80, 0)
+    return build_bank(img, block_encode, fake_decode, F8), img
+
+
+def test_the_exemplar_read_back_is_the_exemplar(bank_and_image) -> None:
+    """Given the exemplar's own latent and guide, every patch finds itself (distance 0) and keeps it: the output is
+    the exemplar, pixel for pixel. A wrong offset, gather or paste anywhere would show here."""
+    bank, img = bank_and_image
+    z = block_encode(img)
+    guide = read_level(z, fake_decode, F8)
+    out = synthesize(bank, z, guide, ExemplarSpec(96, 80), seed=1, level=1)
+    np.testing.assert_array_equal(out, img)
+
+
+def test_every_pixel_is_copied_from_the_exemplar_and_the_seed_matters(bank_and_image) -> None:
+    """From another image's latent every output pixel is one of the exemplar's colours (copied, never blended), the
+    same seed gives the same pixels, and another seed (other jitter) changes some of them."""
+    bank, img = bank_and_image
+    z = block_encode(textured(64, 72, 5))
+    guide = read_level(z, fake_decode, F8)
+    spec = ExemplarSpec(96, 80, iters=3)
+    a = synthesize(bank, z, guide, spec, seed=1, level=1)
+    assert a.shape == (64, 72, 3)
+    colours = {tuple(c) for c in img.reshape(-1, 3)}
+    assert all(tuple(c) in colours for c in a.reshape(-1, 3))
+    np.testing.assert_array_equal(synthesize(bank, z, guide, spec, seed=1, level=1), a)
+    assert (synthesize(bank, z, guide, spec, seed=2, level=1) != a).any(-1).mean() > 0.05
+
+
+def test_a_tile_with_its_halo_equals_the_untiled_level(bank_and_image) -> None:
+    """exemplar_region of any f-aligned tile (the guide decoded there with the decoder's halo) equals the same window
+    of the whole level synthesised at once: choices depend only on a bounded neighbourhood and global positions."""
+    bank, _ = bank_and_image
+    spec = ExemplarSpec(96, 80, iters=3)
+    z = block_encode(textured(160, 152, 7))
+    whole = synthesize(bank, z, read_level(z, fake_decode, F8), spec, seed=3, level=1)
+    for tile in (Tile(0, 48, 0, 40), Tile(56, 112, 64, 152), Tile(104, 160, 8, 96)):
+        got = exemplar_region(z, fake_decode, F8, tile, 1, bank, spec, 3, 1).transpose(1, 2, 0)
+        np.testing.assert_array_equal(got, whole[tile.y0 : tile.y1, tile.x0 : tile.x1])
+
+
+def test_decode_level_writes_the_exemplar_level_in_any_tiles(bank_and_image, tmp_path: Path) -> None:
+    """The decoded level written tile by tile into a disk store (grid-shifted tiles) is the folded, scaled whole-level
+    synthesis."""
+    bank, _ = bank_and_image
+    spec = ExemplarSpec(96, 80, iters=2)
+    parent = block_encode(textured(64, 80, 9))  # 8 x 10 latent cells
+    store = DiskStore(LevelSpec(1, (32, 40), 12, seed=3, tiling=Tiling(tile=12, divisor=4)), str(tmp_path / "state"))
+    decode_level(store, parent, fake_decode, ae_factor=F8, cell=2, scale=2.0, halo=1, n_steps=5, exemplar=(bank, spec, 3, 1))
+    whole = synthesize(bank, parent, read_level(parent, fake_decode, F8), spec, seed=3, level=1)
+    want = fold(whole.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0, 2) * 2.0
+    np.testing.assert_allclose(store.view(5)[:, 0:32, 0:40], want, atol=1e-6)
+
+
+def test_bundle_config_checks_the_exemplar(tmp_path: Path) -> None:
+    b = load_bundle(make_bundle(tmp_path / "d.safetensors", decoded_level=1, **DECODED))
+    for bad in (dict(decoded_level=None), dict(exemplar=ExemplarSpec(64, 64, patch=6)), dict(exemplar=ExemplarSpec(8, 64)),
+                dict(level_decoder_noise=2)):
+        fields = dict(exemplar=ExemplarSpec(64, 64)) | bad
+        with pytest.raises(ValueError):
+            save_like(tmp_path / "x.safetensors", b, dataclasses.replace(b.config, **fields))
+    with pytest.raises(ValueError, match="exemplar pixels are saved exactly"):
+        save_like(tmp_path / "x.safetensors", b, dataclasses.replace(b.config, exemplar=ExemplarSpec(64, 64)))
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "make_exemplar_bundle.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_make_exemplar_bundle_and_slide(png: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The script writes a bundle whose level 1 is synthesised from the region's training part at 5x (never its
+    held-out band), with the autoencoder's decoder as level decoder; a slide made with it says so in run.json,
+    and its 5x pixels differ from the plain level decoder's reading."""
+    src = make_bundle(tmp_path / "px.safetensors", **DECODED)
+    out = tmp_path / "ex.safetensors"
+    r = run_script(str(src), "--region", str(png), "--mpp", "0.5", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    b = load_bundle(out)
+    c = b.config
+    assert c.decoded_level == 1 and c.exemplar is not None and c.training["exemplar"]["level"] == 1
+    # the training part of the region at 5x, box-downsampled, cut to whole 5x latent cells (16 px at 20x)
+    region = np.asarray(Image.open(png).convert("RGB"))
+    train_rows = len(D.split_holdout(region, 0.2)[0])
+    h, w = c.exemplar.height, c.exemplar.width
+    assert (h, w) == tuple(b.exemplar.pixels.shape[:2]) and w == 384 // 4 and h == train_rows // 16 * 4 < 102
+    want = region[: 4 * h, : 4 * w].reshape(h, 4, w, 4, 3).mean((1, 3))
+    assert np.abs(b.exemplar.pixels.numpy().astype(float) - want).max() <= 1.0  # box-downsampled, rounded
+    for k, v in b.level_decoder.state_dict().items():
+        assert (v == b.ae.decoder.state_dict()[k]).all()
+    made, px = tiny_slide(out, tmp_path / "slide")
+    assert made[1].startswith("exemplar synthesis") and made[0] == "denoiser"
+    run = json.loads((tmp_path / "slide" / "run.json").read_text())
+    assert run["levels"][1]["made_by"] == made[1]
+    assert px.shape == (256, 256, 3)
+
+
+@pytest.fixture(scope="module")
+def exemplar_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(region PNG, an exemplar bundle made of it)."""
+    from test_train import fake_he
+
+    d = tmp_path_factory.mktemp("exemplar")
+    region = d / "he.png"
+    Image.fromarray(fake_he()).save(region)
+    out = d / "ex.safetensors"
+    r = run_script(str(make_bundle(d / "px.safetensors", **DECODED)), "--region", str(region), "--mpp", "0.5", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return region, out
+
+
+@pytest.mark.parametrize("flag", ["--init-from", "--guide-of", "--decoder-of"])
+def test_runs_that_would_drop_the_exemplar_are_refused(exemplar_bundle: tuple[Path, Path], flag: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A training run exports a bundle of its own networks and would lose the exemplar (keeping a plain copy of the
+    autoencoder's decoder as level decoder): refused before anything is written, one line, exit code 2."""
+    from gigagen.cli import main
+
+    region, bundle = exemplar_bundle
+    assert main(["train", str(region), "--out", str(tmp_path / "r"), "--mpp", "0.5", flag, str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exemplar" in err and not (tmp_path / "r").exists()
+
+
+def test_make_exemplar_bundle_refuses_bad_input(png: Path, tmp_path: Path) -> None:  # noqa: F811
+    """One line and exit code 2: an existing --out (left untouched), a bundle without a pixel level under its latent,
+    a --coarse-of bundle of another cascade."""
+    src = make_bundle(tmp_path / "px.safetensors", **DECODED)
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"mine")
+    r = run_script(str(src), "--region", str(png), "--mpp", "0.5", "--out", str(taken))
+    assert r.returncode == 2 and "exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert taken.read_bytes() == b"mine"
+    plain = make_bundle(tmp_path / "plain.safetensors")
+    r = run_script(str(plain), "--region", str(png), "--mpp", "0.5", "--out", str(tmp_path / "a.safetensors"))
+    assert r.returncode == 2 and "pixel level" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_script(str(src), "--region", str(png), "--mpp", "0.5", "--coarse-of", str(plain), "--out", str(tmp_path / "b.safetensors"))
+    assert r.returncode == 2 and "--coarse-of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
+    assert read_bundle_config(src).exemplar is None
