@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from gigagen.engine.exemplar import ExemplarSpec  # noqa: E402
 from gigagen.engine.levels import level_zooms  # noqa: E402
 from gigagen.errors import UserError  # noqa: E402
-from gigagen.models.checkpoint import BundleConfig, ExemplarPixels, ModelBundle, load_bundle, save_like  # noqa: E402
+from gigagen.models.checkpoint import BundleConfig, ExemplarPixels, ModelBundle, fresh_path, load_bundle, save_new  # noqa: E402
 from gigagen.models.unet import UNet  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
@@ -97,9 +97,7 @@ def main() -> int:
     p.add_argument("--out", required=True, help="the new bundle (must not exist)")
     args = p.parse_args()
     try:
-        out = Path(args.out)
-        if out.exists():
-            raise UserError(f"{out} exists; choose a new --out (the original is never overwritten)")
+        out = fresh_path(args.out)
         bundle = load_bundle(Path(args.bundle))
         c = bundle.config
         k = pixel_level(c)
@@ -113,10 +111,7 @@ def main() -> int:
             "exemplar": {"region": Path(args.region).name, "level": k, "height": spec.height, "width": spec.width}}
         cfg = dataclasses.replace(c, name=args.name or f"{c.name}-exemplar", decoded_level=k, level_decoder_noise=0,
                                   nucleus_stamps=None, exemplar=spec, **fields)
-        try:
-            save_like(out, bundle, cfg, level_decoder=decoder, exemplar=pixels, **nets)
-        except ValueError as exc:
-            raise UserError(f"refused: {exc}") from None
+        save_new(out, bundle, cfg, level_decoder=decoder, exemplar=pixels, **nets)
     except UserError as exc:
         print(f"make_exemplar_bundle: {exc}", file=sys.stderr)
         return 2

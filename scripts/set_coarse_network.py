@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.errors import UserError  # noqa: E402
-from gigagen.models.checkpoint import ModelBundle, load_bundle, save_like  # noqa: E402
+from gigagen.models.checkpoint import ModelBundle, fresh_path, load_bundle, save_new  # noqa: E402
 
 
 def same_autoencoder(a: ModelBundle, b: ModelBundle) -> bool:
@@ -47,10 +47,7 @@ def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
     record = {"from": run.identity, "levels": list(r.guide_levels), "network": dataclasses.asdict(r.guide),
               "training": r.training.get("guide", {})}
     cfg = dataclasses.replace(c, coarse=r.guide, coarse_levels=tuple(r.guide_levels), training=c.training | {"coarse": record})
-    try:
-        save_like(out, bundle, cfg, coarse=run.guide)
-    except ValueError as exc:  # validate_config: a network this bundle's tiling cannot run
-        raise UserError(f"refused: {exc}") from None
+    save_new(out, bundle, cfg, coarse=run.guide)
 
 
 def install_main(doc: str, from_help: str, put: Callable[[ModelBundle, ModelBundle, Path, Path], None],
@@ -64,9 +61,7 @@ def install_main(doc: str, from_help: str, put: Callable[[ModelBundle, ModelBund
     p.add_argument("--out", required=True, help="the new bundle (must not exist)")
     args = p.parse_args()
     try:
-        out = Path(args.out)
-        if out.exists():
-            raise UserError(f"{out} exists; choose a new --out (the original is never overwritten)")
+        out = fresh_path(args.out)
         bundle, run = load_bundle(Path(args.bundle)), load_bundle(Path(args.run))
         put(bundle, run, Path(args.run), out)
     except UserError as exc:

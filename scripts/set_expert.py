@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from set_coarse_network import install_main, same_autoencoder  # noqa: E402
 
 from gigagen.errors import UserError  # noqa: E402
-from gigagen.models.checkpoint import ModelBundle, save_like  # noqa: E402
+from gigagen.models.checkpoint import ModelBundle, save_new  # noqa: E402
 
 RUN_RECORD = ("unet_step", "unet_minutes", "level_probs", "validation", "denoiser_from", "unet_dropout", "scale_aug",
               "elastic_aug", "elastic_strain")
@@ -43,10 +43,7 @@ def with_expert(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
     record = {"from": run.identity, "t_range": [lo, hi], "levels": list(levels),
               "training": {k: r.training[k] for k in RUN_RECORD if k in r.training}}
     cfg = dataclasses.replace(c, expert=r.unet, expert_levels=levels, expert_from=lo, training=c.training | {"expert": record})
-    try:
-        save_like(out, bundle, cfg, expert=run.unet)
-    except ValueError as exc:  # validate_config: levels the coarse network samples, a network the tiling cannot run
-        raise UserError(f"refused: {exc}") from None
+    save_new(out, bundle, cfg, expert=run.unet)
 
 
 def main() -> int:

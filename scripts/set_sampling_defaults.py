@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from gigagen.config import comma_floats, comma_ints, per_level  # noqa: E402
 from gigagen.errors import UserError  # noqa: E402
-from gigagen.models.checkpoint import load_bundle, save_like  # noqa: E402
+from gigagen.models.checkpoint import fresh_path, load_bundle, save_new  # noqa: E402
 
 
 def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
@@ -50,9 +50,7 @@ def main() -> int:
     p.add_argument("--cond-aug", type=int, default=None)
     args = p.parse_args()
     try:
-        out = Path(args.out)
-        if out.exists():
-            raise UserError(f"{out} exists; choose a new --out (the original is never overwritten)")
+        out = fresh_path(args.out)
         bundle = load_bundle(Path(args.bundle))
         c = bundle.config
         new = changes(args, len(c.magnifications))
@@ -60,10 +58,7 @@ def main() -> int:
             raise UserError("nothing to change: give --guidance, --steps, --autoguidance, --sample-tile or --cond-aug")
         record = {"from": bundle.identity, "changed": {k: list(v) if isinstance(v, tuple) else v for k, v in new.items()}}
         cfg = dataclasses.replace(c, **new, training=c.training | {"sampling_defaults": record})
-        try:
-            save_like(out, bundle, cfg)
-        except ValueError as exc:  # validate_config: a default the bundle cannot apply
-            raise UserError(f"refused: {exc}") from None
+        save_new(out, bundle, cfg)
     except UserError as exc:
         print(f"set_sampling_defaults: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ class ExemplarSpec:
     candidates: int = 8
     guide_weight: float = 1.0
     jitter: int = 2
+    coherence: float = 0.0  # a neighbour's source, continued, costs 1 / (1 + coherence) of its distance
 
     @property
     def stride(self) -> int:
@@ -193,8 +194,9 @@ def synthesize(bank: ExemplarBank, z: np.ndarray, guide: np.ndarray, spec: Exemp
                             seeds[..., 2] * f + (gx - cx * f)[None, :, None])
     target = _grid_patches(torch.from_numpy(guide.astype(np.float32) / 127.5 - 1.0), n_y, n_x, s, p)
 
-    def choose(src: tuple[torch.Tensor, ...], current: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Per patch, the candidate of least guide distance (times guide_weight) plus distance to `current`."""
+    def choose(src: tuple[torch.Tensor, ...], current: torch.Tensor | None, discount: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Per patch, the candidate of least guide distance (times guide_weight) plus distance to `current`, times
+        `discount` per candidate."""
         picks = []
         for r in range(0, n_y, rows):
             o, y, x = (t[r : r + rows] for t in src)
@@ -202,7 +204,7 @@ def synthesize(bank: ExemplarBank, z: np.ndarray, guide: np.ndarray, spec: Exemp
             c = spec.guide_weight * ((cand[..., 3:] - target[r : r + rows, :, None]) ** 2).mean((-1, -2))
             if current is not None:
                 c = c + ((cand[..., :3] - current[r : r + rows, :, None]) ** 2).mean((-1, -2))
-            picks.append(c.argmin(-1, keepdim=True))
+            picks.append((c if discount is None else c * discount).argmin(-1, keepdim=True))
         i = torch.cat(picks)
         return tuple(t.gather(-1, i)[..., 0] for t in src)
 
@@ -211,6 +213,8 @@ def synthesize(bank: ExemplarBank, z: np.ndarray, guide: np.ndarray, spec: Exemp
     kx = (x0 // s + torch.arange(n_x))[None, :, None]
     j = torch.arange(4)
     still = torch.zeros(n_y, n_x, 1, dtype=torch.long)
+    k = seed_src[0].shape[-1]
+    discount = torch.cat([torch.ones(k), torch.full((4,), 1.0 / (1.0 + spec.coherence)), torch.ones(5)])
     for it in range(spec.iters):
         current = _grid_patches(_paste(gather(*cur)[..., :3], s, h, w), n_y, n_x, s, p)
         parts = [seed_src]
@@ -221,7 +225,7 @@ def synthesize(bank: ExemplarBank, z: np.ndarray, guide: np.ndarray, spec: Exemp
         jx = _hash(seed, level, it, ky, kx, j + 4) % (2 * spec.jitter + 1) - spec.jitter
         parts.append((cur[0][..., None].expand(-1, -1, 5), cur[1][..., None] + torch.cat([jy, still], -1),
                       cur[2][..., None] + torch.cat([jx, still], -1)))
-        cur = choose(gather.clamp(*(torch.cat([q[i] for q in parts], -1) for i in range(3))), current)
+        cur = choose(gather.clamp(*(torch.cat([q[i] for q in parts], -1) for i in range(3))), current, discount)
     out = _paste(gather(*cur)[..., :3], s, h, w)
     return ((out.numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
 

@@ -390,6 +390,23 @@ def save_like(path: Path, bundle: ModelBundle, cfg: BundleConfig, **networks: to
     save_bundle(path, cfg, *(networks[n] if n in networks else getattr(bundle, n) for n in NETWORKS))
 
 
+def fresh_path(path: str | Path) -> Path:
+    """`path` for a new bundle, or a UserError when a file is there: scripts that rewrite a bundle never overwrite one."""
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"{path} exists; choose a new --out (the original is never overwritten)")
+    return path
+
+
+def save_new(path: str | Path, bundle: ModelBundle, cfg: BundleConfig, **networks: torch.nn.Module | None) -> None:
+    """save_like into a new file (fresh_path); a configuration validate_config refuses is a one-line UserError."""
+    path = fresh_path(path)
+    try:
+        save_like(path, bundle, cfg, **networks)
+    except ValueError as exc:  # e.g. a network this bundle's tiling cannot run, levels another network samples
+        raise UserError(f"refused: {exc}") from None
+
+
 def _file_identity(path: Path, name: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
