@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gigagen.engine.grid import dihedral
+
 Encode = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> the level's scaled latent (C, H/f, W/f)
 Decode = Callable[[np.ndarray], np.ndarray]  # (1, C, h, w) scaled latent -> (1, 3, h*f, w*f) in [-1, 1]
 ORIENTATIONS = 8
@@ -61,16 +63,10 @@ class ExemplarSpec:
 def validate_spec(spec: ExemplarSpec, factor: int) -> None:
     if spec.patch < 4 or spec.patch % 4 or factor % spec.stride:
         raise ValueError(f"exemplar patch must be a multiple of 4 whose half divides the autoencoder factor {factor}")
-    if spec.iters < 0 or spec.candidates < 1 or spec.jitter < 0 or spec.guide_weight < 0:
-        raise ValueError("exemplar iters, jitter and guide_weight must be >= 0 and candidates >= 1")
+    if min(spec.iters, spec.jitter, spec.guide_weight, spec.coherence) < 0 or spec.candidates < 1:
+        raise ValueError("exemplar iters, jitter, guide_weight and coherence must be >= 0 and candidates >= 1")
     if min(spec.height, spec.width) < 4 * factor:
         raise ValueError(f"the exemplar must be at least {4 * factor} px on each side")
-
-
-def dihedral(a: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 flips/rotations of an (H, W, ...) array."""
-    a = np.rot90(a, k % 4)
-    return a[:, ::-1] if k >= 4 else a
 
 
 def cell_features(z: np.ndarray) -> np.ndarray:
@@ -173,6 +169,7 @@ def _nearest_cells(bank: ExemplarBank, z: np.ndarray, k: int, chunk: int = 2048)
     """(h, w, k) bank rows of the k exemplar cells whose latent neighbourhoods are nearest each cell of z's."""
     q = torch.from_numpy(cell_features(z))
     k = min(k, bank.features.shape[0])
+    # squared distance less the query's own norm, which is the same along a row and cannot change its order
     out = [((-2 * part) @ bank.features.T + bank.sq_norms[None]).topk(k, dim=1, largest=False).indices
            for part in q.split(chunk)]
     return torch.cat(out).reshape(z.shape[1], z.shape[2], k)
@@ -213,7 +210,7 @@ def synthesize(bank: ExemplarBank, z: np.ndarray, guide: np.ndarray, spec: Exemp
     kx = (x0 // s + torch.arange(n_x))[None, :, None]
     j = torch.arange(4)
     still = torch.zeros(n_y, n_x, 1, dtype=torch.long)
-    k = seed_src[0].shape[-1]
+    k = seed_src[0].shape[-1]  # candidates per pass, in `parts` order: k seeds, 4 neighbours' sources, 4 jitters, itself
     discount = torch.cat([torch.ones(k), torch.full((4,), 1.0 / (1.0 + spec.coherence)), torch.ones(5)])
     for it in range(spec.iters):
         current = _grid_patches(_paste(gather(*cur)[..., :3], s, h, w), n_y, n_x, s, p)

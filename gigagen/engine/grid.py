@@ -134,3 +134,10 @@ def coverage(shape: tuple[int, int], tiles: list[Tile]) -> np.ndarray:
     for t in tiles:
         count[t.y0 : t.y1, t.x0 : t.x1] += 1
     return count
+
+
+def dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of the leading two axes (k in 0..7)."""
+    if k & 4:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(np.rot90(a, k & 3, axes=(0, 1)))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gigagen.engine.grid import dihedral  # noqa: F401  (training's augmentation; engine.exemplar's orientations)
 from gigagen.engine.nuclei import stained
 from gigagen.errors import UserError
 
@@ -129,13 +130,6 @@ def split_holdout(rgb: np.ndarray, frac: float) -> tuple[np.ndarray, np.ndarray]
     """
     cut = int(round(rgb.shape[0] * (1.0 - frac)))
     return rgb[:cut], rgb[cut:]
-
-
-def dihedral(a: np.ndarray, k: int) -> np.ndarray:
-    """One of the 8 flips/rotations of the leading two axes (k in 0..7)."""
-    if k & 4:
-        a = a[:, ::-1]
-    return np.ascontiguousarray(np.rot90(a, k & 3, axes=(0, 1)))
 
 
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.05) -> np.ndarray:
