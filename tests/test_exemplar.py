@@ -77,13 +77,13 @@ def test_every_pixel_is_copied_from_the_exemplar_and_the_seed_matters(bank_and_i
 
 
 def test_a_tile_with_its_halo_equals_the_untiled_level(bank_and_image) -> None:
-    """exemplar_region of any f-aligned tile (the guide decoded there with the decoder's halo) equals the same window
+    """exemplar_region of any tile, aligned to the latent or not (the guide decoded there with the decoder's halo), equals the same window
     of the whole level synthesised at once: choices depend only on a bounded neighbourhood and global positions."""
     bank, _ = bank_and_image
     spec = ExemplarSpec(96, 80, iters=3)
     z = block_encode(textured(160, 152, 7))
     whole = synthesize(bank, z, read_level(z, fake_decode, F8), spec, seed=3, level=1)
-    for tile in (Tile(0, 48, 0, 40), Tile(56, 112, 64, 152), Tile(104, 160, 8, 96)):
+    for tile in (Tile(0, 48, 0, 40), Tile(56, 112, 64, 152), Tile(104, 160, 8, 96), Tile(60, 100, 68, 130)):  # last: unaligned
         got = exemplar_region(z, fake_decode, F8, tile, 1, bank, spec, 3, 1).transpose(1, 2, 0)
         np.testing.assert_array_equal(got, whole[tile.y0 : tile.y1, tile.x0 : tile.x1])
 

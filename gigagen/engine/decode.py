@@ -99,10 +99,12 @@ def stamped_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: T
 def exemplar_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int, bank: ExemplarBank,
                     spec: ExemplarSpec, seed: int, level: int) -> np.ndarray:
     """A tile of a level synthesised from an exemplar (engine.exemplar) -> (3, h, w) uint8: the latent and its decoding
-    (the guide) taken with spec.halo px more on every side (within the level), so the tile equals the untiled level's."""
+    (the guide) taken with spec.halo px more on every side (within the level) and out to whole latent cells, so the
+    synthesis sees whole cells on the level's global patch grid and the tile equals the untiled level's."""
     m = spec.halo(factor)
     h, w = latent.shape[1] * factor, latent.shape[2] * factor
-    big = Tile(max(tile.y0 - m, 0), min(tile.y1 + m, h), max(tile.x0 - m, 0), min(tile.x1 + m, w))
+    down, up = (lambda v: max(v - m, 0) // factor * factor), (lambda v, n: min(-(-(v + m) // factor) * factor, n))
+    big = Tile(down(tile.y0), up(tile.y1, h), down(tile.x0), up(tile.x1, w))
     guide = decode_region(latent, decode_fn, factor, big, halo).transpose(1, 2, 0)
     z = np.asarray(latent[:, big.y0 // factor : big.y1 // factor, big.x0 // factor : big.x1 // factor], dtype=np.float32)
     px = synthesize(bank, z, guide, spec, seed, level, big.y0, big.x0)
