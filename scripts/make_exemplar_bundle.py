@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import dataclasses
 import sys
 from pathlib import Path
@@ -54,9 +55,7 @@ def exemplar_pixels(c: BundleConfig, k: int, region: Path, mpp: float | None) ->
     """The training part of `region` (without the bundle's held-out band) at level k's magnification."""
     frac = float(c.training.get("holdout_frac", 0.2))
     train, _ = split_reference(region, frac, mpp, c.mpp0)
-    zoom = 1
-    for z in level_zooms(tuple(c.magnifications))[:k]:
-        zoom *= z
+    zoom = math.prod(level_zooms(tuple(c.magnifications))[:k])  # from the finest magnification to level k's
     m = zoom * c.ae.factor
     rgb = D.downsample(train[: train.shape[0] // m * m, : train.shape[1] // m * m], zoom) if zoom > 1 else train
     spec = ExemplarSpec(rgb.shape[0], rgb.shape[1])
