@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from gigagen.engine.exemplar import ExemplarSpec  # noqa: E402
 from gigagen.engine.levels import level_zooms  # noqa: E402
-from gigagen.errors import UserError  # noqa: E402
+from gigagen.errors import UserError, script_exit  # noqa: E402
 from gigagen.models.checkpoint import BundleConfig, ExemplarPixels, ModelBundle, fresh_path, load_bundle, save_new  # noqa: E402
 from gigagen.models.unet import UNet  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
@@ -95,7 +95,8 @@ def main() -> int:
     p.add_argument("--name", default=None, help="the new bundle's name (default: BUNDLE's with -exemplar)")
     p.add_argument("--out", required=True, help="the new bundle (must not exist)")
     args = p.parse_args()
-    try:
+
+    def body() -> str:
         out = fresh_path(args.out)
         bundle = load_bundle(Path(args.bundle))
         c = bundle.config
@@ -111,12 +112,9 @@ def main() -> int:
         cfg = dataclasses.replace(c, name=args.name or f"{c.name}-exemplar", decoded_level=k, level_decoder_noise=0,
                                   nucleus_stamps=None, exemplar=spec, **fields)
         save_new(out, bundle, cfg, level_decoder=decoder, exemplar=pixels, **nets)
-    except UserError as exc:
-        print(f"make_exemplar_bundle: {exc}", file=sys.stderr)
-        return 2
-    new = load_bundle(out)
-    print(f"{out}: {new.identity} (level {k} from a {spec.height}x{spec.width} px exemplar)")
-    return 0
+        return f"{out}: {load_bundle(out).identity} (level {k} from a {spec.height}x{spec.width} px exemplar)"
+
+    return script_exit("make_exemplar_bundle", body)
 
 
 if __name__ == "__main__":

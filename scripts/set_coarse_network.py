@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gigagen.errors import UserError  # noqa: E402
+from gigagen.errors import UserError, script_exit  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, fresh_path, load_bundle, save_new  # noqa: E402
 
 
@@ -60,16 +60,15 @@ def install_main(doc: str, from_help: str, put: Callable[[ModelBundle, ModelBund
     p.add_argument("--from", dest="run", required=True, help=from_help)
     p.add_argument("--out", required=True, help="the new bundle (must not exist)")
     args = p.parse_args()
-    try:
+
+    def body() -> str:
         out = fresh_path(args.out)
         bundle, run = load_bundle(Path(args.bundle)), load_bundle(Path(args.run))
         put(bundle, run, Path(args.run), out)
-    except UserError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    new = load_bundle(out)
-    print(f"{out}: {new.identity} ({describe(new, run)})")
-    return 0
+        new = load_bundle(out)
+        return f"{out}: {new.identity} ({describe(new, run)})"
+
+    return script_exit(prog, body)
 
 
 def main() -> int:

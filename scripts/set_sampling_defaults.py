@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.config import comma_floats, comma_ints, per_level  # noqa: E402
-from gigagen.errors import UserError  # noqa: E402
+from gigagen.errors import UserError, script_exit  # noqa: E402
 from gigagen.models.checkpoint import fresh_path, load_bundle, save_new  # noqa: E402
 
 
@@ -49,7 +49,8 @@ def main() -> int:
     p.add_argument("--sample-tile", type=int, default=None)
     p.add_argument("--cond-aug", type=int, default=None)
     args = p.parse_args()
-    try:
+
+    def body() -> str:
         out = fresh_path(args.out)
         bundle = load_bundle(Path(args.bundle))
         c = bundle.config
@@ -59,11 +60,9 @@ def main() -> int:
         record = {"from": bundle.identity, "changed": {k: list(v) if isinstance(v, tuple) else v for k, v in new.items()}}
         cfg = dataclasses.replace(c, **new, training=c.training | {"sampling_defaults": record})
         save_new(out, bundle, cfg)
-    except UserError as exc:
-        print(f"set_sampling_defaults: {exc}", file=sys.stderr)
-        return 2
-    print(f"{out}: {load_bundle(out).identity} ({', '.join(f'{k} {v}' for k, v in record['changed'].items())})")
-    return 0
+        return f"{out}: {load_bundle(out).identity} ({', '.join(f'{k} {v}' for k, v in record['changed'].items())})"
+
+    return script_exit("set_sampling_defaults", body)
 
 
 if __name__ == "__main__":
