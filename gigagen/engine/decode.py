@@ -83,17 +83,28 @@ def level_tiles(spec: LevelSpec, n_steps: int) -> list[Tile]:
     return [t for batch in step_batches(spec, n_steps - 1) for t in batch]
 
 
+def _widened(tile: Tile, margin: int, factor: int, latent: np.ndarray) -> Tile:
+    """`tile` with `margin` px more on every side, out to whole latent cells, within the level: the context a
+    post-processed tile needs to equal the untiled level's."""
+    h, w = latent.shape[1] * factor, latent.shape[2] * factor
+    down = lambda v: max(v - margin, 0) // factor * factor  # noqa: E731
+    up = lambda v, n: min(-(-(v + margin) // factor) * factor, n)  # noqa: E731
+    return Tile(down(tile.y0), up(tile.y1, h), down(tile.x0), up(tile.x1, w))
+
+
+def _crop(px: np.ndarray, big: Tile, tile: Tile) -> np.ndarray:
+    """(H, W, 3) pixels of `big` -> (3, h, w) of `tile` inside it."""
+    oy, ox = tile.y0 - big.y0, tile.x0 - big.x0
+    return np.ascontiguousarray(px[oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0].transpose(2, 0, 1))
+
+
 def stamped_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int, stamps: StampSpec,
                    seed: int, level: int, noise: LevelNoise | None = None) -> np.ndarray:
     """decode_region with nucleus stamps painted at centres sampled for (seed, level) (engine.nuclei): decoded with
     `stamps.halo` px more on every side (within the latent), so the tile equals the untiled level's."""
-    m = -(-stamps.halo // factor) * factor
-    h, w = latent.shape[1] * factor, latent.shape[2] * factor
-    big = Tile(max(tile.y0 - m, 0), min(tile.y1 + m, h), max(tile.x0 - m, 0), min(tile.x1 + m, w))
+    big = _widened(tile, stamps.halo, factor, latent)
     px = decode_region(latent, decode_fn, factor, big, halo, noise).transpose(1, 2, 0)
-    px = sampled_stamps(np.ascontiguousarray(px), stamps, seed, level, big.y0, big.x0)
-    oy, ox = tile.y0 - big.y0, tile.x0 - big.x0
-    return np.ascontiguousarray(px[oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0].transpose(2, 0, 1))
+    return _crop(sampled_stamps(np.ascontiguousarray(px), stamps, seed, level, big.y0, big.x0), big, tile)
 
 
 def exemplar_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: Tile, halo: int, bank: ExemplarBank,
@@ -101,15 +112,10 @@ def exemplar_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: 
     """A tile of a level synthesised from an exemplar (engine.exemplar) -> (3, h, w) uint8: the latent and its decoding
     (the guide) taken with spec.halo px more on every side (within the level) and out to whole latent cells, so the
     synthesis sees whole cells on the level's global patch grid and the tile equals the untiled level's."""
-    m = spec.halo(factor)
-    h, w = latent.shape[1] * factor, latent.shape[2] * factor
-    down, up = (lambda v: max(v - m, 0) // factor * factor), (lambda v, n: min(-(-(v + m) // factor) * factor, n))
-    big = Tile(down(tile.y0), up(tile.y1, h), down(tile.x0), up(tile.x1, w))
+    big = _widened(tile, spec.halo(factor), factor, latent)
     guide = decode_region(latent, decode_fn, factor, big, halo).transpose(1, 2, 0)
     z = np.asarray(latent[:, big.y0 // factor : big.y1 // factor, big.x0 // factor : big.x1 // factor], dtype=np.float32)
-    px = synthesize(bank, z, guide, spec, seed, level, big.y0, big.x0)
-    oy, ox = tile.y0 - big.y0, tile.x0 - big.x0
-    return np.ascontiguousarray(px[oy : oy + tile.y1 - tile.y0, ox : ox + tile.x1 - tile.x0].transpose(2, 0, 1))
+    return _crop(synthesize(bank, z, guide, spec, seed, level, big.y0, big.x0), big, tile)
 
 
 def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int, cell: int, scale: float, halo: int,
