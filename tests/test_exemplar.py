@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import make_bundle, tiny_slide
 from gigagen.engine.decode import decode_level, exemplar_region, read_level
-from gigagen.engine.exemplar import ExemplarSpec, build_bank, synthesize
+from gigagen.engine.exemplar import ExemplarSpec, _paste, _seams, build_bank, synthesize
 from gigagen.engine.grid import Tile, Tiling
 from gigagen.engine.levels import fold
 from gigagen.engine.store import DiskStore, LevelSpec
@@ -57,17 +58,17 @@ def test_the_exemplar_read_back_is_the_exemplar(bank_and_image) -> None:
     bank, img = bank_and_image
     z = block_encode(img)
     guide = read_level(z, fake_decode, F8)
-    out = synthesize(bank, z, guide, ExemplarSpec(96, 80), seed=1, level=1)
+    out = synthesize(bank, z, guide, ExemplarSpec(96, 80, patch=16, overlap=8), seed=1, level=1)  # the grid fits exactly
     np.testing.assert_array_equal(out, img)
 
 
 def test_every_pixel_is_copied_from_the_exemplar_and_the_seed_matters(bank_and_image) -> None:
     """From another image's latent every output pixel is one of the exemplar's colours (copied, never blended), the
-    same seed gives the same pixels, and another seed (other jitter) changes some of them."""
+    same seed gives the same pixels, and another seed (other first picks among the near matches) changes some of them."""
     bank, img = bank_and_image
     z = block_encode(textured(64, 72, 5))
     guide = read_level(z, fake_decode, F8)
-    spec = ExemplarSpec(96, 80, iters=3)
+    spec = ExemplarSpec(96, 80, patch=16, overlap=4, iters=3, tolerance=0.5)
     a = synthesize(bank, z, guide, spec, seed=1, level=1)
     assert a.shape == (64, 72, 3)
     colours = {tuple(c) for c in img.reshape(-1, 3)}
@@ -76,21 +77,42 @@ def test_every_pixel_is_copied_from_the_exemplar_and_the_seed_matters(bank_and_i
     assert (synthesize(bank, z, guide, spec, seed=2, level=1) != a).any(-1).mean() > 0.05
 
 
+def test_the_seam_follows_where_two_patches_agree() -> None:
+    """The minimum-error cut through a shared strip takes the zero-error path wherever it wanders (one column a
+    row at most), and the paste cuts the right-hand patch along it."""
+    rng = np.random.default_rng(0)
+    path = np.clip(np.cumsum(rng.integers(-1, 2, 32)) + 4, 0, 7)  # steps of -1, 0, 1, kept in the strip
+    err = torch.from_numpy(rng.uniform(1, 2, (32, 8)))
+    err[np.arange(32), path] = 0
+    np.testing.assert_array_equal(_seams(err[None])[0].numpy(), path)
+    a, b = torch.zeros(32, 32, 3), torch.ones(32, 32, 3)  # disagree everywhere: any seam is as good as another
+    out = _paste(torch.stack([a, b])[None], 24, 8)
+    cut = _seams(((a[:, 24:] - b[:, :8]) ** 2).sum(-1)[None])[0]
+    for y in range(32):  # left patch up to the seam, the right patch from it on
+        assert (out[y, : 24 + cut[y]] == 0).all() and (out[y, 24 + cut[y] :] == 1).all()
+
+
 def test_a_tile_with_its_halo_equals_the_untiled_level(bank_and_image) -> None:
     """exemplar_region of any tile, aligned to the latent or not (the guide decoded there with the decoder's halo), equals the same window
     of the whole level synthesised at once: choices depend only on a bounded neighbourhood and global positions."""
     bank, _ = bank_and_image
-    spec = ExemplarSpec(96, 80, iters=3)
-    z = block_encode(textured(160, 152, 7))
+    spec = ExemplarSpec(96, 80, patch=16, overlap=4, iters=2, tolerance=0.5)
+    assert spec.halo(F8) == 96  # the level is wide enough that a tile's context is a part of it
+    z = block_encode(textured(336, 320, 7))
     whole = synthesize(bank, z, read_level(z, fake_decode, F8), spec, seed=3, level=1)
-    for tile in (Tile(0, 48, 0, 40), Tile(56, 112, 64, 152), Tile(104, 160, 8, 96), Tile(60, 100, 68, 130)):  # last: unaligned
+    for tile in (Tile(0, 48, 0, 40), Tile(152, 216, 128, 200), Tile(288, 336, 8, 96), Tile(140, 190, 132, 270)):  # last: unaligned
         got = exemplar_region(z, fake_decode, F8, tile, 1, bank, spec, 3, 1).transpose(1, 2, 0)
         np.testing.assert_array_equal(got, whole[tile.y0 : tile.y1, tile.x0 : tile.x1])
 
 
-def test_decode_level_writes_the_exemplar_level_in_any_tiles(bank_and_image, tmp_path: Path) -> None:
-    """The decoded level written tile by tile into a disk store (grid-shifted tiles) is the folded, scaled whole-level
-    synthesis."""
+@pytest.mark.parametrize("group", [1024, 32])
+def test_decode_level_writes_the_exemplar_level_in_any_tiles(bank_and_image, tmp_path: Path, group: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoded level written into a disk store (grid-shifted tiles, synthesised a group of tiles at a time,
+    one group or several) is the folded, scaled whole-level synthesis."""
+    import gigagen.engine.decode as decode
+
+    monkeypatch.setattr(decode, "EXEMPLAR_GROUP_PX", group)
     bank, _ = bank_and_image
     spec = ExemplarSpec(96, 80, iters=2)
     parent = block_encode(textured(64, 80, 9))  # 8 x 10 latent cells
@@ -103,7 +125,8 @@ def test_decode_level_writes_the_exemplar_level_in_any_tiles(bank_and_image, tmp
 
 def test_bundle_config_checks_the_exemplar(tmp_path: Path) -> None:
     b = load_bundle(make_bundle(tmp_path / "d.safetensors", decoded_level=1, **DECODED))
-    for bad in (dict(decoded_level=None), dict(exemplar=ExemplarSpec(64, 64, patch=6)), dict(exemplar=ExemplarSpec(8, 64)),
+    for bad in (dict(decoded_level=None), dict(exemplar=ExemplarSpec(64, 64, patch=16, overlap=9)),
+                dict(exemplar=ExemplarSpec(64, 64, guide_pool=5)), dict(exemplar=ExemplarSpec(8, 64)),
                 dict(level_decoder_noise=2)):
         fields = dict(exemplar=ExemplarSpec(64, 64)) | bad
         with pytest.raises(ValueError):

@@ -22,6 +22,9 @@ LevelNoise = tuple[int, int, int]
 LEVEL_NOISE_KEY = 0x5742  # the `step` key of a level decoder's noise: above any DDIM step, not the stamps' key
 
 
+EXEMPLAR_GROUP_PX = 1024  # an exemplar level is synthesised in groups of tiles about this many px on a side
+
+
 def level_noise(noise: LevelNoise, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """The level decoder's standard normal input for latent rows y0:y1, cols x0:x1 of the latent it reads:
     the same numbers whatever tile asks, so a tiled decode equals the untiled one."""
@@ -131,15 +134,30 @@ def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int
     treat it like a sampled level. Nothing to do once committed."""
     if store.completed() >= n_steps:
         return
-    for tile in level_tiles(store.spec, n_steps):
-        px_tile = Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell)
-        if exemplar is not None:
-            px = exemplar_region(parent, decode_fn, ae_factor, px_tile, halo, *exemplar)
-        elif stamps is None:
-            px = decode_region(parent, decode_fn, ae_factor, px_tile, halo, noise)
-        else:
-            px = stamped_region(parent, decode_fn, ae_factor, px_tile, halo, *stamps, noise=noise)
+    tiles = level_tiles(store.spec, n_steps)
+
+    def write(tile: Tile, px: np.ndarray) -> None:
         store.write(n_steps, tile, fold(px.astype(np.float32) / 127.5 - 1.0, cell) * np.float32(scale))
         if on_tiles:
             on_tiles(1)
+
+    if exemplar is not None:  # synthesised a group of tiles at a time: the halo is paid once per group, not per tile
+        groups: dict[tuple[int, int], list[Tile]] = {}
+        for tile in tiles:
+            groups.setdefault((tile.y0 * cell // EXEMPLAR_GROUP_PX, tile.x0 * cell // EXEMPLAR_GROUP_PX), []).append(tile)
+        for group in groups.values():
+            box = Tile(min(t.y0 for t in group) * cell, max(t.y1 for t in group) * cell,
+                       min(t.x0 for t in group) * cell, max(t.x1 for t in group) * cell)
+            px = exemplar_region(parent, decode_fn, ae_factor, box, halo, *exemplar)
+            for tile in group:
+                write(tile, px[:, tile.y0 * cell - box.y0 : tile.y1 * cell - box.y0, tile.x0 * cell - box.x0 : tile.x1 * cell - box.x0])
+        store.commit(n_steps)
+        return
+    for tile in tiles:
+        px_tile = Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell)
+        if stamps is None:
+            px = decode_region(parent, decode_fn, ae_factor, px_tile, halo, noise)
+        else:
+            px = stamped_region(parent, decode_fn, ae_factor, px_tile, halo, *stamps, noise=noise)
+        write(tile, px)
     store.commit(n_steps)
