@@ -3,8 +3,9 @@
 
 BUNDLE must have a pixel level K under the latent level of its own magnification (`gigagen train --magnifications
 20,5,5,1.25 --pixel-levels 1`), such as a run that trained its 20x level on real 5x pixels. The new bundle reads
-level K off the latent above it by exemplar synthesis (gigagen.engine.exemplar): patches of the training part of
-REGION at level K's magnification, chosen to match the autoencoder's decoding of the latent and each other. Its
+level K off the latent above it by exemplar synthesis (gigagen.engine.exemplar, image quilting): 32 px patches of
+the training part of REGION at level K's magnification, chosen to match the autoencoder's decoding of the latent and
+joined along minimum-error seams. Its
 level decoder is that autoencoder's decoder. The held-out band (the bundle's training record's holdout_frac) is
 never part of the exemplar.
 

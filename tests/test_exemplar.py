@@ -92,12 +92,13 @@ def test_the_seam_follows_where_two_patches_agree() -> None:
         assert (out[y, : 24 + cut[y]] == 0).all() and (out[y, 24 + cut[y] :] == 1).all()
 
 
-def test_a_tile_with_its_halo_equals_the_untiled_level(bank_and_image) -> None:
+@pytest.mark.parametrize("iters", [0, 2])
+def test_a_tile_with_its_halo_equals_the_untiled_level(bank_and_image, iters: int) -> None:
     """exemplar_region of any tile, aligned to the latent or not (the guide decoded there with the decoder's halo), equals the same window
     of the whole level synthesised at once: choices depend only on a bounded neighbourhood and global positions."""
     bank, _ = bank_and_image
-    spec = ExemplarSpec(96, 80, patch=16, overlap=4, iters=2, tolerance=0.5)
-    assert spec.halo(F8) == 96  # the level is wide enough that a tile's context is a part of it
+    spec = ExemplarSpec(96, 80, patch=16, overlap=4, iters=iters, tolerance=0.5)
+    assert spec.halo(F8) <= 96  # the level is wide enough that a tile's context is a part of it
     z = block_encode(textured(336, 320, 7))
     whole = synthesize(bank, z, read_level(z, fake_decode, F8), spec, seed=3, level=1)
     for tile in (Tile(0, 48, 0, 40), Tile(152, 216, 128, 200), Tile(288, 336, 8, 96), Tile(140, 190, 132, 270)):  # last: unaligned
