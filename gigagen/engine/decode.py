@@ -121,6 +121,16 @@ def exemplar_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: 
     return _crop(synthesize(bank, z, guide, spec, seed, level, big.y0, big.x0), big, tile)
 
 
+def _tile_groups(tiles: list[Tile], cell: int, side: int) -> list[tuple[list[Tile], Tile]]:
+    """Store tiles grouped by the side x side px square their top-left pixel falls in, each group with the pixel box
+    that bounds it (cells of `cell` px)."""
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    for t in tiles:
+        groups.setdefault((t.y0 * cell // side, t.x0 * cell // side), []).append(t)
+    return [(g, Tile(min(t.y0 for t in g) * cell, max(t.y1 for t in g) * cell, min(t.x0 for t in g) * cell,
+                     max(t.x1 for t in g) * cell)) for g in groups.values()]
+
+
 def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int, cell: int, scale: float, halo: int,
                  n_steps: int, on_tiles: Callable[[int], None] | None = None,
                  stamps: tuple[StampSpec, int, int] | None = None, noise: LevelNoise | None = None,
@@ -142,12 +152,7 @@ def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int
             on_tiles(1)
 
     if exemplar is not None:  # synthesised a group of tiles at a time: the halo is paid once per group, not per tile
-        groups: dict[tuple[int, int], list[Tile]] = {}
-        for tile in tiles:
-            groups.setdefault((tile.y0 * cell // EXEMPLAR_GROUP_PX, tile.x0 * cell // EXEMPLAR_GROUP_PX), []).append(tile)
-        for group in groups.values():
-            box = Tile(min(t.y0 for t in group) * cell, max(t.y1 for t in group) * cell,
-                       min(t.x0 for t in group) * cell, max(t.x1 for t in group) * cell)
+        for group, box in _tile_groups(tiles, cell, EXEMPLAR_GROUP_PX):
             px = exemplar_region(parent, decode_fn, ae_factor, box, halo, *exemplar)
             for tile in group:
                 write(tile, px[:, tile.y0 * cell - box.y0 : tile.y1 * cell - box.y0, tile.x0 * cell - box.x0 : tile.x1 * cell - box.x0])
