@@ -15,7 +15,7 @@ import numpy as np
 from gigagen import __version__
 from gigagen.config import RunConfig, default_batch_size, validate
 from gigagen.engine.cascade import DenoiseFn, LevelPlan, local_denoiser, plan_cascade, sample_cascade, with_decoded_level
-from gigagen.engine.decode import decode_level, decode_tiles, level_tiles, stream_decode
+from gigagen.engine.decode import EXEMPLAR_GROUP_PX, decode_level, decode_tiles, level_tiles, stream_decode
 from gigagen.engine.grid import Tiling
 from gigagen.engine.store import DiskStore, MemoryStore, remove_tree
 from gigagen.engine.tiler import StepPlan, step_plans, tiles_per_level
@@ -432,7 +432,7 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 def plan_run(cfg: RunConfig) -> dict[str, Any]:
     """`gigagen slide --plan`: the run's estimated disk, memory, evaluations and time; generates nothing."""
     from gigagen.models.denoiser import BundleRunner
-    from gigagen.plan import calibrate, evaluations, predict_seconds
+    from gigagen.plan import calibrate, evaluations, exemplar_seconds, predict_seconds
 
     validate(cfg)
     cfg, device, dtype, bundle, plans = _setup_model(cfg)
@@ -452,6 +452,10 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.workers:
         seconds = {k: v / cfg.workers if k != "pyramid_and_export" else v for k, v in seconds.items()}
         seconds["total"] = seconds["sampling"] + seconds["decode"] + seconds["pyramid_and_export"]
+    if mc.exemplar is not None:  # synthesised here even with a farm, like every decoded level
+        seconds["exemplar"] = exemplar_seconds(runner, (plans[k + 1].shape[0] * mc.ae.factor, plans[k + 1].shape[1] * mc.ae.factor),
+                                               EXEMPLAR_GROUP_PX)
+        seconds["total"] += seconds["exemplar"]
     return {
         "width": cfg.width, "height": cfg.height, "steps": cfg.steps, "blend": cfg.blend, "model": bundle.identity,
         "levels": [level_record(p, mc) for p in plans],

@@ -17,7 +17,8 @@ import numpy as np
 from gigagen import __version__
 from gigagen.config import CALL_PIXELS, RunConfig
 from gigagen.engine.cascade import LevelPlan, channels_at, level_spec, plan_cascade
-from gigagen.engine.decode import decode_region
+from gigagen.engine.decode import decode_region, read_level
+from gigagen.engine.exemplar import synthesize
 from gigagen.engine.grid import Tile, Tiling, step_segments
 from gigagen.engine.store import LevelSpec, MemoryStore
 from gigagen.engine.tiler import StepPlan, denoise_level, step_batches
@@ -30,6 +31,7 @@ TIFF_RATIO = {"jpeg": 0.25, "none": 1.0}  # bytes per raw RGB byte; lossless cod
 # px: calibration runs one step of every level of a slide at most this big, twice (about 3 s with the default model here)
 CALIBRATION_SIDE = 4096
 IO_MPX_PER_S = 30.0  # zarr pyramid + TIFF export throughput measured by scripts/bench_export.py (conservative)
+EXEMPLAR_CALIBRATION_PX = 256  # px: an exemplar level's synthesis is timed on a tile this big with its halo
 
 
 def versions() -> dict[str, str]:
@@ -212,3 +214,28 @@ def predict_seconds(cfg: RunConfig, plans: list[LevelPlan], calib: dict[str, Any
     decode = latent0 * calib["decode_s_per_latent_px"]
     io = cfg.width * cfg.height * (1 + len(cfg.formats)) / 1e6 / IO_MPX_PER_S
     return {"sampling": sampling, "decode": decode, "pyramid_and_export": io, "total": sampling + decode + io}
+
+
+def exemplar_seconds(runner: Any, level_px: tuple[int, int], group_px: int) -> float:
+    """Predicted seconds of a bundle's exemplar level (BundleConfig.exemplar) of level_px (h, w) pixels, beyond the
+    decoding of its guide (counted as decoding): preparing the exemplar (timed, as the run does it once) plus the
+    synthesis of every group of group_px-px tiles with its halo, at the cost per pixel of one
+    EXEMPLAR_CALIBRATION_PX-px tile with its halo, timed on a random latent after a warm-up (the patches it picks
+    change, their number and the work per patch do not)."""
+    mc = runner.bundle.config
+    spec, f, k = mc.exemplar, mc.ae.factor, mc.decoded_level
+    t0 = time.perf_counter()
+    bank = runner.exemplar_bank()
+    prepare = time.perf_counter() - t0
+    halo = spec.halo(f)
+    side = EXEMPLAR_CALIBRATION_PX + 2 * halo
+    z = np.random.default_rng(2).standard_normal((mc.level_channels[k + 1], side // f, side // f)).astype(np.float32)
+    guide = read_level(z, runner.level_decode_fn, f)
+    synthesize(bank, z, guide, spec, 0, k)  # warm-up
+    t0 = time.perf_counter()
+    synthesize(bank, z, guide, spec, 0, k)
+    per_px = (time.perf_counter() - t0) / side**2
+    h, w = level_px
+    extent = lambda a, n: min(a + group_px + halo, n) - max(a - halo, 0)  # noqa: E731  (a group's span with its halo)
+    px = sum(extent(y, h) * extent(x, w) for y in range(0, h, group_px) for x in range(0, w, group_px))
+    return prepare + per_px * px

@@ -212,3 +212,17 @@ def test_make_exemplar_bundle_refuses_bad_input(png: Path, tmp_path: Path) -> No
     assert r.returncode == 2 and "--coarse-of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
     assert read_bundle_config(src).exemplar is None
+
+
+def test_the_plan_counts_the_exemplar_synthesis(exemplar_bundle: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """`gigagen slide --plan` times the synthesis (and the exemplar's preparation) on this machine, adds it to the
+    total and prints it."""
+    from gigagen.cli import main
+
+    _, bundle = exemplar_bundle
+    assert main(["slide", "--size", "512", "--steps", "2", "--checkpoint", str(bundle), "--plan", "--json"]) == 0
+    sec = json.loads(capsys.readouterr().out)["seconds_on_this_machine"]
+    assert sec["exemplar"] > 0
+    assert sec["total"] == pytest.approx(sec["sampling"] + sec["decode"] + sec["exemplar"] + sec["pyramid_and_export"], abs=0.21)
+    assert main(["slide", "--size", "512", "--steps", "2", "--checkpoint", str(bundle), "--plan"]) == 0
+    assert "exemplar synthesis" in capsys.readouterr().out

@@ -105,7 +105,9 @@ def _print_plan(plan: dict, as_json: bool) -> None:
     print(f"memory       {gb(plan['peak_memory_bytes'])} peak resident (latents {plan['latent_store']})")
     guide = f" (+ {ev['guide_tiles']} of the smaller autoguidance network)" if ev["guide_tiles"] else ""
     print(f"network      {ev['unet_tiles']} UNet tile evaluations, {ev['unet_latent_pixels']} latent pixels{guide}")
-    print(f"time         {sec['total']:.0f} s on this machine (sampling {sec['sampling']:.0f}, decode {sec['decode']:.0f}, pyramid+export {sec['pyramid_and_export']:.0f})")
+    exemplar = f", exemplar synthesis {sec['exemplar']:.0f}" if "exemplar" in sec else ""
+    print(f"time         {sec['total']:.0f} s on this machine (sampling {sec['sampling']:.0f}, decode {sec['decode']:.0f}{exemplar}, "
+          f"pyramid+export {sec['pyramid_and_export']:.0f})")
 
 
 def _resume_hint() -> str:
