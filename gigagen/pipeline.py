@@ -447,14 +447,14 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     tiling = run_tiling(cfg, mc)
     calib = calibrate(runner, cfg, tiling, steps, sampled, PIXEL_CHUNK // mc.ae.factor)
     k = mc.decoded_level
-    decoded = plans[k + 1].shape[0] * plans[k + 1].shape[1] if k is not None else 0
+    read_off = plans[k + 1].shape if k is not None else (0, 0)  # the latent a decoded level is read off
+    decoded = read_off[0] * read_off[1]
     seconds = predict_seconds(cfg, plans, calib, tiling, mc.level_channels, mc.ae.factor, decoded)
     if cfg.workers:
         seconds = {k: v / cfg.workers if k != "pyramid_and_export" else v for k, v in seconds.items()}
         seconds["total"] = seconds["sampling"] + seconds["decode"] + seconds["pyramid_and_export"]
     if mc.exemplar is not None:  # synthesised here even with a farm, like every decoded level
-        seconds["exemplar"] = exemplar_seconds(runner, (plans[k + 1].shape[0] * mc.ae.factor, plans[k + 1].shape[1] * mc.ae.factor),
-                                               EXEMPLAR_GROUP_PX)
+        seconds["exemplar"] = exemplar_seconds(runner, (read_off[0] * mc.ae.factor, read_off[1] * mc.ae.factor), EXEMPLAR_GROUP_PX)
         seconds["total"] += seconds["exemplar"]
     return {
         "width": cfg.width, "height": cfg.height, "steps": cfg.steps, "blend": cfg.blend, "model": bundle.identity,

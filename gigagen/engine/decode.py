@@ -121,14 +121,19 @@ def exemplar_region(latent: np.ndarray, decode_fn: DecodeFn, factor: int, tile: 
     return _crop(synthesize(bank, z, guide, spec, seed, level, big.y0, big.x0), big, tile)
 
 
+def _pixels(tile: Tile, cell: int) -> Tile:
+    """A store tile (cells of `cell` px) in pixels."""
+    return Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell)
+
+
 def _tile_groups(tiles: list[Tile], cell: int, side: int) -> list[tuple[list[Tile], Tile]]:
     """Store tiles grouped by the side x side px square their top-left pixel falls in, each group with the pixel box
     that bounds it (cells of `cell` px)."""
     groups: dict[tuple[int, int], list[Tile]] = {}
     for t in tiles:
         groups.setdefault((t.y0 * cell // side, t.x0 * cell // side), []).append(t)
-    return [(g, Tile(min(t.y0 for t in g) * cell, max(t.y1 for t in g) * cell, min(t.x0 for t in g) * cell,
-                     max(t.x1 for t in g) * cell)) for g in groups.values()]
+    return [(g, _pixels(Tile(min(t.y0 for t in g), max(t.y1 for t in g), min(t.x0 for t in g), max(t.x1 for t in g)), cell))
+            for g in groups.values()]
 
 
 def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int, cell: int, scale: float, halo: int,
@@ -153,13 +158,13 @@ def decode_level(store: Any, parent: Any, decode_fn: DecodeFn, *, ae_factor: int
 
     if exemplar is not None:  # synthesised a group of tiles at a time: the halo is paid once per group, not per tile
         for group, box in _tile_groups(tiles, cell, EXEMPLAR_GROUP_PX):
-            px = exemplar_region(parent, decode_fn, ae_factor, box, halo, *exemplar)
+            px = exemplar_region(parent, decode_fn, ae_factor, box, halo, *exemplar).transpose(1, 2, 0)
             for tile in group:
-                write(tile, px[:, tile.y0 * cell - box.y0 : tile.y1 * cell - box.y0, tile.x0 * cell - box.x0 : tile.x1 * cell - box.x0])
+                write(tile, _crop(px, box, _pixels(tile, cell)))
         store.commit(n_steps)
         return
     for tile in tiles:
-        px_tile = Tile(tile.y0 * cell, tile.y1 * cell, tile.x0 * cell, tile.x1 * cell)
+        px_tile = _pixels(tile, cell)
         if stamps is None:
             px = decode_region(parent, decode_fn, ae_factor, px_tile, halo, noise)
         else:
