@@ -9,7 +9,8 @@ joined along minimum-error seams. Its
 level decoder is that autoencoder's decoder. The held-out band (the bundle's training record's holdout_frac) is
 never part of the exemplar.
 
-With --coarse-of B (a bundle with B's cascade = BUNDLE's without level K, the same autoencoder and latent scale),
+With --coarse-of B (a bundle with B's cascade = BUNDLE's without level K, the same encoder and latent scale; the
+decoders may differ, so BUNDLE's may have been fine-tuned with `gigagen train --decoder-of`),
 B's denoiser samples every latent level above K, with B's sampling steps and guidance there: BUNDLE's own
 denoiser may then have trained on its finest level only (--level-probs 1,0,0,0).
 
@@ -40,7 +41,7 @@ from gigagen.models.unet import UNet  # noqa: E402
 from gigagen.train import data as D  # noqa: E402
 from gigagen.train.evaluate import split_reference  # noqa: E402
 from gigagen.train.loop import level_map  # noqa: E402
-from set_coarse_network import same_autoencoder  # noqa: E402
+from set_coarse_network import same_encoder  # noqa: E402
 
 
 def pixel_level(c: BundleConfig) -> int:
@@ -70,9 +71,9 @@ def coarse_network(bundle: ModelBundle, b: ModelBundle, k: int) -> tuple[dict, U
     level_map) and the fields that make it sample every latent level above k."""
     c, cb = bundle.config, b.config
     mags = tuple(c.magnifications[:k] + c.magnifications[k + 1 :])
-    if tuple(cb.magnifications) != mags or cb.pixel_levels or cb.coarse is not None or not same_autoencoder(bundle, b):
+    if tuple(cb.magnifications) != mags or cb.pixel_levels or cb.coarse is not None or not same_encoder(bundle, b):
         raise UserError(f"--coarse-of needs a bundle of magnifications {list(mags)} without pixel levels or a coarse "
-                        "network, with this bundle's autoencoder and latent scale")
+                        "network, with this bundle's encoder and latent scale")
     net_cfg = dataclasses.replace(cb.unet, n_levels=len(c.magnifications))
     weights = b.unet.state_dict()
     weights["level_emb.weight"] = weights["level_emb.weight"][level_map(mags, tuple(c.magnifications), (), tuple(c.pixel_levels))]

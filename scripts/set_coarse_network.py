@@ -28,10 +28,19 @@ from gigagen.models.checkpoint import ModelBundle, fresh_path, load_bundle, save
 
 
 def same_autoencoder(a: ModelBundle, b: ModelBundle) -> bool:
-    """Both bundles encode the same latents: equal autoencoder weights and latent scale."""
-    sa, sb = a.ae.state_dict(), b.ae.state_dict()
-    return (a.config.latent_scale == b.config.latent_scale and sa.keys() == sb.keys()
-            and all(torch.equal(sa[k], sb[k]) for k in sa))
+    """Both bundles encode and decode the same latents: equal autoencoder weights and latent scale."""
+    return _same_weights(a.ae, b.ae) and a.config.latent_scale == b.config.latent_scale
+
+
+def same_encoder(a: ModelBundle, b: ModelBundle) -> bool:
+    """Both bundles' latents live in one space: equal encoder weights and latent scale (their decoders may differ,
+    as after a decoder fine-tune, which keeps the encoder bit for bit)."""
+    return _same_weights(a.ae.encoder, b.ae.encoder) and a.config.latent_scale == b.config.latent_scale
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path) -> None:

@@ -226,3 +226,23 @@ def test_the_plan_counts_the_exemplar_synthesis(exemplar_bundle: tuple[Path, Pat
     assert sec["total"] == pytest.approx(sec["sampling"] + sec["decode"] + sec["exemplar"] + sec["pyramid_and_export"], abs=0.21)
     assert main(["slide", "--size", "512", "--steps", "2", "--checkpoint", str(bundle), "--plan"]) == 0
     assert "exemplar synthesis" in capsys.readouterr().out
+
+
+def test_coarse_of_needs_the_same_encoder_not_the_same_decoder(tmp_path: Path) -> None:
+    """--coarse-of B samples the latent levels with B's denoiser, so B must encode into the same latents (encoder
+    weights and latent scale); the decoders may differ, as after `gigagen train --decoder-of`."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from set_coarse_network import same_autoencoder, same_encoder
+
+    path = make_bundle(tmp_path / "a.safetensors")
+    a, b = load_bundle(path), load_bundle(path)
+    assert same_encoder(a, b) and same_autoencoder(a, b)
+    with torch.no_grad():
+        next(b.ae.decoder.parameters()).add_(0.1)
+    assert same_encoder(a, b) and not same_autoencoder(a, b)
+    with torch.no_grad():
+        next(b.ae.encoder.parameters()).add_(0.1)
+    assert not same_encoder(a, b)
+    c = load_bundle(path)
+    c.config = dataclasses.replace(c.config, latent_scale=c.config.latent_scale * 2)
+    assert not same_encoder(a, c)
