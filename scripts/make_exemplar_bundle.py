@@ -14,8 +14,11 @@ decoders may differ, so BUNDLE's may have been fine-tuned with `gigagen train --
 B's denoiser samples every latent level above K, with B's sampling steps and guidance there: BUNDLE's own
 denoiser may then have trained on its finest level only (--level-probs 1,0,0,0).
 
+(runs/default-final.safetensors is the three-level bundle `scripts/train_default.sh` makes before its last stages; the
+shipped default is such a bundle, made from runs/default-refine/bundle.safetensors.)
+
     .venv/bin/python scripts/make_exemplar_bundle.py runs/pxq/bundle.safetensors --region data/cmu_small_region.svs \\
-        --coarse-of gigagen/weights/default.safetensors --out runs/pxq/exemplar.safetensors
+        --coarse-of runs/default-final.safetensors --out runs/pxq/exemplar.safetensors
 """
 
 from __future__ import annotations

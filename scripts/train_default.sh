@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Retrain the embedded default model from scratch on CMU-1-Small-Region, time-bounded.
-#   scripts/train_default.sh [TOTAL_MINUTES [AE_MINUTES]]     (default 375 and 50: about the shipped model's budget)
+#   scripts/train_default.sh [TOTAL_MINUTES [AE_MINUTES]]     (default 460 and 50: about the shipped model's budget)
 # Four stages: the autoencoder and denoiser (TOTAL - GUIDE_MINUTES - DECODER_MINUTES - COARSE_MINUTES minutes), then the
 # small autoguidance network for that denoiser (GUIDE_STEPS steps, at most GUIDE_MINUTES minutes; default
 # 11351 and 60, as shipped), recorded with the default weight AUTOGUIDANCE (1.5), then the adversarial
 # decoder fine-tune on that bundle's own samples (GAN_STEPS steps, at most DECODER_MINUTES minutes
 # including its sampling; default 1882 and 40, as shipped), then COARSE_MINUTES (default 50, as shipped) more of the
 # denoiser, 70% at 5x, with 24 coarse warps for the 5x level (--coarse-warps; guide and decoder kept).
-# The finished bundle records STEPS (default 20,60,60, as shipped: DDIM steps at 20x, 5x, 1.25x) as its sampling
+# The finished bundle records STEPS (default 20,60,60: DDIM steps at 20x, 5x, 1.25x) as its sampling
 # default (scripts/set_sampling_defaults.py; a new file in runs/, weights unchanged).
+# Then the shipped cascade (model card, 2026-12-07 twenty-fifth): PIXEL_MINUTES (default 40) of a 20x denoiser that
+# reads real 5x pixels (magnifications 20,5,5,1.25, pixel level 1, from that bundle's weights), REFINE_MINUTES
+# (default 45) of an adversarial fine-tune of its decoder grown by a full-resolution refiner, and a bundle whose 5x
+# pixels are quilted from the training part's (scripts/make_exemplar_bundle.py), its latent levels sampled by the
+# three-level bundle. PIXEL_MINUTES=0 ships the three-level bundle instead.
 # OpenMP threads wait passively (measured 7% slower alone, but no 10x stalls when other jobs share
 # the cores); THREADS=1 is another option on a busy machine.
 # INIT_AE=BUNDLE reuses that bundle's autoencoder and trains only the denoiser (TOTAL minutes).
@@ -31,18 +36,21 @@
 set -euo pipefail
 { # read whole before running: editing this file during a run must not change that run
 cd "$(dirname "$0")/.."
-TOTAL=${1:-375}
+TOTAL=${1:-460}
 AE=${2:-50}
 GUIDE_MINUTES=${GUIDE_MINUTES:-60}
 GUIDE_STEPS=${GUIDE_STEPS:-11351}
 DECODER_MINUTES=${DECODER_MINUTES:-40}
 GAN_STEPS=${GAN_STEPS:-1882}
 COARSE_MINUTES=${COARSE_MINUTES:-50}
-MAIN=$(( TOTAL - GUIDE_MINUTES - DECODER_MINUTES - COARSE_MINUTES ))
+PIXEL_MINUTES=${PIXEL_MINUTES:-40}
+REFINE_MINUTES=${REFINE_MINUTES:-45}
+MAIN=$(( TOTAL - GUIDE_MINUTES - DECODER_MINUTES - COARSE_MINUTES - PIXEL_MINUTES - REFINE_MINUTES ))
 need=$AE  # the autoencoder's minutes, unless a bundle provides the autoencoder
 [[ -n "${INIT_FROM:-}${INIT_AE:-}" ]] && need=0
-(( GUIDE_MINUTES >= 0 && DECODER_MINUTES >= 0 && COARSE_MINUTES >= 0 )) || { echo "train_default.sh: GUIDE_MINUTES, DECODER_MINUTES and COARSE_MINUTES must be >= 0 (0 skips the stage)" >&2; exit 2; }
-(( MAIN > need )) || { echo "train_default.sh: TOTAL_MINUTES must exceed GUIDE_MINUTES ($GUIDE_MINUTES) + DECODER_MINUTES ($DECODER_MINUTES) + COARSE_MINUTES ($COARSE_MINUTES) + the autoencoder's minutes ($need)" >&2; exit 2; }
+(( GUIDE_MINUTES >= 0 && DECODER_MINUTES >= 0 && COARSE_MINUTES >= 0 && PIXEL_MINUTES >= 0 && REFINE_MINUTES >= 0 )) || { echo "train_default.sh: GUIDE_MINUTES, DECODER_MINUTES, COARSE_MINUTES, PIXEL_MINUTES and REFINE_MINUTES must be >= 0 (0 skips the stage)" >&2; exit 2; }
+(( PIXEL_MINUTES > 0 || REFINE_MINUTES == 0 )) || { echo "train_default.sh: REFINE_MINUTES refines the decoder of the PIXEL_MINUTES stage; give both or set REFINE_MINUTES=0" >&2; exit 2; }
+(( MAIN > need )) || { echo "train_default.sh: TOTAL_MINUTES must exceed GUIDE_MINUTES ($GUIDE_MINUTES) + DECODER_MINUTES ($DECODER_MINUTES) + COARSE_MINUTES ($COARSE_MINUTES) + PIXEL_MINUTES ($PIXEL_MINUTES) + REFINE_MINUTES ($REFINE_MINUTES) + the autoencoder's minutes ($need)" >&2; exit 2; }
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 PY=${PY:-.venv/bin/python}
 REGION=$("$PY" scripts/fetch_cmu_region.py)
@@ -109,6 +117,33 @@ fi
 final=runs/default-final.safetensors
 rm -f "$final"
 "$PY" scripts/set_sampling_defaults.py "$bundle" --out "$final" --steps "${STEPS:-20,60,60}"
+if (( PIXEL_MINUTES > 0 )); then
+# The 20x level learns to draw from real 5x *pixels* (which hold where the nuclei are; the 5x latent does not), the
+# 5x latent and layout staying the three-level bundle's; constant LR, as shipped (stopped at its best held-out loss).
+px=(--init-from "$final")
+[[ "${RESUME:-0}" == 1 && -f runs/default-pixel/state.pt ]] && px=(--resume)
+nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-pixel --name gigagen-cmu-default \
+    --magnifications 20,5,5,1.25 --pixel-levels 1 --level-probs 1,0,0,0 \
+    --max-minutes "$PIXEL_MINUTES" --holdout-frac 0.2 --unet-batch 16 --decoder-every 0 --lr-decay-minutes 0 \
+    --unet-lr 4e-4 --unet-dropout 0.1 --scale-aug 0.87,1.15 --elastic-aug 2 --elastic-strain 0.08 \
+    --input-perturbation 0.1 --unet-precision bf16 --threads "${THREADS:-2}" --seed 21 "${px[@]}"
+pixel=runs/default-pixel/bundle-best.safetensors
+if (( REFINE_MINUTES > 0 )); then
+# Its latents hold nuclei the small decoder renders soft: a refiner at full resolution, trained adversarially on
+# this denoiser's own samples, used fully (mix 1)
+ref=()
+[[ "${RESUME:-0}" == 1 && -f runs/default-refine/state.pt ]] && ref+=(--resume)
+nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-refine --name gigagen-cmu-default \
+    --decoder-of "$pixel" --decoder-refine 32 --gan-mix 1 --max-minutes "$REFINE_MINUTES" \
+    --holdout-frac 0.2 --threads "${THREADS:-2}" --seed 0 "${ref[@]}"
+pixel=runs/default-refine/bundle.safetensors
+fi
+# The 5x pixels of a slide are quilted from the training part's 5x pixels where they match the sampled 5x latent
+rm -f runs/default-exemplar.safetensors
+"$PY" scripts/make_exemplar_bundle.py "$pixel" --region "$REGION" --coarse-of "$final" --name gigagen-cmu-default \
+    --out runs/default-exemplar.safetensors
+final=runs/default-exemplar.safetensors
+fi
 # only runs that finished replace the shipped weights (set -e stops here otherwise)
 cp "$final" gigagen/weights/default.safetensors
 echo "default model: gigagen/weights/default.safetensors"
