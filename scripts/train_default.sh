@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the embedded default model from scratch on CMU-1-Small-Region, time-bounded.
 #   scripts/train_default.sh [TOTAL_MINUTES [AE_MINUTES]]     (default 460 and 50: about the shipped model's budget)
-# Four stages: the autoencoder and denoiser (TOTAL - GUIDE_MINUTES - DECODER_MINUTES - COARSE_MINUTES minutes), then the
+# Stages: the autoencoder and denoiser (TOTAL less every later stage's minutes), then the
 # small autoguidance network for that denoiser (GUIDE_STEPS steps, at most GUIDE_MINUTES minutes; default
 # 11351 and 60, as shipped), recorded with the default weight AUTOGUIDANCE (1.5), then the adversarial
 # decoder fine-tune on that bundle's own samples (GAN_STEPS steps, at most DECODER_MINUTES minutes
@@ -30,7 +30,9 @@
 # model with by default (recorded in the bundle; unset: the training tile 32; the shipped model: 128).
 # The denoiser stage hands on its best held-out checkpoint (runs/default/bundle-best.safetensors,
 # validated at every checkpoint) to the later stages, not its last.
-# Writes runs/default/, runs/default-guide/, runs/default-decoder/ and runs/default-coarse/ (state, loss.csv/png, bundle) and copies the final EMA
+# Writes runs/default/, runs/default-guide/, runs/default-decoder/, runs/default-coarse/, runs/default-pixel/ and
+# runs/default-refine/ (state, loss.csv/png, bundle), runs/default-final.safetensors (the three-level bundle) and
+# runs/default-exemplar.safetensors (the four-level one), and copies the final EMA
 # bundle to gigagen/weights/default.safetensors when all stages are done (not when stopped: RESUME=1 finishes it).
 # Continue a stopped run with RESUME=1.
 set -euo pipefail

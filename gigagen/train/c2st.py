@@ -6,7 +6,7 @@ cannot see what it was not built to see. A classifier two-sample test (Lopez-Paz
 its accuracy is 0.5 when the sets are alike and 1.0 when every crop gives itself away. It is the closest measure this
 project can compute offline to "would an observer take these tiles for real ones".
 
-The halves are disjoint in space (each set is split by where its crops come from, see `halves`), so the network
+The halves are disjoint in space (each set is split by where its crops come from: `band_halves`, and per slide in scripts/c2st.py), so the network
 cannot score well by remembering overlapping crops. Accuracy is the mean over both directions (train on A, score
 on B, and back) and over `runs` seeds. The network sees colour as it is: stain differences are real differences.
 """
@@ -46,13 +46,6 @@ def crops(rgb: np.ndarray, size: int, stride: int, min_tissue: float = 0.5) -> t
     if not out:
         return np.zeros((0, size, size, 3), np.uint8), np.zeros(0)
     return np.stack(out), np.array(xs)
-
-
-def halves(tiles: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, T, T, 3) tiles -> crops of the first half of the tiles and of the second: disjoint sources."""
-    cut = len(tiles) // 2
-    part = lambda ts: np.concatenate([crops(t, size, size)[0] for t in ts]) if len(ts) else np.zeros((0, size, size, 3), np.uint8)  # noqa: E731
-    return part(tiles[:cut]), part(tiles[cut:])
 
 
 def band_halves(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
