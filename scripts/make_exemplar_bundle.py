@@ -7,7 +7,8 @@ level K off the latent above it by exemplar synthesis (gigagen.engine.exemplar, 
 the training part of REGION at level K's magnification, chosen to match the autoencoder's decoding of the latent and
 joined along minimum-error seams. Its
 level decoder is that autoencoder's decoder. The held-out band (the bundle's training record's holdout_frac) is
-never part of the exemplar.
+never part of the exemplar. Convolution and linear weights are stored in bf16 (save_bundle's `compact`): half the size,
+the same pixels in the default bf16 precision.
 
 With --coarse-of B (a bundle with B's cascade = BUNDLE's without level K, the same encoder and latent scale; the
 decoders may differ, so BUNDLE's may have been fine-tuned with `gigagen train --decoder-of`),
@@ -116,7 +117,8 @@ def main() -> int:
             "exemplar": {"region": Path(args.region).name, "level": k, "height": spec.height, "width": spec.width}}
         cfg = dataclasses.replace(c, name=args.name or f"{c.name}-exemplar", decoded_level=k, level_decoder_noise=0,
                                   nucleus_stamps=None, exemplar=spec, **fields)
-        save_new(out, bundle, cfg, level_decoder=decoder, exemplar=pixels, **nets)
+        # compact: an exemplar bundle is an end product (training runs refuse it), sampled in bf16 by default
+        save_new(out, bundle, cfg, compact=True, level_decoder=decoder, exemplar=pixels, **nets)
         return f"{out}: {load_bundle(out).identity} (level {k} from a {spec.height}x{spec.width} px exemplar)"
 
     return script_exit("make_exemplar_bundle", body)

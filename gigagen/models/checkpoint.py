@@ -356,10 +356,29 @@ def _networks(*modules: torch.nn.Module | None) -> dict[str, torch.nn.Module]:
     return {name: m for name, m in zip(NETWORKS, modules, strict=True) if m is not None}
 
 
+# layers whose weights bf16 autocast casts to bf16 before use (on CPU and CUDA): stored in bf16, they give the same bits
+AUTOCAST_BF16_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
+
+
+def _state(name: str, m: torch.nn.Module, compact: bool) -> dict[str, torch.Tensor]:
+    """A network's tensors under `name.`; with `compact`, the weights and biases of AUTOCAST_BF16_LAYERS in bf16."""
+    out = {f"{name}.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+    if compact:
+        for prefix, layer in m.named_modules():
+            if isinstance(layer, AUTOCAST_BF16_LAYERS):
+                for k, v in layer.named_parameters(recurse=False):
+                    key = f"{name}.{prefix}.{k}" if prefix else f"{name}.{k}"
+                    out[key] = v.detach().cpu().to(torch.bfloat16).contiguous()
+    return out
+
+
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,
                 level_decoder: Decoder | None = None, coarse: UNet | None = None, expert: UNet | None = None,
-                coarse_ae: Autoencoder | None = None, exemplar: ExemplarPixels | None = None) -> None:
-    """Write weights and config atomically (temp file, then rename)."""
+                coarse_ae: Autoencoder | None = None, exemplar: ExemplarPixels | None = None, *,
+                compact: bool = False) -> None:
+    """Write weights and config atomically (temp file, then rename). With `compact`, convolution and linear weights are
+    stored in bf16 (half the size): sampling in bf16 autocast (the default precision) gives the same pixels, since it
+    rounds them so anyway; fp32 sampling and training then start from the rounded weights. load_bundle reads both."""
     validate_config(cfg)
     if (guide is None) != (cfg.guide is None):
         raise ValueError("a guide network is saved exactly when the configuration names one")
@@ -374,20 +393,21 @@ def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guid
     if (exemplar is None) != (cfg.exemplar is None):
         raise ValueError("exemplar pixels are saved exactly when the configuration names an exemplar")
     modules = _networks(ae, unet, guide, level_decoder, coarse, expert, coarse_ae, exemplar)
-    tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
+    tensors = {k: v for name, m in modules.items() for k, v in _state(name, m, compact).items()}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={META_KEY: cfg.to_json()})
     tmp.replace(path)
 
 
-def save_like(path: Path, bundle: ModelBundle, cfg: BundleConfig, **networks: torch.nn.Module | None) -> None:
+def save_like(path: Path, bundle: ModelBundle, cfg: BundleConfig, *, compact: bool = False,
+              **networks: torch.nn.Module | None) -> None:
     """save_bundle of `bundle`'s networks under the configuration `cfg`, with those named in `networks` (ModelBundle
     field names, NETWORKS) replaced: a script or run that changes one part of a bundle keeps every other part."""
     unknown = set(networks) - set(NETWORKS)
     if unknown:
         raise TypeError(f"not bundle networks: {sorted(unknown)}")
-    save_bundle(path, cfg, *(networks[n] if n in networks else getattr(bundle, n) for n in NETWORKS))
+    save_bundle(path, cfg, *(networks[n] if n in networks else getattr(bundle, n) for n in NETWORKS), compact=compact)
 
 
 def fresh_path(path: str | Path) -> Path:
@@ -398,11 +418,12 @@ def fresh_path(path: str | Path) -> Path:
     return path
 
 
-def save_new(path: str | Path, bundle: ModelBundle, cfg: BundleConfig, **networks: torch.nn.Module | None) -> None:
+def save_new(path: str | Path, bundle: ModelBundle, cfg: BundleConfig, *, compact: bool = False,
+             **networks: torch.nn.Module | None) -> None:
     """save_like into a new file (fresh_path); a configuration validate_config refuses is a one-line UserError."""
     path = fresh_path(path)
     try:
-        save_like(path, bundle, cfg, **networks)
+        save_like(path, bundle, cfg, compact=compact, **networks)
     except ValueError as exc:  # e.g. a network this bundle's tiling cannot run, levels another network samples
         raise UserError(f"refused: {exc}") from None
 
