@@ -3,10 +3,10 @@
 
 BUNDLE must have a pixel level K under the latent level of its own magnification (`gigagen train --magnifications
 20,5,5,1.25 --pixel-levels 1`), such as a run that trained its 20x level on real 5x pixels. The new bundle reads
-level K off the latent above it by exemplar synthesis (gigagen.engine.exemplar, image quilting): 32 px patches of
-the training part of REGION at level K's magnification, chosen to match the autoencoder's decoding of the latent and
-joined along minimum-error seams. Its
-level decoder is that autoencoder's decoder. The held-out band (the bundle's training record's holdout_frac) is
+level K off the latent above it by exemplar synthesis (gigagen.engine.exemplar, image quilting): patches of the
+training part of REGION at level K's magnification (--patch px, default 48, sharing --overlap px, default 12), chosen
+to match the autoencoder's decoding of the latent and joined along minimum-error seams. Its level decoder is that
+autoencoder's decoder. The held-out band (the bundle's training record's holdout_frac) is
 never part of the exemplar. Convolution and linear weights are stored in bf16 (save_bundle's `compact`): half the size,
 the same pixels in the default bf16 precision.
 
@@ -57,14 +57,16 @@ def pixel_level(c: BundleConfig) -> int:
     return ks[0]
 
 
-def exemplar_pixels(c: BundleConfig, k: int, region: Path, mpp: float | None) -> tuple[ExemplarSpec, ExemplarPixels]:
-    """The training part of `region` (without the bundle's held-out band) at level k's magnification."""
+def exemplar_pixels(c: BundleConfig, k: int, region: Path, mpp: float | None,
+                    **quilt: int) -> tuple[ExemplarSpec, ExemplarPixels]:
+    """The training part of `region` (without the bundle's held-out band) at level k's magnification, quilted with
+    the ExemplarSpec fields `quilt` (patch, overlap) or their defaults."""
     frac = float(c.training.get("holdout_frac", 0.2))
     train, _ = split_reference(region, frac, mpp, c.mpp0)
     zoom = math.prod(level_zooms(tuple(c.magnifications))[:k])  # from the finest magnification to level k's
     m = zoom * c.ae.factor
     rgb = D.downsample(train[: train.shape[0] // m * m, : train.shape[1] // m * m], zoom) if zoom > 1 else train
-    spec = ExemplarSpec(rgb.shape[0], rgb.shape[1])
+    spec = ExemplarSpec(rgb.shape[0], rgb.shape[1], **quilt)
     module = ExemplarPixels(spec)
     module.pixels.copy_(torch.from_numpy(np.ascontiguousarray(rgb)))
     return spec, module
@@ -98,6 +100,9 @@ def main() -> int:
     p.add_argument("--region", required=True, help="the training region (the held-out band is left out)")
     p.add_argument("--mpp", type=float, default=None, help="the region's pixel size in um (default: the file's)")
     p.add_argument("--coarse-of", default=None, help="a bundle whose denoiser samples the latent levels above the pixel level")
+    p.add_argument("--patch", type=int, default=ExemplarSpec.patch, help="quilt patch side in px (default %(default)s)")
+    p.add_argument("--overlap", type=int, default=ExemplarSpec.overlap,
+                   help="px neighbouring patches share (default %(default)s; at most half the patch)")
     p.add_argument("--name", default=None, help="the new bundle's name (default: BUNDLE's with -exemplar)")
     p.add_argument("--out", required=True, help="the new bundle (must not exist)")
     args = p.parse_args()
@@ -107,7 +112,7 @@ def main() -> int:
         bundle = load_bundle(Path(args.bundle))
         c = bundle.config
         k = pixel_level(c)
-        spec, pixels = exemplar_pixels(c, k, Path(args.region), args.mpp)
+        spec, pixels = exemplar_pixels(c, k, Path(args.region), args.mpp, patch=args.patch, overlap=args.overlap)
         fields: dict = {}
         nets: dict = {}
         if args.coarse_of:

@@ -21,9 +21,11 @@ def test_the_model_card_names_the_embedded_bundle_and_its_sampling_defaults() ->
     # the exemplar (not sampled), 5x latent, 1.25x layout; the 20x decoder grown by a refiner; no autoguidance
     assert c.magnifications == (20.0, 5.0, 5.0, 1.25) and c.decoded_level == 1 and c.exemplar is not None
     assert b.exemplar is not None and tuple(b.exemplar.pixels.shape) == (c.exemplar.height, c.exemplar.width, 3)
+    assert (c.exemplar.patch, c.exemplar.overlap) == (48, 12)  # the quilt patches the card and README describe
     assert c.guidance_per_level == (1.0, 2.0, 2.0) and c.autoguidance == 1.0 and c.sampling_tile == 128
     assert c.steps_per_level == (20, 60, 60, 60)
     assert c.ae.factor == 8 and c.ae.latent_ch == 12 and c.ae.refine_ch == 32
     readme = README.read_text()
     assert "`gigagen slide --guidance 1,2,2`, the default" in readme and re.search(r"autoguidance\s+1\b", newest)
     assert "`gigagen slide --steps 20,60,60,60`, the default" in readme and "steps 20,60,60,60" in newest.replace("`", "")
+    assert "48 px patches" in readme and "48 px" in newest

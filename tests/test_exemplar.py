@@ -153,6 +153,7 @@ def test_make_exemplar_bundle_and_slide(png: Path, tmp_path: Path) -> None:  # n
     b = load_bundle(out)
     c = b.config
     assert c.decoded_level == 1 and c.exemplar is not None and c.training["exemplar"]["level"] == 1
+    assert (c.exemplar.patch, c.exemplar.overlap) == (48, 12)  # the defaults the shipped bundle was measured with
     # the training part of the region at 5x, box-downsampled, cut to whole 5x latent cells (16 px at 20x)
     region = np.asarray(Image.open(png).convert("RGB"))
     train_rows = len(D.split_holdout(region, 0.2)[0])
@@ -198,7 +199,7 @@ def test_runs_that_would_drop_the_exemplar_are_refused(exemplar_bundle: tuple[Pa
 
 def test_make_exemplar_bundle_refuses_bad_input(png: Path, tmp_path: Path) -> None:  # noqa: F811
     """One line and exit code 2: an existing --out (left untouched), a bundle without a pixel level under its latent,
-    a --coarse-of bundle of another cascade."""
+    a --coarse-of bundle of another cascade, an overlap over half the patch; a valid --patch / --overlap is kept."""
     src = make_bundle(tmp_path / "px.safetensors", **DECODED)
     taken = tmp_path / "taken.safetensors"
     taken.write_bytes(b"mine")
@@ -210,8 +211,14 @@ def test_make_exemplar_bundle_refuses_bad_input(png: Path, tmp_path: Path) -> No
     assert r.returncode == 2 and "pixel level" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_script(str(src), "--region", str(png), "--mpp", "0.5", "--coarse-of", str(plain), "--out", str(tmp_path / "b.safetensors"))
     assert r.returncode == 2 and "--coarse-of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
+    r = run_script(str(src), "--region", str(png), "--mpp", "0.5", "--patch", "16", "--overlap", "9", "--out", str(tmp_path / "c.safetensors"))
+    assert r.returncode == 2 and "overlap" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not any((tmp_path / f"{n}.safetensors").exists() for n in "abc")
     assert read_bundle_config(src).exemplar is None
+    r = run_script(str(src), "--region", str(png), "--mpp", "0.5", "--patch", "16", "--overlap", "4", "--out", str(tmp_path / "d.safetensors"))
+    assert r.returncode == 0, r.stderr
+    spec = read_bundle_config(tmp_path / "d.safetensors").exemplar
+    assert spec is not None and (spec.patch, spec.overlap) == (16, 4)
 
 
 def test_the_plan_counts_the_exemplar_synthesis(exemplar_bundle: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
