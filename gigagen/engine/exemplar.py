@@ -49,7 +49,8 @@ class ExemplarSpec:
 
     height: int
     width: int
-    patch: int = 48  # 96 um at 5x; 32 px patches measured worse: a finer collage, smaller nuclei (model card, 2026-12-07 twenty-sixth)
+    # 96 um at 5x; 32 px (overlap 8) measured worse: a finer collage, smaller nuclei (model card, 2026-12-07 twenty-sixth)
+    patch: int = 48
     overlap: int = 12
     iters: int = 0  # red-black passes; measured worse on whole slides (they spread the epidermis), kept as an option
     candidates: int = 32
