@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retrain the embedded default model from scratch on CMU-1-Small-Region, time-bounded.
-#   scripts/train_default.sh [TOTAL_MINUTES [AE_MINUTES]]     (default 460 and 50: about the shipped model's budget)
+#   scripts/train_default.sh [TOTAL_MINUTES [AE_MINUTES]]     (default 502 and 50: about the shipped model's budget)
 # Stages: the autoencoder and denoiser (TOTAL less every later stage's minutes), then the
 # small autoguidance network for that denoiser (GUIDE_STEPS steps, at most GUIDE_MINUTES minutes; default
 # 11351 and 60, as shipped), recorded with the default weight AUTOGUIDANCE (1.5), then the adversarial
@@ -9,11 +9,13 @@
 # denoiser, 70% at 5x, with 24 coarse warps for the 5x level (--coarse-warps; guide and decoder kept).
 # The finished bundle records STEPS (default 20,60,60: DDIM steps at 20x, 5x, 1.25x) as its sampling
 # default (scripts/set_sampling_defaults.py; a new file in runs/, weights unchanged).
-# Then the shipped cascade (model card, 2026-12-07 twenty-fifth): PIXEL_MINUTES (default 40) of a 20x denoiser that
-# reads real 5x pixels (magnifications 20,5,5,1.25, pixel level 1, from that bundle's weights), REFINE_MINUTES
-# (default 45) of an adversarial fine-tune of its decoder grown by a full-resolution refiner, and a bundle whose 5x
-# pixels are quilted from the training part's (scripts/make_exemplar_bundle.py), its latent levels sampled by the
-# three-level bundle. PIXEL_MINUTES=0 ships the three-level bundle instead.
+# Then the shipped cascade (model card, 2026-12-07 twenty-fifth and twenty-sixth): PIXEL_MINUTES (default 40) of a
+# 20x denoiser that reads real 5x pixels (magnifications 20,5,5,1.25, pixel level 1, from that bundle's weights),
+# REFINE_MINUTES (default 45) of an adversarial fine-tune of its decoder grown by a full-resolution refiner,
+# PIXEL_MORE_MINUTES (default 42) more of that 20x denoiser, its LR annealed over the last 15, installed under the
+# refined decoder (scripts/set_denoiser.py), and a bundle whose 5x pixels are quilted from the training part's
+# (scripts/make_exemplar_bundle.py), its latent levels sampled by the three-level bundle. PIXEL_MINUTES=0 ships the
+# three-level bundle instead (and skips PIXEL_MORE_MINUTES).
 # OpenMP threads wait passively (measured 7% slower alone, but no 10x stalls when other jobs share
 # the cores); THREADS=1 is another option on a busy machine.
 # INIT_AE=BUNDLE reuses that bundle's autoencoder and trains only the denoiser (TOTAL minutes).
@@ -31,14 +33,15 @@
 # The denoiser stage hands on its best held-out checkpoint (runs/default/bundle-best.safetensors,
 # validated at every checkpoint) to the later stages, not its last.
 # Writes runs/default/, runs/default-guide/, runs/default-decoder/, runs/default-coarse/, runs/default-pixel/ and
-# runs/default-refine/ (state, loss.csv/png, bundle), runs/default-final.safetensors (the three-level bundle) and
+# runs/default-refine/ (state, loss.csv/png, bundle), runs/default-final.safetensors (the three-level bundle),
+# runs/default-more.safetensors (the refined bundle with the longer-trained 20x denoiser) and
 # runs/default-exemplar.safetensors (the four-level one), and copies the final EMA
 # bundle to gigagen/weights/default.safetensors when all stages are done (not when stopped: RESUME=1 finishes it).
 # Continue a stopped run with RESUME=1.
 set -euo pipefail
 { # read whole before running: editing this file during a run must not change that run
 cd "$(dirname "$0")/.."
-TOTAL=${1:-460}
+TOTAL=${1:-502}
 AE=${2:-50}
 GUIDE_MINUTES=${GUIDE_MINUTES:-60}
 GUIDE_STEPS=${GUIDE_STEPS:-11351}
@@ -47,12 +50,14 @@ GAN_STEPS=${GAN_STEPS:-1882}
 COARSE_MINUTES=${COARSE_MINUTES:-50}
 PIXEL_MINUTES=${PIXEL_MINUTES:-40}
 REFINE_MINUTES=${REFINE_MINUTES:-45}
-MAIN=$(( TOTAL - GUIDE_MINUTES - DECODER_MINUTES - COARSE_MINUTES - PIXEL_MINUTES - REFINE_MINUTES ))
+PIXEL_MORE_MINUTES=${PIXEL_MORE_MINUTES:-42}
+(( PIXEL_MINUTES > 0 )) || PIXEL_MORE_MINUTES=0
+MAIN=$(( TOTAL - GUIDE_MINUTES - DECODER_MINUTES - COARSE_MINUTES - PIXEL_MINUTES - REFINE_MINUTES - PIXEL_MORE_MINUTES ))
 need=$AE  # the autoencoder's minutes, unless a bundle provides the autoencoder
 [[ -n "${INIT_FROM:-}${INIT_AE:-}" ]] && need=0
-(( GUIDE_MINUTES >= 0 && DECODER_MINUTES >= 0 && COARSE_MINUTES >= 0 && PIXEL_MINUTES >= 0 && REFINE_MINUTES >= 0 )) || { echo "train_default.sh: GUIDE_MINUTES, DECODER_MINUTES, COARSE_MINUTES, PIXEL_MINUTES and REFINE_MINUTES must be >= 0 (0 skips the stage)" >&2; exit 2; }
+(( GUIDE_MINUTES >= 0 && DECODER_MINUTES >= 0 && COARSE_MINUTES >= 0 && PIXEL_MINUTES >= 0 && REFINE_MINUTES >= 0 && PIXEL_MORE_MINUTES >= 0 )) || { echo "train_default.sh: GUIDE_MINUTES, DECODER_MINUTES, COARSE_MINUTES, PIXEL_MINUTES, REFINE_MINUTES and PIXEL_MORE_MINUTES must be >= 0 (0 skips the stage)" >&2; exit 2; }
 (( PIXEL_MINUTES > 0 || REFINE_MINUTES == 0 )) || { echo "train_default.sh: REFINE_MINUTES refines the decoder of the PIXEL_MINUTES stage; give both or set REFINE_MINUTES=0" >&2; exit 2; }
-(( MAIN > need )) || { echo "train_default.sh: TOTAL_MINUTES must exceed GUIDE_MINUTES ($GUIDE_MINUTES) + DECODER_MINUTES ($DECODER_MINUTES) + COARSE_MINUTES ($COARSE_MINUTES) + PIXEL_MINUTES ($PIXEL_MINUTES) + REFINE_MINUTES ($REFINE_MINUTES) + the autoencoder's minutes ($need)" >&2; exit 2; }
+(( MAIN > need )) || { echo "train_default.sh: TOTAL_MINUTES must exceed GUIDE_MINUTES ($GUIDE_MINUTES) + DECODER_MINUTES ($DECODER_MINUTES) + COARSE_MINUTES ($COARSE_MINUTES) + PIXEL_MINUTES ($PIXEL_MINUTES) + REFINE_MINUTES ($REFINE_MINUTES) + PIXEL_MORE_MINUTES ($PIXEL_MORE_MINUTES) + the autoencoder's minutes ($need)" >&2; exit 2; }
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 PY=${PY:-.venv/bin/python}
 REGION=$("$PY" scripts/fetch_cmu_region.py)
@@ -139,6 +144,20 @@ nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-refine --name
     --decoder-of "$pixel" --decoder-refine 32 --gan-mix 1 --max-minutes "$REFINE_MINUTES" \
     --holdout-frac 0.2 --threads "${THREADS:-2}" --seed 0 "${ref[@]}"
 pixel=runs/default-refine/bundle.safetensors
+fi
+if (( PIXEL_MORE_MINUTES > 0 )); then
+# The 20x denoiser trained on (the decoder was refined on its earlier samples, as shipped), its LR annealed at the end;
+# its best checkpoint replaces the denoiser under the refined decoder
+nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-pixel --name gigagen-cmu-default \
+    --magnifications 20,5,5,1.25 --pixel-levels 1 --level-probs 1,0,0,0 \
+    --max-minutes "$PIXEL_MORE_MINUTES" --holdout-frac 0.2 --unet-batch 16 --decoder-every 0 --lr-decay-minutes 15 \
+    --unet-lr 4e-4 --unet-dropout 0.1 --scale-aug 0.87,1.15 --elastic-aug 2 --elastic-strain 0.08 \
+    --input-perturbation 0.1 --unet-precision bf16 --threads "${THREADS:-2}" --seed 21 --resume
+if (( REFINE_MINUTES > 0 )); then
+rm -f runs/default-more.safetensors
+"$PY" scripts/set_denoiser.py "$pixel" --from runs/default-pixel/bundle-best.safetensors --out runs/default-more.safetensors
+pixel=runs/default-more.safetensors
+fi  # without a refined decoder, $pixel is that run's best checkpoint already
 fi
 # The 5x pixels of a slide are quilted from the training part's 5x pixels where they match the sampled 5x latent
 rm -f runs/default-exemplar.safetensors
