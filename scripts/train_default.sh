@@ -129,11 +129,12 @@ if (( PIXEL_MINUTES > 0 )); then
 # 5x latent and layout staying the three-level bundle's; constant LR, as shipped (stopped at its best held-out loss).
 px=(--init-from "$final")
 [[ "${RESUME:-0}" == 1 && -f runs/default-pixel/state.pt ]] && px=(--resume)
-nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-pixel --name gigagen-cmu-default \
-    --magnifications 20,5,5,1.25 --pixel-levels 1 --level-probs 1,0,0,0 \
-    --max-minutes "$PIXEL_MINUTES" --holdout-frac 0.2 --unet-batch 16 --decoder-every 0 --lr-decay-minutes 0 \
-    --unet-lr 4e-4 --unet-dropout 0.1 --scale-aug 0.87,1.15 --elastic-aug 2 --elastic-strain 0.08 \
-    --input-perturbation 0.1 --unet-precision bf16 --threads "${THREADS:-2}" --seed 21 "${px[@]}"
+# this run's options, also for its continuation (PIXEL_MORE_MINUTES) below
+pixel_run=("$REGION" --out runs/default-pixel --name gigagen-cmu-default --magnifications 20,5,5,1.25 --pixel-levels 1
+    --level-probs 1,0,0,0 --holdout-frac 0.2 --unet-batch 16 --decoder-every 0 --unet-lr 4e-4 --unet-dropout 0.1
+    --scale-aug 0.87,1.15 --elastic-aug 2 --elastic-strain 0.08 --input-perturbation 0.1 --unet-precision bf16
+    --threads "${THREADS:-2}" --seed 21)
+nice -n 10 "$PY" -m gigagen.cli train "${pixel_run[@]}" --max-minutes "$PIXEL_MINUTES" --lr-decay-minutes 0 "${px[@]}"
 pixel=runs/default-pixel/bundle-best.safetensors
 if (( REFINE_MINUTES > 0 )); then
 # Its latents hold nuclei the small decoder renders soft: a refiner at full resolution, trained adversarially on
@@ -148,11 +149,7 @@ fi
 if (( PIXEL_MORE_MINUTES > 0 )); then
 # The 20x denoiser trained on (the decoder was refined on its earlier samples, as shipped), its LR annealed at the end;
 # its best checkpoint replaces the denoiser under the refined decoder
-nice -n 10 "$PY" -m gigagen.cli train "$REGION" --out runs/default-pixel --name gigagen-cmu-default \
-    --magnifications 20,5,5,1.25 --pixel-levels 1 --level-probs 1,0,0,0 \
-    --max-minutes "$PIXEL_MORE_MINUTES" --holdout-frac 0.2 --unet-batch 16 --decoder-every 0 --lr-decay-minutes 15 \
-    --unet-lr 4e-4 --unet-dropout 0.1 --scale-aug 0.87,1.15 --elastic-aug 2 --elastic-strain 0.08 \
-    --input-perturbation 0.1 --unet-precision bf16 --threads "${THREADS:-2}" --seed 21 --resume
+nice -n 10 "$PY" -m gigagen.cli train "${pixel_run[@]}" --max-minutes "$PIXEL_MORE_MINUTES" --lr-decay-minutes 15 --resume
 if (( REFINE_MINUTES > 0 )); then
 rm -f runs/default-more.safetensors
 "$PY" scripts/set_denoiser.py "$pixel" --from runs/default-pixel/bundle-best.safetensors --out runs/default-more.safetensors
