@@ -6,8 +6,8 @@ BUNDLE must have a pixel level K under the latent level of its own magnification
 level K off the latent above it by exemplar synthesis (gigagen.engine.exemplar, image quilting): patches of the
 training part of REGION at level K's magnification (--patch px, default 48, sharing --overlap px, default 12), chosen
 to match the autoencoder's decoding of the latent and joined along minimum-error seams. Its level decoder is that
-autoencoder's decoder. The held-out band (the bundle's training record's holdout_frac) is
-never part of the exemplar. Convolution and linear weights are stored in bf16 (save_bundle's `compact`): half the size,
+autoencoder's decoder. The held-out band (the bundle's training record's holdout_frac) is never part of the
+exemplar. Convolution and linear weights are stored in bf16 (save_bundle's `compact`): half the size,
 the same pixels in the default bf16 precision.
 
 With --coarse-of B (a bundle with B's cascade = BUNDLE's without level K, the same encoder and latent scale; the
@@ -16,7 +16,7 @@ B's denoiser samples every latent level above K, with B's sampling steps and gui
 denoiser may then have trained on its finest level only (--level-probs 1,0,0,0).
 
 (runs/default-final.safetensors is the three-level bundle `scripts/train_default.sh` makes before its last stages; the
-shipped default is such a bundle, made from runs/default-refine/bundle.safetensors.)
+shipped default is such a bundle, made from runs/default-more.safetensors.)
 
     .venv/bin/python scripts/make_exemplar_bundle.py runs/pxq/bundle.safetensors --region data/cmu_small_region.svs \\
         --coarse-of runs/default-final.safetensors --out runs/pxq/exemplar.safetensors

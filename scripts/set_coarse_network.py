@@ -43,6 +43,15 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def require_same_latents(bundle: ModelBundle, run: ModelBundle, run_path: Path, *, encoder_only: bool = False) -> None:
+    """A UserError unless `run` was trained on `bundle`'s latents: the same cascade and pixel levels, and the same
+    autoencoder (with `encoder_only`, encoder: a decoder fine-tune keeps the latents) and latent scale."""
+    same, part = (same_encoder, "encoder") if encoder_only else (same_autoencoder, "autoencoder")
+    c, r = bundle.config, run.config
+    if tuple(r.magnifications) != tuple(c.magnifications) or r.pixel_levels != c.pixel_levels or not same(bundle, run):
+        raise UserError(f"{run_path} was not trained on this bundle's latents ({part}, latent scale or cascade differ)")
+
+
 def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path) -> None:
     """Save `bundle` with `run`'s guide network as its coarse network, at the levels that network learned."""
     c, r = bundle.config, run.config
@@ -51,8 +60,7 @@ def with_coarse(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
     if 0 in r.guide_levels:
         raise UserError(f"{run_path}'s network learned the finest level too (levels {list(r.guide_levels)}); "
                         "a coarse network samples coarser levels only (--level-probs 0,P,Q)")
-    if tuple(r.magnifications) != tuple(c.magnifications) or r.pixel_levels != c.pixel_levels or not same_autoencoder(bundle, run):
-        raise UserError(f"{run_path} was not trained on this bundle's latents (autoencoder, latent scale or cascade differ)")
+    require_same_latents(bundle, run, run_path)
     record = {"from": run.identity, "levels": list(r.guide_levels), "network": dataclasses.asdict(r.guide),
               "training": r.training.get("guide", {})}
     cfg = dataclasses.replace(c, coarse=r.guide, coarse_levels=tuple(r.guide_levels), training=c.training | {"coarse": record})

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from set_coarse_network import install_main, same_encoder  # noqa: E402
+from set_coarse_network import install_main, require_same_latents  # noqa: E402
 
 from gigagen.errors import UserError  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, save_new  # noqa: E402
@@ -33,8 +33,7 @@ def with_denoiser(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Pa
     c, r = bundle.config, run.config
     if r.unet != c.unet:
         raise UserError(f"{run_path}'s denoiser is another network (sizes, channels or levels differ from this bundle's)")
-    if tuple(r.magnifications) != tuple(c.magnifications) or r.pixel_levels != c.pixel_levels or not same_encoder(bundle, run):
-        raise UserError(f"{run_path} was not trained on this bundle's latents (encoder, latent scale or cascade differ)")
+    require_same_latents(bundle, run, run_path, encoder_only=True)
     record = {k: r.training[k] for k in RUN_RECORD if k in r.training}
     cfg = dataclasses.replace(c, training=c.training | record | {"denoiser_set_from": run.identity})
     save_new(out, bundle, cfg, unet=run.unet)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from set_coarse_network import install_main, same_autoencoder  # noqa: E402
+from set_coarse_network import install_main, require_same_latents  # noqa: E402
 
 from gigagen.errors import UserError  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, save_new  # noqa: E402
@@ -36,8 +36,7 @@ def with_expert(bundle: ModelBundle, run: ModelBundle, run_path: Path, out: Path
     if not 0 < lo or hi != c.n_train_steps:
         raise UserError(f"{run_path} learned timesteps {lo}..{hi - 1}; an expert learns the high-noise end alone "
                         f"(gigagen train --init-from BUNDLE --t-range LO,{c.n_train_steps})")
-    if tuple(r.magnifications) != tuple(c.magnifications) or r.pixel_levels != c.pixel_levels or not same_autoencoder(bundle, run):
-        raise UserError(f"{run_path} was not trained on this bundle's latents (autoencoder, latent scale or cascade differ)")
+    require_same_latents(bundle, run, run_path)
     shares = r.training.get("level_probs", ())
     levels = tuple(i for i, share in enumerate(shares) if share > 0)
     record = {"from": run.identity, "t_range": [lo, hi], "levels": list(levels),

@@ -362,14 +362,10 @@ AUTOCAST_BF16_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
 
 def _state(name: str, m: torch.nn.Module, compact: bool) -> dict[str, torch.Tensor]:
     """A network's tensors under `name.`; with `compact`, the weights and biases of AUTOCAST_BF16_LAYERS in bf16."""
-    out = {f"{name}.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-    if compact:
-        for prefix, layer in m.named_modules():
-            if isinstance(layer, AUTOCAST_BF16_LAYERS):
-                for k, v in layer.named_parameters(recurse=False):
-                    key = f"{name}.{prefix}.{k}" if prefix else f"{name}.{k}"
-                    out[key] = v.detach().cpu().to(torch.bfloat16).contiguous()
-    return out
+    low = {f"{prefix}.{k}" if prefix else k for prefix, layer in m.named_modules() if isinstance(layer, AUTOCAST_BF16_LAYERS)
+           for k, _ in layer.named_parameters(recurse=False)} if compact else set()
+    return {f"{name}.{k}": v.detach().cpu().to(torch.bfloat16 if k in low else v.dtype).contiguous()
+            for k, v in m.state_dict().items()}
 
 
 def save_bundle(path: Path, cfg: BundleConfig, ae: Autoencoder, unet: UNet, guide: UNet | None = None,

@@ -6,9 +6,9 @@ cannot see what it was not built to see. A classifier two-sample test (Lopez-Paz
 its accuracy is 0.5 when the sets are alike and 1.0 when every crop gives itself away. It is the closest measure this
 project can compute offline to "would an observer take these tiles for real ones".
 
-The halves are disjoint in space (each set is split by where its crops come from: `band_halves`, and per slide in scripts/c2st.py), so the network
-cannot score well by remembering overlapping crops. Accuracy is the mean over both directions (train on A, score
-on B, and back) and over `runs` seeds. The network sees colour as it is: stain differences are real differences.
+The halves are disjoint in space (each set is split by where its crops come from: `band_halves` for the real band,
+scripts/c2st.py per slide), so the network cannot score well by remembering overlapping crops. Accuracy is the mean
+over both directions (train on A, score on B, and back) and over `runs` seeds. The network sees colour as it is: stain differences are real differences.
 """
 
 from __future__ import annotations
