@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from gigagen.models.checkpoint import load_bundle, save_bundle
+from gigagen.models.checkpoint import load_bundle, save_bundle, save_like
 from gigagen.models.unet import UNet, UNetConfig
 
 from conftest import make_bundle
@@ -64,3 +64,20 @@ def test_set_denoiser_refusals_are_one_line_and_keep_existing_files(tmp_path: Pa
     kept.write_bytes(b"user data")
     done = _script(bundle, "--from", bundle, "--out", kept)
     assert done.returncode == 2 and "exists" in done.stderr and kept.read_bytes() == b"user data"
+
+
+def test_a_compact_bundle_takes_a_denoiser_trained_from_its_full_precision_weights(tmp_path: Path) -> None:
+    """The shipped default is stored compact (bf16 convolution weights); a run continued from the fp32 bundle it was
+    made of has the same latents, and the check says so; a changed encoder is still refused."""
+    full = make_bundle(tmp_path / "full.safetensors")
+    b = load_bundle(full)
+    compact = tmp_path / "compact.safetensors"
+    save_like(compact, b, b.config, compact=True)
+    done = _script(compact, "--from", full, "--out", tmp_path / "new.safetensors")
+    assert done.returncode == 0, done.stderr
+    assert _same(load_bundle(tmp_path / "new.safetensors").unet, b.unet)
+    with torch.no_grad():
+        next(b.ae.encoder.parameters()).mul_(1.01)
+    save_bundle(tmp_path / "changed.safetensors", b.config, b.ae, b.unet)
+    done = _script(compact, "--from", tmp_path / "changed.safetensors", "--out", tmp_path / "x.safetensors")
+    assert done.returncode == 2 and "latents" in done.stderr and not (tmp_path / "x.safetensors").exists()
