@@ -29,3 +29,25 @@ def test_the_model_card_names_the_embedded_bundle_and_its_sampling_defaults() ->
     assert "`gigagen slide --guidance 1,2,2`, the default" in readme and re.search(r"autoguidance\s+1\b", newest)
     assert "`gigagen slide --steps 20,60,60,60`, the default" in readme and "steps 20,60,60,60" in newest.replace("`", "")
     assert "48 px patches" in readme and "48 px" in newest
+
+
+def test_slide_help_states_the_embedded_models_defaults(tmp_path, capsys) -> None:
+    """`gigagen slide --help` reads the levels and sampling defaults off the embedded bundle's header, so replacing
+    the default model cannot leave the help text naming the old one's (it once said 20,60,60 and 1.5)."""
+    import pytest
+
+    from gigagen.cli import main
+    from gigagen.commands.slide import embedded_defaults
+
+    c = load_bundle().config
+    with pytest.raises(SystemExit):
+        main(["slide", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    steps = ",".join(str(n) for n in c.steps_per_level)
+    guidance = ",".join(f"{w:g}" for w in c.guidance_per_level)
+    levels = ",".join(f"{m:g}x" for m in c.magnifications)
+    assert f"{steps} for the embedded model" in text and f"({levels} for the embedded model)" in text
+    assert f"{guidance} for the embedded model" in text and f"{c.autoguidance:g} for the embedded model" in text
+    bad = tmp_path / "not_a_bundle.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    assert set(embedded_defaults(bad).values()) == {"?"} == set(embedded_defaults(tmp_path / "missing").values())

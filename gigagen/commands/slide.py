@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import struct
 import sys
 import time
+from pathlib import Path
 
 from gigagen.config import FORMATS, RunConfig, comma_floats, comma_ints, parse_bytes
 from gigagen.engine.grid import BLEND_MODES
@@ -19,7 +21,29 @@ def _formats(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.strip().lower() for s in text.split(",") if s.strip()))
 
 
+EMBEDDED = Path(__file__).resolve().parents[1] / "weights" / "default.safetensors"
+
+
+def embedded_defaults(path: Path = EMBEDDED) -> dict[str, str]:
+    """The embedded model's levels and sampling defaults as help text, read from its safetensors header alone
+    (json, no torch import: --help stays instant); generic wording when the file is missing or unreadable, so the
+    help never goes stale when the default model is replaced."""
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        cfg = json.loads(header["__metadata__"]["gigagen.bundle"])
+        mags = [f"{m:g}x" for m in cfg["magnifications"]]
+        ones = ",".join("1" for _ in mags[:-1])
+        return {"levels": ",".join(mags), "refined": ",".join(mags[:-1]),
+                "steps": ",".join(str(n) for n in cfg["steps"]) or "the training schedule's",
+                "guidance": ",".join(f"{w:g}" for w in cfg["guidance"]) or ones,
+                "autoguidance": f"{cfg['autoguidance']:g}"}
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return {key: "?" for key in ("levels", "refined", "steps", "guidance", "autoguidance")}
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    d = embedded_defaults()
     p = sub.add_parser("slide", help="generate a synthetic H&E slide", description=__doc__)
     size = p.add_argument_group("size (pixels at 20x, 0.5 um/px)")
     size.add_argument("--size", type=int, help="width and height of a square slide (e.g. 4096)")
@@ -28,15 +52,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output slide directory (default: slides/gigagen-TIMESTAMP-sSEED)")
     p.add_argument("--seed", type=int, help="random seed (default: random, recorded in run.json)")
     p.add_argument("--steps", type=comma_ints, default=None, metavar="N[,N...]",
-                   help="DDIM denoising steps per level, finest first (20x,5x,1.25x for the default model), or one number "
-                        "for every level (default: the model's, 20,60,60 for the embedded default)")
+                   help=f"DDIM denoising steps per level, finest first ({d['levels']} for the embedded model), or one number "
+                        f"for every level (default: the model's, {d['steps']} for the embedded model)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default 0)")
     p.add_argument("--guidance", type=comma_floats, default=None, metavar="W[,W...]",
-                   help="classifier-free guidance weight per refinement level, finest first (20x,5x for the default model), or one "
-                        "weight for every level; 1 = one pass (default: the model's, 1,2 for the embedded default)")
+                   help=f"classifier-free guidance weight per refinement level, finest first ({d['refined']} for the embedded model), "
+                        f"or one weight for every level; 1 = one pass (default: the model's, {d['guidance']} for the "
+                        "embedded model)")
     p.add_argument("--autoguidance", type=float, default=None,
                    help="autoguidance weight: the model's small guide network steers away from its errors; 1 = off, "
-                        "one pass (default: the model's, 1.5 for the embedded default)")
+                        f"one pass (default: the model's, {d['autoguidance']} for the embedded model)")
     p.add_argument("--cond-aug", type=int, default=None, metavar="T",
                    help="noise each parent level to this timestep before a level is refined (conditioning augmentation; "
                         "only for models trained with it); 0 = the parent as sampled (default: the model's)")
