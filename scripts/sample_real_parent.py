@@ -10,6 +10,7 @@ real and generated parents) limit quality; if they do not, the 20x denoiser itse
     .venv/bin/python scripts/sample_real_parent.py [--checkpoint B] [--steps 20] [--autoguidance 1,1.5] [--out PNG]
     .venv/bin/python scripts/sample_real_parent.py --split train --from-real 299,599,999   # SDEdit: where nuclei are decided
     .venv/bin/python scripts/sample_real_parent.py --checkpoint B --parent decoded   # a decoded 5x level: its reading of the real 5x latent
+                                                                         # (the default: the exemplar quilt of that reading)
     .venv/bin/python scripts/sample_real_parent.py --checkpoint B --parent decoded-real-nuclei   # nucleus stamps where the real nuclei are
 """
 
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.engine.decode import read_level, to_uint8  # noqa: E402
+from gigagen.engine.exemplar import synthesize  # noqa: E402
 from gigagen.engine.nuclei import sampled_stamps, stamp  # noqa: E402
 from gigagen.models.checkpoint import ModelBundle, load_bundle  # noqa: E402
 from gigagen.models.denoiser import BundleRunner  # noqa: E402
@@ -40,27 +42,35 @@ from gigagen.train.loop import level_array, checked_zooms  # noqa: E402
 def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: str = "held",
               decoded: bool = False, real_nuclei: bool = False, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The held-out band (or with split "train" the training part; cut to whole parent tiles, at most `width` px
-    wide) and its real parent as the denoiser sees it (scaled: the 5x latent, or at a pixel level its folded pixels).
-    With `decoded` (a bundle whose level 1 is decoded), the parent is the level decoder's reading of the real
-    latent above it, as `gigagen slide` makes it (through uint8, as the slide's store holds it), not the real pixels;
-    with the bundle's nucleus stamps painted at centres sampled for `seed` as a slide paints them, or with
-    `real_nuclei` at the real nucleus centres as training paints them."""
-    f, zoom = bundle.config.ae.factor, checked_zooms(bundle.config.magnifications)[0]
+    wide) and its real parent as the denoiser sees it (scaled: the 5x latent, or at a pixel level its folded pixels);
+    with `decoded`, the 5x pixels made from the real 5x latent as a slide makes them (decoded_parent)."""
+    zoom = checked_zooms(bundle.config.magnifications)[0]
     train, held = split_reference(reference, 0.2)
     part = train if split == "train" else held
     m = max(bundle.config.level_cells[:2]) * zoom * 4  # whole cells of both levels (a coarse autoencoder's are larger)
     part = part[: part.shape[0] // m * m, : min(width, part.shape[1]) // m * m]
     coarse = D.downsample(part, zoom)
+    if decoded:
+        centres = M.nucleus_centres(part, bundle.config.mpp0) / zoom if real_nuclei else None
+        coarse = decoded_parent(bundle, coarse, seed, centres)
+    return part, level_array(bundle, coarse, 1)  # the 5x latent, or its pixels at a pixel level
+
+
+def decoded_parent(bundle: ModelBundle, coarse: np.ndarray, seed: int, real_centres: np.ndarray | None = None) -> np.ndarray:
+    """A bundle's decoded level 1 (5x pixels) made from the real 5x pixels' latent as `gigagen slide` makes it from a
+    sampled one, through uint8 as the slide's store holds it: the level decoder's reading, quilted from the bundle's
+    exemplar where it matches that reading (BundleConfig.exemplar), or with its nucleus stamps painted at centres
+    sampled for `seed` (or at `real_centres`, the real nuclei's, as training paints them)."""
+    runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16)
     with torch.no_grad():
-        if decoded:
-            runner = BundleRunner(bundle, torch.device("cpu"), torch.bfloat16)
-            coarse = read_level(level_array(bundle, coarse, 2), runner.level_decode_fn, f, bundle.config.level_noise(seed))
-            spec = bundle.config.nucleus_stamps
-            if spec is not None and real_nuclei:
-                coarse = stamp(coarse, M.nucleus_centres(part, bundle.config.mpp0) / zoom, spec)
-            elif spec is not None:
-                coarse = sampled_stamps(coarse, spec, seed, 1)
-        return part, level_array(bundle, coarse, 1)  # the 5x latent, or its pixels at a pixel level
+        z = level_array(bundle, coarse, 2)
+        px = read_level(z, runner.level_decode_fn, bundle.config.ae.factor, bundle.config.level_noise(seed))
+        spec = bundle.config.nucleus_stamps
+        if bundle.config.exemplar is not None:
+            return synthesize(runner.exemplar_bank(), z, px, bundle.config.exemplar, seed, 1)
+        if spec is not None and real_centres is not None:
+            return stamp(px, real_centres, spec)
+        return sampled_stamps(px, spec, seed, 1) if spec is not None else px
 
 
 def sample(runner: BundleRunner, parent: np.ndarray, shape: tuple[int, ...], args: argparse.Namespace,
@@ -120,8 +130,8 @@ def main() -> int:
     p.add_argument("--parent", default="real", choices=("real", "decoded", "decoded-real-nuclei"),
                    help="the 5x parent: the real one (default), or for a bundle with a decoded level 1 the level "
                         "decoder's reading of the real 5x latent (what the 20x level gets in a slide, short of the latent's "
-                        "errors; with the bundle's nucleus stamps at sampled centres), or that reading with the stamps at "
-                        "the real nucleus centres (what training gives it)")
+                        "errors; quilted from the bundle's exemplar, or with its nucleus stamps at sampled centres), or that "
+                        "reading with the stamps at the real nucleus centres (what training gives it)")
     p.add_argument("--out", default=None, help="PNG: real band above, the sampled bands below (one per weight)")
     p.add_argument("--crop", default=None, help="X0,X1: write only these columns of the band to --out, at half size (docs)")
     p.add_argument("--zoom", default=None, help="X0,X1,Y0,Y1: write this window of every row to --out side by side, at full "

@@ -253,3 +253,24 @@ def test_coarse_of_needs_the_same_encoder_not_the_same_decoder(tmp_path: Path) -
     c = load_bundle(path)
     c.config = dataclasses.replace(c.config, latent_scale=c.config.latent_scale * 2)
     assert not same_encoder(a, c)
+
+
+def test_sample_real_parent_quilts_the_real_latent_as_a_slide_does(exemplar_bundle: tuple[Path, Path]) -> None:
+    """scripts/sample_real_parent.py --parent decoded gives the 20x denoiser the 5x level a slide would make from the
+    real 5x latent: for an exemplar bundle that is the quilt (every pixel one of the exemplar's colours, copied), not
+    the level decoder's reading of the latent, which is only the quilt's guide."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sample_real_parent", ROOT / "scripts" / "sample_real_parent.py")
+    assert spec is not None and spec.loader is not None
+    srp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(srp)
+    region, path = exemplar_bundle
+    bundle = load_bundle(path)
+    coarse = D.downsample(np.asarray(Image.open(region).convert("RGB"))[:256, :256], 4)  # 64 x 64 px of "5x"
+    px = srp.decoded_parent(bundle, coarse, seed=1)
+    assert px.shape == coarse.shape and px.dtype == np.uint8
+    colours = {tuple(c) for c in bundle.exemplar.pixels.numpy().reshape(-1, 3)}
+    assert all(tuple(c) in colours for c in px.reshape(-1, 3))
+    guide = read_level(srp.level_array(bundle, coarse, 2), srp.BundleRunner(bundle, torch.device("cpu"), torch.bfloat16).level_decode_fn, F8)
+    assert not all(tuple(c) in colours for c in guide.reshape(-1, 3))  # what the script gave before: not the quilt
