@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write a copy of a model bundle with other sampling defaults; its weights stay bit for bit the same.
+"""Write a copy of a model bundle with other sampling defaults; its weights stay bit for bit the same (stored in bf16
+when the bundle's are, as the shipped default's are, so the copy is no larger).
 
 The defaults `gigagen slide` takes from a bundle (guidance weights per level, DDIM steps per level,
 autoguidance weight, sampling tile, conditioning noise) are measured per model after training (scripts/bench_sampling.py); this records
@@ -59,7 +60,7 @@ def main() -> int:
             raise UserError("nothing to change: give --guidance, --steps, --autoguidance, --sample-tile or --cond-aug")
         record = {"from": bundle.identity, "changed": {k: list(v) if isinstance(v, tuple) else v for k, v in new.items()}}
         cfg = dataclasses.replace(c, **new, training=c.training | {"sampling_defaults": record})
-        save_new(out, bundle, cfg)
+        save_new(out, bundle, cfg, compact=bundle.compact)  # a compact bundle stays compact: the same values, the same size
         return f"{out}: {load_bundle(out).identity} ({', '.join(f'{k} {v}' for k, v in record['changed'].items())})"
 
     return script_exit("set_sampling_defaults", body)

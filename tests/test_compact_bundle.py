@@ -39,3 +39,26 @@ def test_a_compact_bundle_is_smaller_and_samples_the_same_bits(tmp_path: Path) -
     # in fp32 the rounded weights are a slightly different network
     fa, fc = (BundleRunner(m, torch.device("cpu"), torch.float32) for m in (b, c))
     assert not np.array_equal(fa.decode_fn(z), fc.decode_fn(z))
+
+
+def test_set_sampling_defaults_keeps_a_compact_bundle_compact(tmp_path: Path) -> None:
+    """A copy with other sampling defaults stores its weights as the source does: the shipped default is compact and
+    under the repository's file-size limit, and a copy written in fp32 would be twice its size, not the same file but
+    for its defaults. Each tensor keeps its stored dtype and bits; a full bundle stays full."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "set_sampling_defaults.py"
+    full = make_bundle(tmp_path / "full.safetensors")
+    small = tmp_path / "small.safetensors"
+    save_like(small, load_bundle(full), load_bundle(full).config, compact=True)
+    assert load_bundle(small).compact and not load_bundle(full).compact
+    for src in (small, full):
+        out = tmp_path / f"{src.stem}_steps.safetensors"
+        r = subprocess.run([sys.executable, str(script), str(src), "--out", str(out), "--steps", "7"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        a, b = load_file(str(src)), load_file(str(out))
+        assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+        assert abs(out.stat().st_size - src.stat().st_size) < 4096  # the same tensors; only the header differs

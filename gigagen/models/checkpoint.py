@@ -219,6 +219,7 @@ class ModelBundle:
     expert: UNet | None = None  # samples config.expert_levels from timestep config.expert_from on instead of unet
     coarse_ae: Autoencoder | None = None  # holds every level above the finest (config.coarse_ae)
     exemplar: ExemplarPixels | None = None  # the decoded level's exemplar (config.exemplar)
+    compact: bool = False  # the file stores weights in bf16 (save_bundle's compact): copies of it should too
 
     def autoencoder(self, level: int) -> Autoencoder:
         """The autoencoder whose latent holds `level`: the coarse one above the finest level, when there is one."""
@@ -490,4 +491,5 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
             raise UserError(f"checkpoint {path} does not match its configuration: {first}") from None
     for module in modules.values():
         module.to(device).eval().requires_grad_(False)
-    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse, expert, coarse_ae, exemplar)
+    return ModelBundle(cfg, ae, unet, _file_identity(path, cfg.name), guide, level_decoder, coarse, expert, coarse_ae, exemplar,
+                       compact=any(v.dtype == torch.bfloat16 for v in state.values()))
