@@ -51,7 +51,8 @@ def held_band(bundle: ModelBundle, reference: str, width: int = 1 << 30, split: 
     part = part[: part.shape[0] // m * m, : min(width, part.shape[1]) // m * m]
     coarse = D.downsample(part, zoom)
     if decoded:
-        centres = M.nucleus_centres(part, bundle.config.mpp0) / zoom if real_nuclei else None
+        stamps = real_nuclei and bundle.config.nucleus_stamps is not None  # the real centres cost a nucleus search
+        centres = M.nucleus_centres(part, bundle.config.mpp0) / zoom if stamps else None
         coarse = decoded_parent(bundle, coarse, seed, centres)
     return part, level_array(bundle, coarse, 1)  # the 5x latent, or its pixels at a pixel level
 

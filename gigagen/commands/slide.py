@@ -13,6 +13,7 @@ from pathlib import Path
 from gigagen.config import FORMATS, RunConfig, comma_floats, comma_ints, parse_bytes
 from gigagen.engine.grid import BLEND_MODES
 from gigagen.errors import UserError
+from gigagen.models.header import DEFAULT_STEPS, DEFAULT_WEIGHTS, bundle_metadata
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -21,22 +22,16 @@ def _formats(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.strip().lower() for s in text.split(",") if s.strip()))
 
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "weights" / "default.safetensors"
-
-
-def embedded_defaults(path: Path = EMBEDDED) -> dict[str, str]:
-    """The embedded model's levels and sampling defaults as help text, read from its safetensors header alone
-    (json, no torch import: --help stays instant); generic wording when the file is missing or unreadable, so the
-    help never goes stale when the default model is replaced."""
+def embedded_defaults(path: Path = DEFAULT_WEIGHTS) -> dict[str, str]:
+    """The embedded model's levels and sampling defaults as help text, read from its file's header alone (no torch
+    import: --help stays instant), so the help cannot go stale when the default model is replaced; "?" when the
+    file is missing or unreadable."""
     try:
-        with open(path, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        cfg = json.loads(header["__metadata__"]["gigagen.bundle"])
+        cfg = bundle_metadata(path)
         mags = [f"{m:g}x" for m in cfg["magnifications"]]
-        ones = ",".join("1" for _ in mags[:-1])
         return {"levels": ",".join(mags), "refined": ",".join(mags[:-1]),
-                "steps": ",".join(str(n) for n in cfg["steps"]) or "the training schedule's",
-                "guidance": ",".join(f"{w:g}" for w in cfg["guidance"]) or ones,
+                "steps": ",".join(str(n) for n in cfg["steps"] or [DEFAULT_STEPS] * len(mags)),
+                "guidance": ",".join(f"{w:g}" for w in cfg["guidance"] or [1] * (len(mags) - 1)),
                 "autoguidance": f"{cfg['autoguidance']:g}"}
     except (OSError, ValueError, KeyError, TypeError, struct.error):
         return {key: "?" for key in ("levels", "refined", "steps", "guidance", "autoguidance")}

@@ -27,13 +27,11 @@ from gigagen.engine.levels import cond_factors, level_cells, level_scales
 from gigagen.engine.exemplar import ExemplarSpec, validate_spec
 from gigagen.engine.nuclei import StampSpec
 from gigagen.errors import UserError
+from gigagen.models.header import DEFAULT_STEPS, DEFAULT_WEIGHTS, META_KEY  # noqa: F401  (re-exported)
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 
-META_KEY = "gigagen.bundle"
 FORMAT_VERSION = 1
-DEFAULT_STEPS = 20  # DDIM steps per level when neither the run nor the bundle names them
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
 
 
 @dataclass(frozen=True)
