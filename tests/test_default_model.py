@@ -51,3 +51,8 @@ def test_slide_help_states_the_embedded_models_defaults(tmp_path, capsys) -> Non
     bad = tmp_path / "not_a_bundle.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
     assert set(embedded_defaults(bad).values()) == {"?"} == set(embedded_defaults(tmp_path / "missing").values())
+    # a Git LFS pointer in place of the weights (a clone without LFS): its text read as a header length is exabytes,
+    # which must give "?", not a MemoryError in every gigagen command (the help is built at start-up)
+    pointer = tmp_path / "default.safetensors"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 19845240\n")
+    assert set(embedded_defaults(pointer).values()) == {"?"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import struct
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ def embedded_defaults(path: Path = DEFAULT_WEIGHTS) -> dict[str, str]:
                 "steps": ",".join(str(n) for n in cfg["steps"] or [DEFAULT_STEPS] * len(mags)),
                 "guidance": ",".join(f"{w:g}" for w in cfg["guidance"] or [1] * (len(mags) - 1)),
                 "autoguidance": f"{cfg['autoguidance']:g}"}
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+    except (OSError, ValueError, KeyError, TypeError):
         return {key: "?" for key in ("levels", "refined", "steps", "guidance", "autoguidance")}
 
 

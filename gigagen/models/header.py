@@ -11,12 +11,17 @@ from typing import Any
 META_KEY = "gigagen.bundle"  # the safetensors metadata entry that holds the BundleConfig as JSON
 DEFAULT_STEPS = 20  # DDIM steps per level when neither the run nor the bundle names them
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the header's length
 
 
 def bundle_metadata(path: Path) -> dict[str, Any]:
     """The configuration stored in a bundle file's safetensors header (an 8-byte little-endian length, then a JSON
-    object whose "__metadata__" maps META_KEY to the configuration's JSON). OSError, ValueError, KeyError or
-    struct.error when the file is missing or not a bundle."""
+    object whose "__metadata__" maps META_KEY to the configuration's JSON). OSError when the file cannot be read;
+    ValueError or KeyError when it is not a bundle: any other file, e.g. a Git LFS pointer left in place of the
+    weights, whose first 8 bytes read as a length of exabytes."""
     with open(path, "rb") as f:
-        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        head = f.read(8)
+        if len(head) < 8 or (n := struct.unpack("<Q", head)[0]) > MAX_HEADER_BYTES:
+            raise ValueError(f"{path} does not start with a safetensors header")
+        header = json.loads(f.read(n))
     return json.loads(header["__metadata__"][META_KEY])
