@@ -12,7 +12,7 @@ from pathlib import Path
 from gigagen.config import FORMATS, RunConfig, comma_floats, comma_ints, parse_bytes
 from gigagen.engine.grid import BLEND_MODES
 from gigagen.errors import UserError
-from gigagen.models.header import DEFAULT_STEPS, DEFAULT_WEIGHTS, bundle_metadata
+from gigagen.models.header import DEFAULT_WEIGHTS, bundle_metadata, guidance_per_level, steps_per_level
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -29,8 +29,8 @@ def embedded_defaults(path: Path = DEFAULT_WEIGHTS) -> dict[str, str]:
         cfg = bundle_metadata(path)
         mags = [f"{m:g}x" for m in cfg["magnifications"]]
         return {"levels": ",".join(mags), "refined": ",".join(mags[:-1]),
-                "steps": ",".join(str(n) for n in cfg["steps"] or [DEFAULT_STEPS] * len(mags)),
-                "guidance": ",".join(f"{w:g}" for w in cfg["guidance"] or [1] * (len(mags) - 1)),
+                "steps": ",".join(str(n) for n in steps_per_level(cfg["steps"], len(mags))),
+                "guidance": ",".join(f"{w:g}" for w in guidance_per_level(cfg["guidance"], len(mags))),
                 "autoguidance": f"{cfg['autoguidance']:g}"}
     except (OSError, ValueError, KeyError, TypeError):
         return {key: "?" for key in ("levels", "refined", "steps", "guidance", "autoguidance")}

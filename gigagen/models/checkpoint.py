@@ -27,7 +27,8 @@ from gigagen.engine.levels import cond_factors, level_cells, level_scales
 from gigagen.engine.exemplar import ExemplarSpec, validate_spec
 from gigagen.engine.nuclei import StampSpec
 from gigagen.errors import UserError
-from gigagen.models.header import DEFAULT_STEPS, DEFAULT_WEIGHTS, META_KEY  # noqa: F401  (re-exported)
+from gigagen.models import header
+from gigagen.models.header import DEFAULT_WEIGHTS, META_KEY
 from gigagen.models.unet import UNet, UNetConfig
 from gigagen.models.vae import Autoencoder, AutoencoderConfig, Decoder
 
@@ -111,7 +112,7 @@ class BundleConfig:
     @property
     def guidance_per_level(self) -> tuple[float, ...]:
         """The default guidance weight of every refinement level, finest first."""
-        return self.guidance or (1.0,) * (len(self.magnifications) - 1)
+        return header.guidance_per_level(self.guidance, len(self.magnifications))
 
     def level_noise(self, seed: int) -> tuple[int, int, int] | None:
         """(seed, decoded level, channels): the noise the level decoder reads in a slide of this seed
@@ -124,7 +125,7 @@ class BundleConfig:
     @property
     def steps_per_level(self) -> tuple[int, ...]:
         """The default DDIM steps of every level, finest first, the layout level included."""
-        return self.steps or (DEFAULT_STEPS,) * len(self.magnifications)
+        return header.steps_per_level(self.steps, len(self.magnifications))
 
     @property
     def sampling_tile(self) -> int:
