@@ -14,9 +14,11 @@ import numpy as np
 
 from gigagen import __version__
 from gigagen.config import RunConfig, default_batch_size, validate
-from gigagen.engine.cascade import DenoiseFn, LevelPlan, local_denoiser, plan_cascade, sample_cascade, with_decoded_level
+from gigagen.engine.cascade import (DenoiseFn, LevelPlan, level_spec, local_denoiser, plan_cascade, sample_cascade,
+                                    with_written_level)
 from gigagen.engine.decode import EXEMPLAR_GROUP_PX, decode_level, decode_tiles, level_tiles, stream_decode
 from gigagen.engine.grid import Tiling
+from gigagen.engine.layout import write_layout_level
 from gigagen.engine.store import DiskStore, MemoryStore, remove_tree
 from gigagen.engine.tiler import StepPlan, step_plans, tiles_per_level
 from gigagen.errors import UserError
@@ -174,7 +176,9 @@ def level_record(plan: LevelPlan, mc: Any) -> dict[str, Any]:
 def made_by(level: int, mc: Any) -> str:
     """What writes a level: the denoiser (the bundle's coarse denoiser at its levels; with its expert from a timestep
     on), or at the decoded level the level decoder (with its noise and its nucleus stamps, if any), or exemplar
-    synthesis guided by it."""
+    synthesis guided by it, or at the layout level of a bundle with a fragment layout, fragments of the exemplar."""
+    if is_written(level, mc) and level != mc.decoded_level:
+        return f"fragments of the exemplar at 1/{mc.layout_zoom} of its size, encoded"
     if level != mc.decoded_level:
         if mc.expert_at(level):
             return f"denoiser, its expert from timestep {mc.expert_from}"
@@ -186,9 +190,14 @@ def made_by(level: int, mc: Any) -> str:
     return "level decoder" + (" with " + " and ".join(extras) if extras else "")
 
 
+def is_written(level: int, mc: Any) -> bool:
+    """Whether a level is written rather than sampled: a decoded level, or the layout level of a fragment layout."""
+    return level == mc.decoded_level or (mc.layout is not None and level == len(mc.magnifications) - 1)
+
+
 def sampled_plans(plans: list[LevelPlan], mc: Any) -> list[LevelPlan]:
-    """The levels the denoiser samples: all but a decoded level."""
-    return [p for p in plans if p.level != mc.decoded_level]
+    """The levels the denoiser samples: all but the written ones (is_written)."""
+    return [p for p in plans if not is_written(p.level, mc)]
 
 
 def with_autoguidance(cfg: RunConfig, bundle: Any) -> RunConfig:
@@ -330,9 +339,10 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
     mc = job.runner.bundle.config
 
     def start(plan: LevelPlan, store: Any) -> None:
-        if plan.level == mc.decoded_level:
+        if is_written(plan.level, mc):
             n = n_steps[plan.level]
-            total, kind = (0 if store.completed() >= n else len(level_tiles(store.spec, n))), "decode"
+            total = 0 if store.completed() >= n else len(level_tiles(store.spec, n))
+            kind = "decode" if plan.level == mc.decoded_level else "layout"
         else:
             total = tiles_per_level(store.spec, n_steps[plan.level], store.completed())
             kind = "layout" if plan.level == n_levels - 1 else "refine"
@@ -358,8 +368,9 @@ def _sample(job: Job, progress: ProgressFactory, timings: Timings) -> Any:
 
 
 def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
-    """Every level's sampler: the farm's or this process's denoiser, and the level decoder at a decoded level
-    (run here even with a farm: it is one decoder pass over a level 16x smaller than the slide)."""
+    """Every level's sampler: the farm's or this process's denoiser, the level decoder at a decoded level (run here
+    even with a farm: it is one decoder pass over a level 16x smaller than the slide), and a fragment layout's
+    renderer at the layout level (here too: that level has 1/256 of the slide's pixels)."""
     if job.farm is not None:
         denoise = job.farm.denoiser(job.steps, job.cfg.eta, on_tiles)
     else:
@@ -374,7 +385,13 @@ def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
                      scale=mc.level_scales[k], halo=mc.ae.decode_halo, n_steps=len(job.steps[k]), on_tiles=on_tiles,
                      stamps=stamps, noise=mc.level_noise(job.cfg.seed), exemplar=exemplar)
 
-    return with_decoded_level(denoise, k, decode)
+    def layout(store: Any, parent: Any, factor: int) -> None:
+        assert mc.layout is not None
+        write_layout_level(store, job.runner.layout_exemplar(), mc.layout, job.runner.encode_fn_at(top),
+                           mc.level_cells[top], len(job.steps[top]), on_tiles)
+
+    top = len(mc.magnifications) - 1
+    return with_written_level(with_written_level(denoise, k, decode), top if mc.layout is not None else None, layout)
 
 
 def _decode(job: Job, latent: Any, writer: Any, progress: ProgressFactory) -> None:
@@ -432,7 +449,7 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 def plan_run(cfg: RunConfig) -> dict[str, Any]:
     """`gigagen slide --plan`: the run's estimated disk, memory, evaluations and time; generates nothing."""
     from gigagen.models.denoiser import BundleRunner
-    from gigagen.plan import calibrate, evaluations, exemplar_seconds, predict_seconds
+    from gigagen.plan import calibrate, evaluations, exemplar_seconds, layout_seconds, predict_seconds
 
     validate(cfg)
     cfg, device, dtype, bundle, plans = _setup_model(cfg)
@@ -456,6 +473,10 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
     if mc.exemplar is not None:  # synthesised here even with a farm, like every decoded level
         seconds["exemplar"] = exemplar_seconds(runner, (read_off[0] * mc.ae.factor, read_off[1] * mc.ae.factor), EXEMPLAR_GROUP_PX)
         seconds["total"] += seconds["exemplar"]
+    if mc.layout is not None:  # rendered here even with a farm, like the exemplar level
+        top = plans[-1]
+        seconds["layout"] = layout_seconds(runner, level_tiles(level_spec(top, mc.level_channels, cfg.seed, tiling), len(steps[top.level])))
+        seconds["total"] += seconds["layout"]
     return {
         "width": cfg.width, "height": cfg.height, "steps": cfg.steps, "blend": cfg.blend, "model": bundle.identity,
         "levels": [level_record(p, mc) for p in plans],

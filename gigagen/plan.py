@@ -19,6 +19,7 @@ from gigagen.config import CALL_PIXELS, RunConfig
 from gigagen.engine.cascade import LevelPlan, channels_at, level_spec, plan_cascade
 from gigagen.engine.decode import decode_region, read_level
 from gigagen.engine.exemplar import synthesize
+from gigagen.engine.layout import ENCODE_HALO, render_layout
 from gigagen.engine.grid import Tile, Tiling, step_segments
 from gigagen.engine.store import LevelSpec, MemoryStore
 from gigagen.engine.tiler import StepPlan, denoise_level, step_batches
@@ -32,6 +33,7 @@ TIFF_RATIO = {"jpeg": 0.25, "none": 1.0}  # bytes per raw RGB byte; lossless cod
 CALIBRATION_SIDE = 4096
 IO_MPX_PER_S = 30.0  # zarr pyramid + TIFF export throughput measured by scripts/bench_export.py (conservative)
 EXEMPLAR_CALIBRATION_PX = 256  # px: an exemplar level's synthesis is timed on a tile this big with its halo
+LAYOUT_CALIBRATION_PX = 256  # px: a fragment layout's rendering and encoding are timed on a region this big
 
 
 def versions() -> dict[str, str]:
@@ -238,4 +240,24 @@ def exemplar_seconds(runner: Any, level_px: tuple[int, int], group_px: int) -> f
     h, w = level_px
     extent = lambda a, n: min(a + group_px + halo, n) - max(a - halo, 0)  # noqa: E731  (a group's span with its halo)
     px = sum(extent(y, h) * extent(x, w) for y in range(0, h, group_px) for x in range(0, w, group_px))
+    return prepare + per_px * px
+
+
+
+def layout_seconds(runner: Any, tiles: Sequence[Tile]) -> float:
+    """Predicted seconds of a fragment layout (BundleConfig.layout) written in `tiles` (latent cells): preparing the
+    exemplar at the layout's magnification (timed) plus rendering and encoding every tile with its halo, at the cost
+    per pixel of one LAYOUT_CALIBRATION_PX-px region, timed after a warm-up (the fragments there change with the seed,
+    the work per pixel little)."""
+    mc = runner.bundle.config
+    top, f, e = len(mc.magnifications) - 1, mc.level_cells[-1], ENCODE_HALO
+    t0 = time.perf_counter()
+    ex, encode = runner.layout_exemplar(), runner.encode_fn_at(top)
+    prepare = time.perf_counter() - t0
+    side = LAYOUT_CALIBRATION_PX
+    encode(render_layout(ex, mc.layout, 0, top, 0, 0, side, side))  # warm-up
+    t0 = time.perf_counter()
+    encode(render_layout(ex, mc.layout, 0, top, 0, 0, side, side))
+    per_px = (time.perf_counter() - t0) / side**2
+    px = sum((t.y1 - t.y0 + 2 * e) * (t.x1 - t.x0 + 2 * e) for t in tiles) * f * f
     return prepare + per_px * px

@@ -3,11 +3,15 @@
 when the bundle's are, as the shipped default's are, so the copy is no larger).
 
 The defaults `gigagen slide` takes from a bundle (guidance weights per level, DDIM steps per level,
-autoguidance weight, sampling tile, conditioning noise) are measured per model after training (scripts/bench_sampling.py); this records
-a measured choice without training again. The bundle's training record gains `sampling_defaults`: the
+autoguidance weight, sampling tile, conditioning noise, and for a bundle with an exemplar whether its layout level is
+sampled or made of fragments of the exemplar) are measured per model after training (scripts/bench_sampling.py); this
+records a measured choice without training again. The bundle's training record gains `sampling_defaults`: the
 identity of the bundle it came from and the fields changed.
 
     .venv/bin/python scripts/set_sampling_defaults.py BUNDLE --out NEW.safetensors --guidance 1,2
+    .venv/bin/python scripts/set_sampling_defaults.py BUNDLE --out NEW.safetensors --layout fragments   # engine.layout
+    .venv/bin/python scripts/set_sampling_defaults.py BUNDLE --out NEW.safetensors --layout cell=128,presence=0.9
+    .venv/bin/python scripts/set_sampling_defaults.py BUNDLE --out NEW.safetensors --layout sampled
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.config import comma_floats, comma_ints, per_level  # noqa: E402
+from gigagen.engine.layout import LayoutSpec  # noqa: E402
 from gigagen.errors import UserError, script_exit  # noqa: E402
-from gigagen.models.checkpoint import fresh_path, load_bundle, save_new  # noqa: E402
+from gigagen.models.checkpoint import fresh_path, load_bundle, save_new, validate_config  # noqa: E402
 
 
 def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
@@ -37,7 +42,33 @@ def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
     for name in ("autoguidance", "sample_tile", "cond_aug"):
         if getattr(args, name) is not None:
             out[name] = getattr(args, name)
+    if args.layout is not None:
+        out["layout"] = layout_spec(args.layout)
     return out
+
+
+def layout_spec(text: str) -> LayoutSpec | None:
+    """--layout: "sampled" (None), "fragments" (LayoutSpec's defaults) or KEY=VALUE,... of LayoutSpec's fields."""
+    if text in ("sampled", "fragments"):
+        return None if text == "sampled" else LayoutSpec()
+    names = {f.name: f.type for f in dataclasses.fields(LayoutSpec)}
+    kv: dict[str, Any] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in names or not value:
+            raise UserError(f"--layout: {part!r} is not sampled, fragments or KEY=VALUE with KEY one of {', '.join(names)}")
+        try:
+            kv[key] = int(value) if names[key] == "int" else float(value)
+        except ValueError:
+            raise UserError(f"--layout: {key} must be a number, not {value!r}") from None
+    return LayoutSpec(**kv)
+
+
+def _plain(v: Any) -> Any:
+    """A changed field as the training record stores it (JSON)."""
+    if isinstance(v, tuple):
+        return list(v)
+    return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
 
 
 def main() -> int:
@@ -49,6 +80,8 @@ def main() -> int:
     p.add_argument("--autoguidance", type=float, default=None)
     p.add_argument("--sample-tile", type=int, default=None)
     p.add_argument("--cond-aug", type=int, default=None)
+    p.add_argument("--layout", default=None, help="the layout level: sampled, fragments (of the exemplar, engine.layout) "
+                                                  "or fragments with KEY=VALUE,... of LayoutSpec")
     args = p.parse_args()
 
     def body() -> str:
@@ -57,9 +90,13 @@ def main() -> int:
         c = bundle.config
         new = changes(args, len(c.magnifications))
         if not new:
-            raise UserError("nothing to change: give --guidance, --steps, --autoguidance, --sample-tile or --cond-aug")
-        record = {"from": bundle.identity, "changed": {k: list(v) if isinstance(v, tuple) else v for k, v in new.items()}}
+            raise UserError("nothing to change: give --guidance, --steps, --autoguidance, --sample-tile, --cond-aug or --layout")
+        record = {"from": bundle.identity, "changed": {k: _plain(v) for k, v in new.items()}}
         cfg = dataclasses.replace(c, **new, training=c.training | {"sampling_defaults": record})
+        try:
+            validate_config(cfg)
+        except ValueError as exc:
+            raise UserError(f"{args.bundle}: {exc}") from None
         save_new(out, bundle, cfg, compact=bundle.compact)  # a compact bundle stays compact: the same values, the same size
         return f"{out}: {load_bundle(out).identity} ({', '.join(f'{k} {v}' for k, v in record['changed'].items())})"
 

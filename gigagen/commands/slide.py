@@ -119,13 +119,15 @@ def _print_plan(plan: dict, as_json: bool) -> None:
     d, ev, sec = plan["disk_bytes"], plan["network_evaluations"], plan["seconds_on_this_machine"]
     print(f"slide        {plan['width']}x{plan['height']} px at 20x, steps {','.join(map(str, plan['steps']))}, blend {plan['blend']}, model {plan['model']}")
     print("levels       " + ", ".join(f"{lv['magnification']:g}x {lv['kind']} {lv['latent_shape'][0]}x{lv['latent_shape'][1]}"
-                                      + (" (decoded)" if lv["made_by"].startswith("level decoder") else "") for lv in plan["levels"]))
+                                      + (" (decoded)" if lv["made_by"].startswith("level decoder") else "")
+                                      + (" (fragments)" if lv["made_by"].startswith("fragments") else "") for lv in plan["levels"]))
     print(f"disk         {gb(d['total'])} at most (zarr {gb(d['zarr'])}, tiffs {gb(d['tiffs'])}, latent state {gb(d['latent_state'])})")
     print(f"memory       {gb(plan['peak_memory_bytes'])} peak resident (latents {plan['latent_store']})")
     guide = f" (+ {ev['guide_tiles']} of the smaller autoguidance network)" if ev["guide_tiles"] else ""
     print(f"network      {ev['unet_tiles']} UNet tile evaluations, {ev['unet_latent_pixels']} latent pixels{guide}")
-    exemplar = f", exemplar synthesis {sec['exemplar']:.0f}" if "exemplar" in sec else ""
-    print(f"time         {sec['total']:.0f} s on this machine (sampling {sec['sampling']:.0f}, decode {sec['decode']:.0f}{exemplar}, "
+    extra = "".join(f", {name} {sec[key]:.0f}" for key, name in (("exemplar", "exemplar synthesis"), ("layout", "fragment layout"))
+                    if key in sec)
+    print(f"time         {sec['total']:.0f} s on this machine (sampling {sec['sampling']:.0f}, decode {sec['decode']:.0f}{extra}, "
           f"pyramid+export {sec['pyramid_and_export']:.0f})")
 
 

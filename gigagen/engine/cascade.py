@@ -98,12 +98,13 @@ def sample_cascade(
     return store
 
 
-def with_decoded_level(denoise: DenoiseFn, level: int | None, decode: DenoiseFn) -> DenoiseFn:
-    """`denoise` at every level but `level` (BundleConfig.decoded_level), which `decode` writes instead."""
+def with_written_level(denoise: DenoiseFn, level: int | None, write: DenoiseFn) -> DenoiseFn:
+    """`denoise` at every level but `level`, which `write` writes instead (a bundle's decoded level, or its fragment
+    layout); level None: `denoise` everywhere."""
     if level is None:
         return denoise
 
     def run(store: Any, parent: "StateView | None", factor: int) -> None:
-        (decode if store.spec.level == level else denoise)(store, parent, factor)
+        (write if store.spec.level == level else denoise)(store, parent, factor)
 
     return run

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from gigagen.engine.levels import cond_factors, level_cells, level_scales
 from gigagen.engine.exemplar import ExemplarSpec, validate_spec
+from gigagen.engine.layout import LayoutSpec, validate_layout
 from gigagen.engine.nuclei import StampSpec
 from gigagen.errors import UserError
 from gigagen.models import header
@@ -88,6 +89,9 @@ class BundleConfig:
     # the decoded level's nuclei and fibres copied from an exemplar of real pixels at its magnification, guided by
     # the level decoder's reading of the latent (engine.exemplar; the pixels are the bundle's "exemplar.pixels")
     exemplar: ExemplarSpec | None = None
+    # with an exemplar: the layout level (the coarsest) made of deformed fragments of that exemplar, brought to the
+    # layout's magnification, instead of sampled (engine.layout; scripts/set_sampling_defaults.py --layout)
+    layout: LayoutSpec | None = None
     # with a decoded level: standard normal channels its level decoder reads next to the latent, drawn per
     # (seed, level, position) (engine.decode.level_noise), so it draws detail the latent does not fix (0: none)
     level_decoder_noise: int = 0
@@ -104,6 +108,12 @@ class BundleConfig:
     # on them. Only the finest level is decoded into the slide, by `ae`; this one decodes layout.png.
     coarse_ae: AutoencoderConfig | None = None
     coarse_latent_scale: float = 1.0  # latent_scale of coarse_ae's latents
+
+    @property
+    def layout_zoom(self) -> int:
+        """How many exemplar pixels one layout pixel averages per side (a fragment layout's zoom, BundleConfig.layout)."""
+        assert self.decoded_level is not None
+        return round(self.magnifications[self.decoded_level] / self.magnifications[-1])
 
     def blur_at(self, level: int) -> float:
         """The smoothing sigma of `level` (level_blur), 0 for none."""
@@ -187,6 +197,8 @@ class BundleConfig:
             d["nucleus_stamps"] = StampSpec.from_dict(d["nucleus_stamps"])
         if d.get("exemplar") is not None:
             d["exemplar"] = _dataclass_from(ExemplarSpec, d["exemplar"])
+        if d.get("layout") is not None:
+            d["layout"] = _dataclass_from(LayoutSpec, d["layout"])
         return _dataclass_from(BundleConfig, d)
 
 
@@ -271,6 +283,8 @@ def validate_config(cfg: BundleConfig) -> None:
         if k is None or cfg.nucleus_stamps is not None or cfg.level_decoder_noise:
             raise ValueError("an exemplar needs a decoded level without nucleus stamps or level decoder noise")
         validate_spec(cfg.exemplar, cfg.ae.factor)
+    if cfg.layout is not None:
+        _validate_layout(cfg)
     if cfg.level_blur and (len(cfg.level_blur) != len(cfg.magnifications) or min(cfg.level_blur) < 0 or cfg.level_blur[0] != 0):
         raise ValueError("level_blur must give one sigma >= 0 per level, 0 at the finest (the level gigagen slide draws), or none")
     if cfg.guide is not None and not _names_levels(cfg.guide_levels, cfg):
@@ -278,6 +292,21 @@ def validate_config(cfg: BundleConfig) -> None:
     _validate_coarse(cfg)
     _validate_expert(cfg)
     _validate_coarse_ae(cfg)
+
+
+def _validate_layout(cfg: BundleConfig) -> None:
+    """A fragment layout needs the exemplar it cuts fragments from, a latent layout level, and a whole zoom from the
+    exemplar's level to it that leaves the exemplar at least a few latent cells on a side."""
+    if cfg.exemplar is None or cfg.decoded_level is None:
+        raise ValueError("a fragment layout needs an exemplar (BundleConfig.exemplar)")
+    top = len(cfg.magnifications) - 1
+    if top in cfg.pixel_levels:
+        raise ValueError("a fragment layout needs a latent layout level")
+    zoom = cfg.magnifications[cfg.decoded_level] / cfg.magnifications[top]
+    if zoom != int(zoom) or min(cfg.exemplar.height, cfg.exemplar.width) // zoom < 4 * cfg.level_cells[top]:
+        raise ValueError("a fragment layout needs a whole zoom from the exemplar's level to the layout level, and an "
+                         "exemplar of at least 4 latent cells a side there")
+    validate_layout(cfg.layout)
 
 
 def _names_levels(levels: tuple[int, ...], cfg: BundleConfig) -> bool:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from gigagen.engine.condition import cond_noise_std
-from gigagen.engine.exemplar import ExemplarBank, build_bank
+from gigagen.engine.exemplar import Encode, ExemplarBank, build_bank
+from gigagen.engine.layout import LayoutExemplar, layout_exemplar
 from gigagen.config import per_level
 from gigagen.errors import UserError
 from gigagen.models.checkpoint import ModelBundle
@@ -124,6 +125,7 @@ class BundleRunner:
     cond_aug: int | None = None  # None = the bundle's default
     counters: Counters = field(default_factory=Counters)
     _bank: ExemplarBank | None = field(default=None, init=False, repr=False)
+    _layout: LayoutExemplar | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.guidance, tuple):  # a lone float would silently mean nothing per level
@@ -234,6 +236,23 @@ class BundleRunner:
         assert self.bundle.level_decoder is not None, "this bundle has no decoded level"
         return self._decode(self.bundle.level_decoder, z)
 
+    def encode_fn_at(self, level: int, smoothed: bool = True) -> Encode:
+        """(H, W, 3) uint8 pixels -> `level`'s scaled latent (C, H/f, W/f), by the autoencoder that holds that level
+        (ModelBundle.autoencoder), as the bundle's denoiser learnt it: smoothed first by the bundle's level_blur
+        (unless `smoothed` is False)."""
+        from gigagen.train.data import blurred
+
+        c = self.bundle.config
+        ae, scale = self.bundle.autoencoder(level), c.level_scales[level]
+        sigma = c.blur_at(level) if smoothed else 0.0
+
+        def encode(rgb: np.ndarray) -> np.ndarray:
+            x = self._tensor(blurred(rgb, sigma).astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0)
+            with torch.no_grad(), self._autocast():
+                return ae.encode(x).float()[0].cpu().numpy() * scale
+
+        return encode
+
     def exemplar_bank(self) -> ExemplarBank:
         """The bundle's exemplar (BundleConfig.exemplar) prepared for synthesis, built on first use: each orientation
         encoded into the latent level above the decoded level and read back by the level decoder, as that level is."""
@@ -241,16 +260,24 @@ class BundleRunner:
             c = self.bundle.config
             assert self.bundle.exemplar is not None and c.decoded_level is not None, "this bundle has no exemplar"
             above = c.decoded_level + 1
-            ae, scale = self.bundle.autoencoder(above), c.level_scales[above]
-
-            def encode(rgb: np.ndarray) -> np.ndarray:
-                x = self._tensor(rgb.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0)
-                with torch.no_grad(), self._autocast():
-                    return ae.encode(x).float()[0].cpu().numpy() * scale
-
             pixels = self.bundle.exemplar.pixels.cpu().numpy()
-            self._bank = build_bank(pixels, encode, self.level_decode_fn, ae.cfg.factor)
+            # unsmoothed, as the bank has always been encoded (no shipped bundle has both an exemplar and level_blur)
+            encode = self.encode_fn_at(above, smoothed=False)
+            self._bank = build_bank(pixels, encode, self.level_decode_fn, self.bundle.autoencoder(above).cfg.factor)
         return self._bank
+
+    def layout_exemplar(self) -> LayoutExemplar:
+        """The bundle's exemplar at the layout level's magnification, for a fragment layout (BundleConfig.layout):
+        box-averaged by the zoom between the two levels, with its tissue mask; built on first use."""
+        if self._layout is None:
+            from gigagen.train.data import downsample, tissue_mask
+
+            assert self.bundle.exemplar is not None, "this bundle has no exemplar"
+            zoom = self.bundle.config.layout_zoom
+            px = self.bundle.exemplar.pixels.cpu().numpy()
+            px = downsample(np.ascontiguousarray(px[: px.shape[0] // zoom * zoom, : px.shape[1] // zoom * zoom]), zoom)
+            self._layout = layout_exemplar(px, tissue_mask(px))
+        return self._layout
 
     @torch.no_grad()
     def _decode(self, decoder: torch.nn.Module, z: np.ndarray, latent_ch: int | None = None, scale: float | None = None) -> np.ndarray:
