@@ -25,6 +25,7 @@ from gigagen.engine.decode import level_tiles
 from gigagen.engine.exemplar import Encode
 from gigagen.engine.grid import dihedral
 
+INSET = 0.85  # the outline's ellipse, as a fraction of the exemplar's half sides: clear of the scan's straight cut edges
 FEATHER = 0.03  # the outline's soft edge, as a fraction of the fragment's radius (about 2 px: a cut, not a fade)
 LOBES = ((2, 1.0), (3, 1.0), (5, 1.0), (8, 0.5), (13, 0.5))  # the outline's dents: (fold, relative depth)
 SPACINGS = (16, 64)  # px at the layout's magnification: control-point spacings of the bend (fibre bundles, outline)
@@ -37,7 +38,7 @@ class LayoutSpec:
     magnification."""
 
     cell: int = 144  # one fragment per cell at most: 144 px at 1.25x is 1.15 mm, about the exemplar's size
-    presence: float = 1.0  # the chance that a cell holds a fragment (1: every 4096^2 px slide has 21-41% tissue)
+    presence: float = 1.0  # the chance that a cell holds a fragment (1: no 4096^2 px slide is nearly empty)
     scale: float = 0.15  # fragments are rescaled by a factor uniform in 1 +- scale
     strain: float = 0.08  # the bend: control-point displacement std as a fraction of its spacing
     lobes: float = 0.1  # the outline's irregularity: the greatest depth of its 2-, 3- and 5-fold dents (finer ones half)
@@ -99,10 +100,10 @@ def _fragment(ex: LayoutExemplar, spec: LayoutSpec, rng: np.random.Generator, yy
     y, x = yy / s, xx / s
     sy = np.cos(theta) * y - np.sin(theta) * x + ndimage.map_coordinates(dy, at, order=1)
     sx = np.sin(theta) * y + np.cos(theta) * x + ndimage.map_coordinates(dx, at, order=1)
-    # the outline: an ellipse inscribed in the exemplar, dented by the lobes, so the region's straight cut edges
-    # (where the scanned region ended, not where the tissue did) never show
+    # the outline: an ellipse inside the exemplar, dented by the lobes, so the region's straight cut edges (where the
+    # scanned region ended, not where the tissue did) never show
     phi = np.arctan2(sy, sx)
-    rad = 1.0 - sum(a * (1 + np.cos(k * phi + p)) / 2 for a, k, p in lobes)
+    rad = INSET * (1.0 - sum(a * (1 + np.cos(k * phi + p)) / 2 for a, k, p in lobes))
     ell = np.hypot(sy / (h / 2), sx / (w / 2)) / rad
     window = np.clip((1 - ell) / FEATHER, 0, 1)
     coords = (sy + (h - 1) / 2, sx + (w - 1) / 2)
