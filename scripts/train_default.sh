@@ -14,8 +14,10 @@
 # REFINE_MINUTES (default 45) of an adversarial fine-tune of its decoder grown by a full-resolution refiner,
 # PIXEL_MORE_MINUTES (default 42) more of that 20x denoiser, its LR annealed over the last 15, installed under the
 # refined decoder (scripts/set_denoiser.py), and a bundle whose 5x pixels are quilted from the training part's
-# (scripts/make_exemplar_bundle.py), its latent levels sampled by the three-level bundle. PIXEL_MINUTES=0 ships the
-# three-level bundle instead (and skips PIXEL_MORE_MINUTES).
+# (scripts/make_exemplar_bundle.py), its latent levels sampled by the three-level bundle, and its 1.25x layout made of
+# fragments of that exemplar instead of sampled (scripts/set_sampling_defaults.py --layout fragments; model card,
+# 2026-12-07 twenty-eighth; LAYOUT=sampled keeps it sampled). PIXEL_MINUTES=0 ships the three-level bundle instead
+# (and skips PIXEL_MORE_MINUTES).
 # OpenMP threads wait passively (measured 7% slower alone, but no 10x stalls when other jobs share
 # the cores); THREADS=1 is another option on a busy machine.
 # INIT_AE=BUNDLE reuses that bundle's autoencoder and trains only the denoiser (TOTAL minutes).
@@ -35,7 +37,8 @@
 # Writes runs/default/, runs/default-guide/, runs/default-decoder/, runs/default-coarse/, runs/default-pixel/ and
 # runs/default-refine/ (state, loss.csv/png, bundle), runs/default-final.safetensors (the three-level bundle),
 # runs/default-more.safetensors (the refined bundle with the longer-trained 20x denoiser) and
-# runs/default-exemplar.safetensors (the four-level one), and copies the final EMA
+# runs/default-exemplar.safetensors (the four-level one), runs/default-layout.safetensors (it with the fragment layout),
+# and copies the final EMA
 # bundle to gigagen/weights/default.safetensors when all stages are done (not when stopped: RESUME=1 finishes it).
 # Continue a stopped run with RESUME=1.
 set -euo pipefail
@@ -161,6 +164,12 @@ rm -f runs/default-exemplar.safetensors
 "$PY" scripts/make_exemplar_bundle.py "$pixel" --region "$REGION" --coarse-of "$final" --name gigagen-cmu-default \
     --out runs/default-exemplar.safetensors
 final=runs/default-exemplar.safetensors
+# Its layout level made of deformed fragments of the exemplar: the sampled layout is a purple-pink mush (weights unchanged)
+if [[ "${LAYOUT:-fragments}" != sampled ]]; then
+rm -f runs/default-layout.safetensors
+"$PY" scripts/set_sampling_defaults.py "$final" --out runs/default-layout.safetensors --layout "${LAYOUT:-fragments}"
+final=runs/default-layout.safetensors
+fi
 fi
 # only runs that finished replace the shipped weights (set -e stops here otherwise)
 cp "$final" gigagen/weights/default.safetensors

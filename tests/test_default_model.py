@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from gigagen.engine.layout import LayoutSpec
 from gigagen.models.checkpoint import DEFAULT_WEIGHTS, load_bundle
 
 CARD = DEFAULT_WEIGHTS.parent / "MODEL_CARD.md"
@@ -18,8 +19,10 @@ def test_the_model_card_names_the_embedded_bundle_and_its_sampling_defaults() ->
     assert b.identity.split("@")[1] in newest.replace("`", "")
     c = b.config
     # the cascade and defaults the README's status paragraph and the card state: 20x latent, 5x pixels quilted from
-    # the exemplar (not sampled), 5x latent, 1.25x layout; the 20x decoder grown by a refiner; no autoguidance
+    # the exemplar (not sampled), 5x latent, 1.25x layout made of fragments of the exemplar (not sampled either); the
+    # 20x decoder grown by a refiner; no autoguidance
     assert c.magnifications == (20.0, 5.0, 5.0, 1.25) and c.decoded_level == 1 and c.exemplar is not None
+    assert c.layout == LayoutSpec()
     assert b.exemplar is not None and tuple(b.exemplar.pixels.shape) == (c.exemplar.height, c.exemplar.width, 3)
     assert (c.exemplar.patch, c.exemplar.overlap) == (48, 12)  # the quilt patches the card and README describe
     assert c.guidance_per_level == (1.0, 2.0, 2.0) and c.autoguidance == 1.0 and c.sampling_tile == 128
@@ -29,6 +32,7 @@ def test_the_model_card_names_the_embedded_bundle_and_its_sampling_defaults() ->
     assert "`gigagen slide --guidance 1,2,2`, the default" in readme and re.search(r"autoguidance\s+1\b", newest)
     assert "`gigagen slide --steps 20,60,60,60`, the default" in readme and "steps 20,60,60,60" in newest.replace("`", "")
     assert "48 px patches" in readme and "48 px" in newest
+    assert "layout made of fragments of the exemplar" in readme and "layout made of fragments of the exemplar" in newest
 
 
 def test_slide_help_states_the_embedded_models_defaults(tmp_path, capsys) -> None:
