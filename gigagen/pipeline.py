@@ -177,7 +177,7 @@ def made_by(level: int, mc: Any) -> str:
     """What writes a level: the denoiser (the bundle's coarse denoiser at its levels; with its expert from a timestep
     on), or at the decoded level the level decoder (with its noise and its nucleus stamps, if any), or exemplar
     synthesis guided by it, or at the layout level of a bundle with a fragment layout, fragments of the exemplar."""
-    if is_written(level, mc) and level != mc.decoded_level:
+    if level == mc.fragment_level:
         return f"fragments of the exemplar at 1/{mc.layout_zoom} of its size, encoded"
     if level != mc.decoded_level:
         if mc.expert_at(level):
@@ -192,7 +192,7 @@ def made_by(level: int, mc: Any) -> str:
 
 def is_written(level: int, mc: Any) -> bool:
     """Whether a level is written rather than sampled: a decoded level, or the layout level of a fragment layout."""
-    return level == mc.decoded_level or (mc.layout is not None and level == len(mc.magnifications) - 1)
+    return level in (mc.decoded_level, mc.fragment_level)
 
 
 def sampled_plans(plans: list[LevelPlan], mc: Any) -> list[LevelPlan]:
@@ -386,12 +386,12 @@ def _denoiser(job: Job, on_tiles: Callable[[int], None]) -> DenoiseFn:
                      stamps=stamps, noise=mc.level_noise(job.cfg.seed), exemplar=exemplar)
 
     def layout(store: Any, parent: Any, factor: int) -> None:
-        assert mc.layout is not None
+        top = mc.fragment_level
+        assert top is not None and mc.layout is not None
         write_layout_level(store, job.runner.layout_exemplar(), mc.layout, job.runner.encode_fn_at(top),
                            mc.level_cells[top], len(job.steps[top]), on_tiles)
 
-    top = len(mc.magnifications) - 1
-    return with_written_level(with_written_level(denoise, k, decode), top if mc.layout is not None else None, layout)
+    return with_written_level(with_written_level(denoise, k, decode), mc.fragment_level, layout)
 
 
 def _decode(job: Job, latent: Any, writer: Any, progress: ProgressFactory) -> None:

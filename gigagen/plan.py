@@ -250,7 +250,9 @@ def layout_seconds(runner: Any, tiles: Sequence[Tile]) -> float:
     per pixel of one LAYOUT_CALIBRATION_PX-px region, timed after a warm-up (the fragments there change with the seed,
     the work per pixel little)."""
     mc = runner.bundle.config
-    top, f, e = len(mc.magnifications) - 1, mc.level_cells[-1], ENCODE_HALO
+    top, e = mc.fragment_level, ENCODE_HALO
+    assert top is not None, "this bundle samples its layout"
+    f = mc.level_cells[top]
     t0 = time.perf_counter()
     ex, encode = runner.layout_exemplar(), runner.encode_fn_at(top)
     prepare = time.perf_counter() - t0

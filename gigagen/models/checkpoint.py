@@ -110,6 +110,11 @@ class BundleConfig:
     coarse_latent_scale: float = 1.0  # latent_scale of coarse_ae's latents
 
     @property
+    def fragment_level(self) -> int | None:
+        """The layout level (the coarsest) when it is made of fragments of the exemplar (BundleConfig.layout), else None."""
+        return len(self.magnifications) - 1 if self.layout is not None else None
+
+    @property
     def layout_zoom(self) -> int:
         """How many exemplar pixels one layout pixel averages per side (a fragment layout's zoom, BundleConfig.layout)."""
         assert self.decoded_level is not None
