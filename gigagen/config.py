@@ -18,6 +18,7 @@ from gigagen.errors import UserError
 CALL_PIXELS = 2 * 128 * 128
 FORMATS = ("ome-tiff", "tiff", "dzi")  # the keys of gigagen.io.export.FORMATS (kept import-light)
 COMPRESSIONS = ("jpeg", "deflate", "zstd", "lzw", "none")
+LAYOUTS = ("sampled", "fragments")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class RunConfig:
     guidance: tuple[float, ...] | None = None  # CFG weight per refinement level, finest first (or one for all); None = the model's
     autoguidance: float | None = None  # None = the model's own default (1 when it has no guide network)
     cond_aug: int | None = None  # parent noise timestep (conditioning augmentation); None = the model's default
+    layout: str | None = None  # "sampled" or "fragments" (of the model's exemplar, engine.layout); None = the model's
     blend: str = "gridshift"
     overlap_stride: int | None = None  # latent pixels; default tile // 2
     tile: int | None = None  # latent tile side; default: the model's training tile
@@ -111,6 +113,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"steps must be a positive integer per level, not {shown}")
     if cfg.blend not in BLEND_MODES:
         raise UserError(f"unknown blend mode {cfg.blend!r}; choose from {', '.join(BLEND_MODES)}")
+    if cfg.layout is not None and cfg.layout not in LAYOUTS:
+        raise UserError(f"unknown layout {cfg.layout!r}; choose from {', '.join(LAYOUTS)}")
     if cfg.eta < 0:
         raise UserError(f"eta must be >= 0, not {cfg.eta}")
     if cfg.guidance is not None and (not cfg.guidance or min(cfg.guidance) < 0):

@@ -143,6 +143,7 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     bundle = load_bundle(Path(cfg.checkpoint) if cfg.checkpoint else None, device)
+    cfg = with_layout(cfg, bundle)
     mc = bundle.config
     tile = cfg.tile or mc.sampling_tile
     if tile % mc.unet.divisor:
@@ -152,6 +153,26 @@ def _setup_model(cfg: RunConfig) -> tuple[RunConfig, Any, Any, Any, list[LevelPl
                   guidance=guidance_weights(bundle, cfg.guidance), steps=sampling_steps(bundle, cfg.steps),
                   batch_size=cfg.batch_size or default_batch_size(tile))
     return cfg, device, dtype, bundle, plans
+
+
+def with_layout(cfg: RunConfig, bundle: Any) -> RunConfig:
+    """The run's layout made explicit (run.json and the resume fingerprint record it), and the bundle's configuration
+    set to it: --layout sampled drops a fragment layout, --layout fragments adds one with LayoutSpec's defaults to a
+    bundle that samples its layout (it needs an exemplar); the file and its identity are unchanged."""
+    from gigagen.engine.layout import LayoutSpec
+    from gigagen.models.checkpoint import validate_config
+
+    mc = bundle.config
+    own = "fragments" if mc.layout is not None else "sampled"
+    want = cfg.layout or own
+    if want != own:
+        new = replace(mc, layout=LayoutSpec() if want == "fragments" else None)
+        try:
+            validate_config(new)
+        except ValueError as exc:
+            raise UserError(f"--layout {want}: {exc}") from None
+        bundle.config = new
+    return replace(cfg, layout=want)
 
 
 def run_tiling(cfg: RunConfig, mc: Any) -> Tiling:

@@ -52,6 +52,7 @@ def test_slide_help_states_the_embedded_models_defaults(tmp_path, capsys) -> Non
     levels = ",".join(f"{m:g}x" for m in c.magnifications)
     assert f"{steps} for the embedded model" in text and f"({levels} for the embedded model)" in text
     assert f"{guidance} for the embedded model" in text and f"{c.autoguidance:g} for the embedded model" in text
+    assert f"{'fragments' if c.layout is not None else 'sampled'} for the embedded model" in text
     bad = tmp_path / "not_a_bundle.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
     assert set(embedded_defaults(bad).values()) == {"?"} == set(embedded_defaults(tmp_path / "missing").values())

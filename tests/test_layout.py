@@ -203,3 +203,43 @@ def test_a_run_killed_around_the_fragment_layout_resumes_to_the_same_pixels(exem
     for got, want in zip(_pixels(out), _pixels(ref), strict=True):
         np.testing.assert_array_equal(got, want)
     assert json.loads((out / "run.json").read_text())["levels"][3]["made_by"].startswith("fragments")
+
+
+def _slide(bundle: Path, out: Path, *extra: str) -> tuple[dict, np.ndarray]:
+    from gigagen.cli import main
+    from gigagen.io.omezarr import open_slide
+
+    args = ["slide", "--checkpoint", str(bundle), "--steps", "3", "--quiet", "--formats", "none", "--size", "256",
+            "--seed", "4", "--out", str(out), *extra]
+    assert main(args) == 0
+    r = open_slide(out)
+    return json.loads((out / "run.json").read_text()), r.read_region(0, 0, 0, r.width, r.height)
+
+
+def test_slide_layout_flag_overrides_the_models(exemplar_bundle, tmp_path: Path,  # noqa: F811
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """gigagen slide --layout sampled on a fragment-layout bundle gives the same pixels as the bundle without it, and
+    --layout fragments on that one the same as a bundle made with --layout fragments; run.json records the layout
+    used. A model without an exemplar refuses --layout fragments with one line, exit 2, nothing written."""
+    from conftest import make_bundle
+    from gigagen.cli import main
+
+    _, plain = exemplar_bundle
+    frag = tmp_path / "frag.safetensors"
+    assert run_script(str(plain), "--out", str(frag), "--layout", "fragments").returncode == 0
+    runs = {name: _slide(b, tmp_path / name, *extra) for name, b, extra in (
+        ("frag", frag, ()), ("frag_sampled", frag, ("--layout", "sampled")),
+        ("plain", plain, ()), ("plain_fragments", plain, ("--layout", "fragments")))}
+    np.testing.assert_array_equal(runs["frag_sampled"][1], runs["plain"][1])
+    np.testing.assert_array_equal(runs["plain_fragments"][1], runs["frag"][1])
+    assert (runs["frag"][1] != runs["plain"][1]).any()
+    for name, (run, _) in runs.items():
+        assert run["config"]["layout"] == ("fragments" if name in ("frag", "plain_fragments") else "sampled")
+        assert run["levels"][-1]["made_by"].startswith("fragments") == (run["config"]["layout"] == "fragments")
+    capsys.readouterr()
+    other = make_bundle(tmp_path / "other.safetensors")
+    assert main(["slide", "--checkpoint", str(other), "--size", "256", "--quiet", "--out", str(tmp_path / "x"),
+                 "--layout", "fragments"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--layout fragments" in err and "exemplar" in err, err
+    assert not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from gigagen.config import FORMATS, RunConfig, comma_floats, comma_ints, parse_bytes
+from gigagen.config import FORMATS, LAYOUTS, RunConfig, comma_floats, comma_ints, parse_bytes
 from gigagen.engine.grid import BLEND_MODES
 from gigagen.errors import UserError
 from gigagen.models.header import DEFAULT_WEIGHTS, bundle_metadata, guidance_per_level, steps_per_level
@@ -31,9 +31,9 @@ def embedded_defaults(path: Path = DEFAULT_WEIGHTS) -> dict[str, str]:
         return {"levels": ",".join(mags), "refined": ",".join(mags[:-1]),
                 "steps": ",".join(str(n) for n in steps_per_level(cfg["steps"], len(mags))),
                 "guidance": ",".join(f"{w:g}" for w in guidance_per_level(cfg["guidance"], len(mags))),
-                "autoguidance": f"{cfg['autoguidance']:g}"}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {key: "?" for key in ("levels", "refined", "steps", "guidance", "autoguidance")}
+                "autoguidance": f"{cfg['autoguidance']:g}", "layout": "fragments" if cfg.get("layout") else "sampled"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {key: "?" for key in ("levels", "refined", "steps", "guidance", "autoguidance", "layout")}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cond-aug", type=int, default=None, metavar="T",
                    help="noise each parent level to this timestep before a level is refined (conditioning augmentation; "
                         "only for models trained with it); 0 = the parent as sampled (default: the model's)")
+    p.add_argument("--layout", choices=LAYOUTS, default=None,
+                   help="the layout level: sampled by the model, or made of fragments of its exemplar (models with an "
+                        f"exemplar only; BundleConfig.layout) (default: the model's, {d['layout']} for the embedded model)")
     p.add_argument("--blend", default="gridshift", help=f"tile blending: {', '.join(BLEND_MODES)} (default gridshift)")
     p.add_argument("--overlap-stride", type=int, help="latent stride of --blend overlap windows (default tile/2)")
     p.add_argument("--tile", type=int, help="latent tile side (default: the model's sampling tile, else its training tile)")
@@ -94,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     out = args.out or time.strftime(f"slides/gigagen-%Y%m%d-%H%M%S-s{seed}")
     return RunConfig(
         width=width, height=height, out=out, seed=seed, steps=args.steps, eta=args.eta, guidance=args.guidance,
-        autoguidance=args.autoguidance, cond_aug=args.cond_aug, blend=args.blend, overlap_stride=args.overlap_stride, tile=args.tile, checkpoint=args.checkpoint,
+        autoguidance=args.autoguidance, cond_aug=args.cond_aug, layout=args.layout, blend=args.blend, overlap_stride=args.overlap_stride, tile=args.tile, checkpoint=args.checkpoint,
         device=args.device, precision=args.precision, batch_size=args.batch_size, overwrite=args.overwrite,
         formats=_formats(args.formats), compression=args.compression.lower(), quality=args.quality,
         tile_order=args.tile_order, resume=args.resume, memory_budget=parse_bytes(args.memory_budget),
