@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gigagen.config import comma_floats, comma_ints, per_level  # noqa: E402
+from gigagen.config import LAYOUTS, comma_floats, comma_ints, per_level  # noqa: E402
 from gigagen.engine.layout import LayoutSpec  # noqa: E402
 from gigagen.errors import UserError, script_exit  # noqa: E402
 from gigagen.models.checkpoint import fresh_path, load_bundle, save_new, validate_config  # noqa: E402
@@ -49,18 +49,18 @@ def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
 
 def layout_spec(text: str) -> LayoutSpec | None:
     """--layout: "sampled" (None), "fragments" (LayoutSpec's defaults) or KEY=VALUE,... of LayoutSpec's fields."""
-    if text in ("sampled", "fragments"):
+    if text in LAYOUTS:
         return None if text == "sampled" else LayoutSpec()
-    names = {f.name: f.type for f in dataclasses.fields(LayoutSpec)}
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(LayoutSpec)}  # int or float, as the defaults are
     kv: dict[str, Any] = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
-        if key not in names or not value:
-            raise UserError(f"--layout: {part!r} is not sampled, fragments or KEY=VALUE with KEY one of {', '.join(names)}")
+        if key not in kinds or not value:
+            raise UserError(f"--layout: {part!r} is not {' or '.join(LAYOUTS)}, or KEY=VALUE with KEY one of {', '.join(kinds)}")
         try:
-            kv[key] = int(value) if names[key] == "int" else float(value)
+            kv[key] = kinds[key](value)
         except ValueError:
-            raise UserError(f"--layout: {key} must be a number, not {value!r}") from None
+            raise UserError(f"--layout: {key} must be {'a whole number' if kinds[key] is int else 'a number'}, not {value!r}") from None
     return LayoutSpec(**kv)
 
 
