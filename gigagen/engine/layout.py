@@ -1,7 +1,7 @@
 """A layout level made of fragments of real tissue: the exemplar at the layout's magnification, each copy turned,
 rescaled, bent and cut to an irregular outline, scattered over the slide's background.
 
-Why not sample the layout: the layout model learnt from one piece of tissue 138 x 148 px large at 1.25x, in 16 x 16
+Why not sample the layout: the layout model learnt from one piece of tissue 148 x 138 px large at 1.25x, in 16 x 16
 latent crops, and samples an amorphous purple-pink mass with no epidermis along a surface and no dermis beneath it;
 conditioned on that, the 5x level comes out as mush, and every level below inherits it (model card, 2026-12-07
 twenty-eighth). Given the real 1.25x latent instead, the same 5x and 20x networks draw skin. With one region of
