@@ -159,14 +159,14 @@ def with_layout(cfg: RunConfig, bundle: Any) -> RunConfig:
     """The run's layout made explicit (run.json and the resume fingerprint record it), and the bundle's configuration
     set to it: --layout sampled drops a fragment layout, --layout fragments adds one with LayoutSpec's defaults to a
     bundle that samples its layout (it needs an exemplar); the file and its identity are unchanged."""
-    from gigagen.engine.layout import LayoutSpec
+    from gigagen.engine.layout import named_layout
     from gigagen.models.checkpoint import validate_config
 
     mc = bundle.config
     own = "fragments" if mc.layout is not None else "sampled"
     want = cfg.layout or own
     if want != own:
-        new = replace(mc, layout=LayoutSpec() if want == "fragments" else None)
+        new = replace(mc, layout=named_layout(want))
         try:
             validate_config(new)
         except ValueError as exc:

@@ -243,7 +243,6 @@ def exemplar_seconds(runner: Any, level_px: tuple[int, int], group_px: int) -> f
     return prepare + per_px * px
 
 
-
 def layout_seconds(runner: Any, tiles: Sequence[Tile]) -> float:
     """Predicted seconds of a fragment layout (BundleConfig.layout) written in `tiles` (latent cells): preparing the
     exemplar at the layout's magnification (timed) plus rendering and encoding every tile with its halo, at the cost

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gigagen.config import LAYOUTS, comma_floats, comma_ints, per_level  # noqa: E402
-from gigagen.engine.layout import LayoutSpec  # noqa: E402
+from gigagen.engine.layout import LayoutSpec, named_layout  # noqa: E402
 from gigagen.errors import UserError, script_exit  # noqa: E402
 from gigagen.models.checkpoint import fresh_path, load_bundle, save_new, validate_config  # noqa: E402
 
@@ -50,7 +50,7 @@ def changes(args: argparse.Namespace, n_levels: int) -> dict[str, Any]:
 def layout_spec(text: str) -> LayoutSpec | None:
     """--layout: "sampled" (None), "fragments" (LayoutSpec's defaults) or KEY=VALUE,... of LayoutSpec's fields."""
     if text in LAYOUTS:
-        return None if text == "sampled" else LayoutSpec()
+        return named_layout(text)
     kinds = {f.name: type(f.default) for f in dataclasses.fields(LayoutSpec)}  # int or float, as the defaults are
     kv: dict[str, Any] = {}
     for part in text.split(","):

@@ -44,6 +44,12 @@ class LayoutSpec:
     lobes: float = 0.1  # the outline's irregularity: the greatest depth of its 2-, 3- and 5-fold dents (finer ones half)
 
 
+def named_layout(name: str) -> LayoutSpec | None:
+    """A layout by the name `gigagen slide --layout` and set_sampling_defaults.py give it (config.LAYOUTS): "sampled"
+    is no fragment layout, "fragments" is LayoutSpec's defaults."""
+    return LayoutSpec() if name == "fragments" else None
+
+
 def validate_layout(spec: LayoutSpec) -> None:
     if spec.cell < 16 or not 0 < spec.presence <= 1:
         raise ValueError("layout cell must be >= 16 px and presence in (0, 1]")
@@ -127,11 +133,17 @@ def _bend(rng: np.random.Generator, strain: float, n: int) -> tuple[np.ndarray, 
     return dy, dx
 
 
+def _within(offsets: np.ndarray, far: float) -> slice | None:
+    """The slice of a row (or column) of pixel offsets from a fragment's centre that lie within `far` of it, or None."""
+    idx = np.flatnonzero(np.abs(offsets) <= far)
+    return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else None
+
+
 def render_layout(ex: LayoutExemplar, spec: LayoutSpec, seed: int, level: int, y0: int, x0: int, h: int, w: int
                   ) -> np.ndarray:
     """The layout's pixels in rows y0..y0+h, columns x0..x0+w of the level -> (h, w, 3) uint8."""
     g, far = spec.cell, reach(ex, spec)
-    yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
+    rows, cols = np.arange(y0, y0 + h, dtype=np.float32), np.arange(x0, x0 + w, dtype=np.float32)
     best = np.zeros((h, w), np.float32)
     colour = np.broadcast_to(ex.background, (h, w, 3)).copy()
     for gy in range(int(np.floor((y0 - far) / g)), int(np.floor((y0 + h + far) / g)) + 1):
@@ -140,18 +152,15 @@ def render_layout(ex: LayoutExemplar, spec: LayoutSpec, seed: int, level: int, y
             if rng.uniform() >= spec.presence:
                 continue
             cy, cx = (gy + rng.uniform(0.25, 0.75)) * g, (gx + rng.uniform(0.25, 0.75)) * g
-            # only the pixels within reach of the centre (drawn after the centre, so the draws never depend on them)
-            near = (np.abs(yy - cy) <= far) & (np.abs(xx - cx) <= far)
-            if not near.any():
+            # only the box of pixels within reach of the centre (drawn after the centre, so the draws never depend on it)
+            ys, xs = _within(rows - cy, far), _within(cols - cx, far)
+            if ys is None or xs is None:
                 continue
-            px, alpha = _fragment(ex, spec, rng, yy[near] - cy, xx[near] - cx)
-            take = alpha > best[near]
-            sel = best[near]
-            sel[take] = alpha[take]
-            best[near] = sel
-            sel_c = colour[near]
-            sel_c[take] = px[take]
-            colour[near] = sel_c
+            oy, ox = np.broadcast_arrays((rows[ys] - cy)[:, None], (cols[xs] - cx)[None, :])
+            px, alpha = _fragment(ex, spec, rng, oy, ox)
+            take = alpha > best[ys, xs]  # the most opaque fragment wins a pixel; ties stay with the earlier cell
+            best[ys, xs][take] = alpha[take]
+            colour[ys, xs][take] = px[take]
     out = best[..., None] * colour + (1 - best[..., None]) * ex.background
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
